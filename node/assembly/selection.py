@@ -1,0 +1,106 @@
+"""Selection rules: is a complete study a chest radiograph the node drafts?"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from node.config import SelectionSettings
+from node.states import IgnoreReason
+
+#: Storage SOP classes that carry no image (SRs, presentation states, KOs…)
+#: start with these prefixes; they never count as evidence to draft.
+_NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.",
+                           "1.2.840.10008.5.1.4.1.1.104.", "1.2.840.10008.5.1.4.1.1.9.")
+
+_LATERAL_WORDS = ("LAT", "LATERAL", "LL", "RL")
+_FRONTAL_WORDS = ("PA", "AP", "FRONTAL", "P-A", "A-P")
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """The header facts selection looks at (from the ``instances`` table)."""
+
+    sop_class_uid: str
+    modality: str | None
+    body_part: str | None
+    view_position: str | None
+    series_description: str | None
+
+
+@dataclass(frozen=True)
+class SelectionDecision:
+    """Draft or ignore, and why."""
+
+    draft: bool
+    reason: str
+    ignore_reason: IgnoreReason | None = None
+
+
+def _words(text: str | None) -> set[str]:
+    if not text:
+        return set()
+    cleaned = "".join(ch if ch.isalnum() or ch == "-" else " " for ch in text.upper())
+    return set(cleaned.split())
+
+
+def view_of(facts: InstanceFacts) -> str | None:
+    """Return ``"FRONTAL"``, ``"LATERAL"`` or ``None`` when unknown.
+
+    ViewPosition decides; the series description is the fall-back.
+    """
+    view = (facts.view_position or "").strip().upper()
+    if view in ("PA", "AP"):
+        return "FRONTAL"
+    if view in ("LL", "RL", "LATERAL", "LAT", "RLD", "LLD"):
+        return "LATERAL"
+    words = _words(facts.series_description)
+    if words.intersection(_LATERAL_WORDS):
+        return "LATERAL"
+    if words.intersection(_FRONTAL_WORDS):
+        return "FRONTAL"
+    return None
+
+
+def decide(instances: Sequence[InstanceFacts], rules: SelectionSettings) -> SelectionDecision:
+    """Apply the selection rules to a complete study.
+
+    Parameters
+    ----------
+    instances
+        Facts of every instance in the study.
+    rules
+        Modalities, body parts and views that qualify.
+
+    Returns
+    -------
+    SelectionDecision
+        ``draft=True`` when at least one CR/DX chest image with a frontal view
+        (or, if allowed, an unknown view) is present; laterals stay as evidence.
+    """
+    images = [f for f in instances if not f.sop_class_uid.startswith(_NON_IMAGE_SOP_PREFIXES)]
+    if not images:
+        return SelectionDecision(False, IgnoreReason.NO_IMAGES.value, IgnoreReason.NO_IMAGES)
+    modalities = {m.upper() for m in rules.modalities}
+    radiographs = [f for f in images if (f.modality or "").upper() in modalities]
+    if not radiographs:
+        return SelectionDecision(
+            False, IgnoreReason.NOT_RADIOGRAPHY.value, IgnoreReason.NOT_RADIOGRAPHY
+        )
+    body_parts = {b.upper() for b in rules.body_parts}
+    chest = [
+        f
+        for f in radiographs
+        if (f.body_part or "").strip().upper() in body_parts
+        or (rules.allow_missing_body_part and not (f.body_part or "").strip())
+    ]
+    if not chest:
+        return SelectionDecision(False, IgnoreReason.NOT_CHEST.value, IgnoreReason.NOT_CHEST)
+    views = [view_of(f) for f in chest]
+    if "FRONTAL" in views:
+        return SelectionDecision(True, f"{views.count('FRONTAL')} frontal of {len(chest)} chest images")
+    if rules.draft_when_view_unknown and None in views:
+        return SelectionDecision(True, "chest image with unknown view (allowed by configuration)")
+    return SelectionDecision(
+        False, IgnoreReason.NO_FRONTAL_VIEW.value, IgnoreReason.NO_FRONTAL_VIEW
+    )

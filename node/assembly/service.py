@@ -1,0 +1,161 @@
+"""The assembly loop: quiet-period timers kept in the database.
+
+A study is complete when no instance has arrived for ``quiet_seconds``
+(sliding), or at once when it is a single CR/DX image and early stability is
+on. Because the deadline is derived from ``last_received_at`` in the
+database, a restarted node resumes every timer where it stood.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.assembly.selection import InstanceFacts, decide
+from node.config import AssemblySettings
+from node.db.models import AuditEvent, Instance, Study
+from node.db.types import utcnow
+from node.logs import log_event
+from node.states import StudyState
+
+logger = logging.getLogger(__name__)
+
+#: Called inside the transaction that makes a study STABLE; may move it on
+#: (e.g. create a drafting job). Returns a callback to run after commit.
+StableHook = Callable[[Session, Study], Callable[[], None] | None]
+
+
+class AssemblyService:
+    """Promote complete studies from RECEIVING to STABLE or IGNORED.
+
+    Parameters
+    ----------
+    settings
+        Quiet period, early stability and selection rules.
+    session_factory
+        Database sessions.
+    on_stable
+        Optional hook for studies selected for drafting.
+    """
+
+    def __init__(
+        self,
+        settings: AssemblySettings,
+        session_factory: sessionmaker[Session],
+        on_stable: StableHook | None = None,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.on_stable = on_stable
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _due_study_ids(self, session: Session, now: dt.datetime) -> list[int]:
+        cutoff = now - dt.timedelta(seconds=self.settings.quiet_seconds)
+        quiet = select(Study.id).where(
+            Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff
+        )
+        ids = set(session.scalars(quiet))
+        if self.settings.early_stable_single_image:
+            modalities = [m.upper() for m in self.settings.selection.modalities]
+            single = (
+                select(Study.id)
+                .join(Instance, Instance.study_id == Study.id)
+                .where(Study.state == StudyState.RECEIVING)
+                .group_by(Study.id)
+                .having(func.count(Instance.id) == 1)
+                .having(func.max(func.upper(Instance.modality)).in_(modalities))
+            )
+            ids.update(session.scalars(single))
+        return sorted(ids)
+
+    def tick(self, now: dt.datetime | None = None) -> list[int]:
+        """Evaluate every due study once.
+
+        Parameters
+        ----------
+        now
+            The current time (for tests); defaults to the clock.
+
+        Returns
+        -------
+        list of int
+            Ids of studies that left RECEIVING in this tick.
+        """
+        now = now or utcnow()
+        with self.session_factory() as session:
+            due = self._due_study_ids(session, now)
+        done: list[int] = []
+        for study_id in due:
+            if self._complete(study_id, now):
+                done.append(study_id)
+        return done
+
+    def _complete(self, study_id: int, now: dt.datetime) -> bool:
+        after_commit: Callable[[], None] | None = None
+        with self.session_factory.begin() as session:
+            study = session.get(Study, study_id, with_for_update=True)
+            if study is None or study.state != StudyState.RECEIVING:
+                return False  # another node process got there first
+            facts = [
+                InstanceFacts(i.sop_class_uid, i.modality, i.body_part, i.view_position,
+                              i.series_description)
+                for i in study.instances
+            ]
+            decision = decide(facts, self.settings.selection)
+            study.state = StudyState.STABLE if decision.draft else StudyState.IGNORED
+            study.state_reason = decision.reason
+            study.stable_at = now
+            session.add(
+                AuditEvent(
+                    at=now,
+                    actor="system",
+                    action="study_stable" if decision.draft else "study_ignored",
+                    object_type="study",
+                    object_id=study.study_instance_uid,
+                    study_id=study.id,
+                    details={"reason": decision.reason, "instances": len(facts)},
+                )
+            )
+            if decision.draft and self.on_stable is not None:
+                after_commit = self.on_stable(session, study)
+            new_state = study.state
+        log_event(
+            logger,
+            logging.INFO,
+            "study_complete",
+            study_id=study_id,
+            state=new_state.name,
+            reason=decision.reason,
+            instances=len(facts),
+        )
+        if after_commit is not None:
+            after_commit()
+        return True
+
+    def run_forever(self) -> None:
+        """Tick every ``poll_seconds`` until :meth:`stop` is called."""
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep assembling after a database hiccup
+                logger.exception("assembly_tick_failed")
+            self._stop.wait(self.settings.poll_seconds)
+
+    def start(self) -> None:
+        """Run the loop in a daemon thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run_forever, name="assembly", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop and wait for the current tick."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None

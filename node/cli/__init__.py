@@ -1,0 +1,1 @@
+"""The ``radnode`` command line."""

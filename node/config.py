@@ -1,0 +1,226 @@
+"""Typed settings for every radnode process.
+
+Settings come from three layers, later ones winning:
+
+1. embedded defaults (SQLite, a local storage folder, an in-process queue);
+2. a TOML file named by the ``RADNODE_CONFIG`` environment variable;
+3. environment variables ``RADNODE_<SECTION>__<KEY>``, e.g. ``RADNODE_DICOM__PORT=11190``.
+
+Values are validated when loaded; an invalid file or variable raises
+:class:`ConfigError` naming the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "RADNODE_CONFIG"
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
+
+
+class ConfigError(ValueError):
+    """The configuration file or environment holds an invalid value."""
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(value):
+        raise ValueError(f"invalid AE title {value!r}: 1-16 printable characters, no backslash")
+    return stripped
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(_Section):
+    """TLS for DICOM associations (DICOM PS3.15 Annex B secure transport)."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+
+class DicomSettings(_Section):
+    """The DICOM listener: AE title, port, access policy and timeouts."""
+
+    port: int = Field(11112, ge=1, le=65535)
+    bind_address: str = "0.0.0.0"
+    ae_title: str = "RADNODE"
+    allowed_calling_aes: list[str] = Field(default_factory=list)
+    require_called_ae: bool = False
+    max_pdu_size: int = Field(0, ge=0)
+    max_associations: int = Field(32, ge=1)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(120.0, gt=0)
+    network_timeout: float = Field(120.0, gt=0)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_own_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _check_allowed(cls, values: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in values]
+
+
+class DatabaseSettings(_Section):
+    """The SQL database: SQLite file (embedded) or PostgreSQL (production)."""
+
+    url: str = "sqlite:///var/radnode.db"
+    echo: bool = False
+    migrate_on_start: bool = True
+
+
+class BrokerSettings(_Section):
+    """Where work is queued: empty for the embedded queue, or a ``redis://`` URL."""
+
+    url: str = ""
+
+
+class StorageSettings(_Section):
+    """Where received instances live and when to refuse new ones."""
+
+    root: Path = Path("var/storage")
+    min_free_mb: int = Field(2048, ge=0)
+    max_used_percent: float = Field(95.0, gt=0, le=100)
+
+
+class WebSettings(_Section):
+    """The web application."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class SelectionSettings(_Section):
+    """Which studies are chest radiographs to draft."""
+
+    modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
+    body_parts: list[str] = Field(default_factory=lambda: ["CHEST", "THORAX"])
+    allow_missing_body_part: bool = True
+    frontal_views: list[str] = Field(default_factory=lambda: ["PA", "AP"])
+    draft_when_view_unknown: bool = False
+
+
+class AssemblySettings(_Section):
+    """When a study counts as complete."""
+
+    quiet_seconds: float = Field(10.0, ge=0)
+    early_stable_single_image: bool = True
+    poll_seconds: float = Field(0.5, gt=0)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+
+
+class ModelSettings(_Section):
+    """The model bundle the workers load."""
+
+    bundle: Path = Path("var/models/demo")
+
+
+class Destination(_Section):
+    """A DICOM peer that receives the node's reports."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_peer_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class LoggingSettings(_Section):
+    """Log level and format (structured JSON or plain text)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseSettings):
+    """Every setting of a radnode process, one typed object."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RADNODE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    assembly: AssemblySettings = Field(default_factory=AssemblySettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_path = os.environ.get(CONFIG_ENV_VAR)
+        if config_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_path)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Load and validate the settings.
+
+    Parameters
+    ----------
+    **overrides
+        Section values that win over the file and the environment
+        (used by tests and embedded runs), e.g. ``dicom={"port": 0}``.
+
+    Returns
+    -------
+    Settings
+        The validated settings.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing or unreadable, or a value is invalid; the
+        message names every offending key.
+    """
+    config_path = os.environ.get(CONFIG_ENV_VAR)
+    if config_path and not Path(config_path).is_file():
+        raise ConfigError(f"{CONFIG_ENV_VAR} names {config_path!r}, which is not a readable file")
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid radnode configuration: {problems}") from exc
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"invalid radnode configuration: {exc}") from exc

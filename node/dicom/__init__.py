@@ -1,0 +1,1 @@
+"""DICOM network services: the storage SCP, query/retrieve and export."""

@@ -1,0 +1,193 @@
+"""Validate a received dataset and extract the header facts the node indexes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
+from pydicom.uid import UID
+
+from node.storage import is_valid_uid
+
+
+class HeaderError(ValueError):
+    """The dataset cannot be understood (answered with 0xC210)."""
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
+
+
+def _describe(exc: Exception) -> str:
+    """Describe a decoding error without echoing element values (they may be PHI)."""
+    message = _QUOTED.sub("'...'", str(exc))[:200]
+    return f"{type(exc).__name__}: {message}"
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What the node keeps about one instance (identifiers and routing facts)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    series_number: int | None
+    instance_number: int | None
+    modality: str | None
+    body_part: str | None
+    view_position: str | None
+    image_laterality: str | None
+    series_description: str | None
+    rows: int | None
+    columns: int | None
+    patient: dict[str, str | None]
+    study: dict[str, str | None]
+
+
+def _text(ds: Dataset, keyword: str, limit: int | None = None) -> str | None:
+    value: Any = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    text = str(value).strip()
+    if not text:
+        return None
+    return text[:limit] if limit else text
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _required_uid(ds: Dataset, keyword: str) -> str:
+    value = _text(ds, keyword)
+    if value is None:
+        raise HeaderError(f"{keyword} is missing")
+    if not is_valid_uid(value):
+        raise HeaderError(f"{keyword} is not a valid UID")
+    return value
+
+
+def _reason_for_exam(ds: Dataset) -> str | None:
+    for keyword in (
+        "ReasonForTheRequestedProcedure",
+        "ReasonForStudy",
+        "RequestedProcedureDescription",
+        "AdmittingDiagnosesDescription",
+    ):
+        text = _text(ds, keyword)
+        if text:
+            return text
+    for item in ds.get("RequestAttributesSequence", []) or []:
+        text = _text(item, "ReasonForTheRequestedProcedure")
+        if text:
+            return text
+    return None
+
+
+def _check_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
+    if "PixelData" not in ds:
+        return
+    data = ds.PixelData
+    if transfer_syntax.is_encapsulated:
+        try:
+            fragments = list(generate_fragments(data))
+        except Exception as exc:
+            raise HeaderError(f"encapsulated pixel data is malformed: {_describe(exc)}") from exc
+        if not fragments:
+            raise HeaderError("encapsulated pixel data has no fragments")
+        return
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise HeaderError(f"image pixel module is incomplete: {_describe(exc)}") from exc
+    if min(rows, columns, samples, frames) < 1 or bits not in (1, 8, 16, 32, 64):
+        raise HeaderError("image pixel module declares impossible dimensions")
+    expected_bits = rows * columns * samples * frames * bits
+    expected = (expected_bits + 7) // 8
+    if len(data) < expected:
+        raise HeaderError(
+            f"pixel data holds {len(data)} bytes but the header declares {expected}"
+        )
+
+
+def parse_header(encoded: bytes) -> InstanceHeader:
+    """Parse a received dataset (with its file meta) and validate it.
+
+    Parameters
+    ----------
+    encoded
+        The instance as it will be stored: preamble, file meta and dataset.
+
+    Returns
+    -------
+    InstanceHeader
+        Identifiers and routing facts.
+
+    Raises
+    ------
+    HeaderError
+        If the bytes do not decode, required UIDs are missing or invalid, or
+        the pixel data does not match its header.
+    """
+    try:
+        ds = dcmread(BytesIO(encoded), force=False)
+        transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
+        for element in ds.iterall():  # forces every value to decode
+            _ = element.value
+    except HeaderError:
+        raise
+    except Exception as exc:
+        raise HeaderError(f"dataset does not decode: {_describe(exc)}") from exc
+    try:
+        header = InstanceHeader(
+            sop_class_uid=_required_uid(ds, "SOPClassUID"),
+            sop_instance_uid=_required_uid(ds, "SOPInstanceUID"),
+            study_instance_uid=_required_uid(ds, "StudyInstanceUID"),
+            series_instance_uid=_required_uid(ds, "SeriesInstanceUID"),
+            transfer_syntax_uid=str(transfer_syntax),
+            series_number=_int(ds, "SeriesNumber"),
+            instance_number=_int(ds, "InstanceNumber"),
+            modality=_text(ds, "Modality", 16),
+            body_part=_text(ds, "BodyPartExamined", 64),
+            view_position=_text(ds, "ViewPosition", 16),
+            image_laterality=_text(ds, "ImageLaterality", 16),
+            series_description=_text(ds, "SeriesDescription", 64),
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            patient={
+                "patient_id": _text(ds, "PatientID", 64),
+                "patient_name": _text(ds, "PatientName", 324),
+                "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+                "patient_sex": _text(ds, "PatientSex", 16),
+            },
+            study={
+                "accession_number": _text(ds, "AccessionNumber", 16),
+                "study_id_text": _text(ds, "StudyID", 16),
+                "study_date": _text(ds, "StudyDate", 8),
+                "study_time": _text(ds, "StudyTime", 16),
+                "study_description": _text(ds, "StudyDescription", 64),
+                "referring_physician": _text(ds, "ReferringPhysicianName", 324),
+                "reason_for_exam": _reason_for_exam(ds),
+            },
+        )
+        _check_pixel_data(ds, transfer_syntax)
+    except HeaderError:
+        raise
+    except Exception as exc:
+        raise HeaderError(f"dataset does not decode: {_describe(exc)}") from exc
+    return header

@@ -1,0 +1,175 @@
+"""The DICOM listener: C-ECHO and C-STORE for every storage SOP class.
+
+The handlers speak DICOM statuses; they never raise into pynetdicom (which
+would answer 0xC211). Association events are logged with AE titles and peer
+addresses only.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+from pydicom import uid as dicom_uid
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.config import DicomSettings, TlsSettings
+from node.dicom.ingest import InstanceIngestor, ReceivedInstance
+from node.dicom.statuses import StoreStatus
+from node.logs import log_event
+
+logger = logging.getLogger(__name__)
+
+#: Transfer syntaxes accepted for storage, native first: the received bytes are
+#: stored exactly as sent, and the drafting pipeline decodes each of these.
+ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    dicom_uid.ExplicitVRLittleEndian,
+    dicom_uid.ImplicitVRLittleEndian,
+    dicom_uid.DeflatedExplicitVRLittleEndian,
+    dicom_uid.ExplicitVRBigEndian,
+    dicom_uid.JPEGBaseline8Bit,
+    dicom_uid.JPEGExtended12Bit,
+    dicom_uid.JPEGLossless,
+    dicom_uid.JPEGLosslessSV1,
+    dicom_uid.JPEGLSLossless,
+    dicom_uid.JPEGLSNearLossless,
+    dicom_uid.JPEG2000Lossless,
+    dicom_uid.JPEG2000,
+    dicom_uid.HTJ2KLossless,
+    dicom_uid.HTJ2KLosslessRPCL,
+    dicom_uid.HTJ2K,
+    dicom_uid.RLELossless,
+)
+
+
+def build_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    """Build the server-side TLS context (TLS 1.2 or newer).
+
+    Raises
+    ------
+    ValueError
+        If TLS is enabled without a certificate and key.
+    """
+    if tls.cert_file is None or tls.key_file is None:
+        raise ValueError("dicom.tls needs cert_file and key_file")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=tls.cert_file, keyfile=tls.key_file)
+    if tls.ca_file is not None:
+        context.load_verify_locations(cafile=tls.ca_file)
+    if tls.require_client_cert:
+        if tls.ca_file is None:
+            raise ValueError("dicom.tls.require_client_cert needs ca_file")
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class DicomListener:
+    """A pynetdicom SCP bound to the ingest service.
+
+    Parameters
+    ----------
+    settings
+        AE title, address, access policy and timeouts.
+    ingestor
+        Receives every C-STORE.
+    """
+
+    def __init__(self, settings: DicomSettings, ingestor: InstanceIngestor) -> None:
+        self.settings = settings
+        self.ingestor = ingestor
+        self._server: ThreadedAssociationServer | None = None
+        self.ae = self._build_ae()
+
+    def _build_ae(self) -> AE:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.maximum_pdu_size = self.settings.max_pdu_size
+        ae.maximum_associations = self.settings.max_associations
+        ae.acse_timeout = self.settings.acse_timeout
+        ae.dimse_timeout = self.settings.dimse_timeout
+        ae.network_timeout = self.settings.network_timeout
+        ae.require_called_aet = self.settings.require_called_ae
+        if self.settings.allowed_calling_aes:
+            ae.require_calling_aet = list(self.settings.allowed_calling_aes)
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None
+            ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+        return ae
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful when configured as 0)."""
+        if self._server is None:
+            raise RuntimeError("listener not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Start serving in background threads."""
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ABORTED, self._on_aborted),
+        ]
+        context = build_ssl_context(self.settings.tls) if self.settings.tls.enabled else None
+        self._server = self.ae.start_server(
+            (self.settings.bind_address, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=context,
+        )
+        log_event(
+            logger,
+            logging.INFO,
+            "dicom_listening",
+            ae_title=self.settings.ae_title,
+            port=self.port,
+            tls=context is not None,
+        )
+
+    def stop(self) -> None:
+        """Stop accepting associations and close the open ones."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_store(self, event: Any) -> int:
+        try:
+            request = event.request
+            received = ReceivedInstance(
+                encoded=event.encoded_dataset(),
+                requested_sop_class_uid=str(request.AffectedSOPClassUID),
+                requested_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                calling_ae=str(event.assoc.requestor.ae_title).strip(),
+            )
+        except Exception:
+            logger.exception("store_request_unreadable")
+            return int(StoreStatus.CANNOT_UNDERSTAND)
+        return int(self.ingestor.ingest(received).status)
+
+    @staticmethod
+    def _on_echo(event: Any) -> int:
+        return 0x0000
+
+    @staticmethod
+    def _peer(event: Any) -> dict[str, Any]:
+        requestor = event.assoc.requestor
+        return {
+            "calling_ae": str(requestor.ae_title).strip(),
+            "peer": f"{requestor.address}:{requestor.port}",
+        }
+
+    def _on_accepted(self, event: Any) -> None:
+        log_event(logger, logging.INFO, "association_accepted", **self._peer(event))
+
+    def _on_rejected(self, event: Any) -> None:
+        log_event(logger, logging.WARNING, "association_rejected", **self._peer(event))
+
+    def _on_aborted(self, event: Any) -> None:
+        log_event(logger, logging.WARNING, "association_aborted", **self._peer(event))

@@ -1,0 +1,72 @@
+"""Every lifecycle state in radnode, in one place.
+
+The database stores the enum *names*; ``radnode studies --json`` prints them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class StudyState(enum.Enum):
+    """Where a study is on its way from arrival to a signed report."""
+
+    RECEIVING = "receiving"
+    """Instances are arriving; the quiet period has not yet passed."""
+    STABLE = "stable"
+    """Complete and selected for drafting; no job yet."""
+    QUEUED = "queued"
+    """A drafting job is waiting for a worker."""
+    DRAFTING = "drafting"
+    """A worker is drafting the report."""
+    DRAFTED = "drafted"
+    """A draft report awaits a radiologist."""
+    SIGNED = "signed"
+    """A radiologist signed the report."""
+    IGNORED = "ignored"
+    """Not a study the node drafts (the reason is recorded)."""
+    FAILED = "failed"
+    """Drafting failed for good; an admin must look."""
+
+
+class JobState(enum.Enum):
+    """A drafting job's lifecycle."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    FAILED = "failed"
+
+
+class ReportState(enum.Enum):
+    """A report version: the model's draft, a signed final, or an amendment."""
+
+    DRAFT = "draft"
+    FINAL = "final"
+    AMENDED = "amended"
+
+
+class ExportState(enum.Enum):
+    """Delivery of one SR to one destination."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    RETRYING = "retrying"
+    FAILED = "failed"
+
+
+class Role(enum.Enum):
+    """What a web user may do."""
+
+    RADIOLOGIST = "radiologist"
+    ADMIN = "admin"
+
+
+class IgnoreReason(enum.Enum):
+    """Why a complete study is not drafted."""
+
+    NOT_RADIOGRAPHY = "modality is not CR or DX"
+    NOT_CHEST = "body part is not the chest"
+    NO_FRONTAL_VIEW = "no frontal (PA/AP) view"
+    NO_IMAGES = "no image instances"

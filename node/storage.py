@@ -1,0 +1,159 @@
+"""Durable storage of received instances on the local file system.
+
+An instance is written to a temporary file in its final folder, fsynced,
+renamed into place and the folder fsynced, so that a file under its final
+name is always complete, even across a power cut.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class StorageFullError(OSError):
+    """The storage volume is past its watermark or out of space."""
+
+
+def is_valid_uid(value: str) -> bool:
+    """Return whether ``value`` is a syntactically valid DICOM UID (PS3.5 9.1)."""
+    return 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs_durably(path: Path) -> None:
+    """Create ``path`` and any missing parents, fsyncing each new entry's parent."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        _fsync_dir(folder.parent)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Free space on the storage volume and whether new data is accepted."""
+
+    free_bytes: int
+    total_bytes: int
+    used_percent: float
+    accepting: bool
+
+
+class InstanceStore:
+    """Instance files under ``root/<study>/<series>/<sop>_<digest>.dcm``.
+
+    Parameters
+    ----------
+    root
+        Storage folder (created when missing).
+    min_free_mb
+        Refuse new data when less than this is free.
+    max_used_percent
+        Refuse new data when the volume is fuller than this.
+    """
+
+    def __init__(self, root: Path, *, min_free_mb: int, max_used_percent: float) -> None:
+        self.root = root.resolve()
+        self.min_free_bytes = min_free_mb * 1024 * 1024
+        self.max_used_percent = max_used_percent
+        _make_dirs_durably(self.root)
+
+    def capacity(self) -> Capacity:
+        """Measure the storage volume against the watermarks."""
+        usage = shutil.disk_usage(self.root)
+        used_percent = 100.0 * (usage.total - usage.free) / usage.total if usage.total else 100.0
+        accepting = usage.free >= self.min_free_bytes and used_percent <= self.max_used_percent
+        return Capacity(usage.free, usage.total, used_percent, accepting)
+
+    def relative_path(
+        self, study_uid: str, series_uid: str, sop_instance_uid: str, sha256: str
+    ) -> str:
+        """Return the storage path of an instance, relative to the root.
+
+        Raises
+        ------
+        ValueError
+            If a UID is not a valid DICOM UID (which also rules out path tricks).
+        """
+        for uid in (study_uid, series_uid, sop_instance_uid):
+            if not is_valid_uid(uid):
+                raise ValueError(f"not a valid DICOM UID: {uid!r}")
+        return f"{study_uid}/{series_uid}/{sop_instance_uid}_{sha256[:16]}.dcm"
+
+    def absolute(self, relative_path: str) -> Path:
+        """Return the absolute path of a stored file."""
+        return self.root / relative_path
+
+    def write(self, relative_path: str, data: bytes) -> Path:
+        """Write ``data`` durably under ``relative_path``.
+
+        Returns
+        -------
+        Path
+            The final path; the file is complete and fsynced with its folder.
+
+        Raises
+        ------
+        StorageFullError
+            When the volume is out of space (nothing is left behind).
+        OSError
+            On other I/O failures (nothing is left behind).
+        """
+        final = self.absolute(relative_path)
+        _make_dirs_durably(final.parent)
+        temporary = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFullError(exc.errno, "storage volume is full") from exc
+            raise
+        os.close(fd)
+        os.replace(temporary, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def remove(self, relative_path: str) -> None:
+        """Delete a stored file if present (and fsync its folder)."""
+        path = self.absolute(relative_path)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+
+    def sweep_temporaries(self) -> int:
+        """Delete temporary files left by a crash mid-write; return how many."""
+        removed = 0
+        for leftover in self.root.rglob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
