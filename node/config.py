@@ -56,9 +56,12 @@ class TlsSettings(_Section):
 
 
 class DicomSettings(_Section):
-    """The DICOM listener: AE title, port, access policy and timeouts."""
+    """The DICOM listener: AE title, port, access policy and timeouts.
 
-    port: int = Field(11112, ge=1, le=65535)
+    A ``port`` of 0 binds a free port chosen by the system (embedded runs, tests).
+    """
+
+    port: int = Field(11112, ge=0, le=65535)
     bind_address: str = "0.0.0.0"
     ae_title: str = "RADNODE"
     allowed_calling_aes: list[str] = Field(default_factory=list)
@@ -93,6 +96,35 @@ class BrokerSettings(_Section):
     """Where work is queued: empty for the embedded queue, or a ``redis://`` URL."""
 
     url: str = ""
+    visibility_timeout_seconds: int = Field(4 * 3600, gt=0)
+    """Redis redelivers an unacknowledged task after this long; it must exceed the
+    longest queue wait plus run time (the reconciler covers lost workers sooner)."""
+    draft_queue: str = "draft"
+    export_queue: str = "export"
+
+
+class JobSettings(_Section):
+    """Drafting job lifecycle: attempts, back-off and leases."""
+
+    max_attempts: int = Field(3, ge=1)
+    retry_backoff_seconds: float = Field(15.0, ge=0)
+    retry_backoff_max_seconds: float = Field(600.0, ge=0)
+    lease_seconds: float = Field(600.0, gt=0)
+    """A RUNNING job whose lease has expired is taken to be lost with its worker."""
+    requeue_after_seconds: float = Field(900.0, gt=0)
+    """A QUEUED job untouched this long is enqueued again (broker lost it)."""
+    reconcile_seconds: float = Field(30.0, gt=0)
+
+
+class WorkerSettings(_Section):
+    """The drafting worker process (one per GPU)."""
+
+    concurrency: int = Field(4, ge=1)
+    """Draft tasks a worker runs at once; they share one loaded model."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda:N``."""
+    shared_storage: bool = True
+    """Read instances from ``storage.root`` (a shared folder on other hosts)."""
 
 
 class StorageSettings(_Section):
@@ -169,6 +201,8 @@ class Settings(BaseSettings):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     assembly: AssemblySettings = Field(default_factory=AssemblySettings)

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.assembly.service import AssemblyService, StableHook
+from node.assembly.service import AssemblyService
 from node.config import Settings
 from node.db.engine import create_db_engine, create_session_factory
 from node.db.migrate import upgrade
 from node.dicom.ingest import InstanceIngestor
 from node.dicom.scp import DicomListener
+from node.jobs.bundle_identity import read_bundle_identity
+from node.jobs.queue import CeleryWorkQueue, EmbeddedWorkQueue, WorkQueue
+from node.jobs.scheduler import DraftScheduler, Reconciler
 from node.logs import log_event
 from node.storage import InstanceStore
+
+if TYPE_CHECKING:
+    from workers.jobs import JobContext
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,23 @@ class Database:
         return cls(engine, create_session_factory(engine))
 
 
+def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
+    """Celery over Redis when a broker is configured, else an in-process worker."""
+    if settings.broker.url:
+        return CeleryWorkQueue(settings.broker)
+    from workers.context import build_job_context
+    from workers.jobs import run_draft_job
+
+    contexts: list[JobContext] = []
+
+    def run_job(job_id: int) -> float | None:
+        if not contexts:  # built on first use: the model may be installed after start
+            contexts.append(build_job_context(settings, sessions=database.sessions))
+        return run_draft_job(contexts[0], job_id)
+
+    return EmbeddedWorkQueue(run_job)
+
+
 @dataclass
 class NodeServices:
     """The long-running parts of ``radnode serve``."""
@@ -45,12 +69,12 @@ class NodeServices:
     store: InstanceStore
     listener: DicomListener
     assembly: AssemblyService
+    work_queue: WorkQueue
+    reconciler: Reconciler
     _started: list[str] = field(default_factory=list)
 
     @classmethod
-    def build(
-        cls, settings: Settings, *, on_stable: StableHook | None = None
-    ) -> NodeServices:
+    def build(cls, settings: Settings) -> NodeServices:
         """Create every service; nothing listens until :meth:`start`."""
         database = Database.from_settings(settings, migrate=settings.database.migrate_on_start)
         store = InstanceStore(
@@ -60,24 +84,36 @@ class NodeServices:
         )
         ingestor = InstanceIngestor(store, database.sessions)
         listener = DicomListener(settings.dicom, ingestor)
-        assembly = AssemblyService(settings.assembly, database.sessions, on_stable=on_stable)
-        return cls(settings, database, store, listener, assembly)
+        work_queue = build_work_queue(settings, database)
+        scheduler = DraftScheduler(
+            database.sessions, work_queue, read_bundle_identity(settings.model.bundle)
+        )
+        assembly = AssemblyService(
+            settings.assembly, database.sessions, on_stable=scheduler.on_stable
+        )
+        reconciler = Reconciler(settings.jobs, scheduler)
+        return cls(settings, database, store, listener, assembly, work_queue, reconciler)
 
     def start(self) -> None:
-        """Start the DICOM listener and the assembly loop."""
+        """Start the DICOM listener, the assembly loop and the reconciler."""
         swept = self.store.sweep_temporaries()
         if swept:
             log_event(logger, logging.WARNING, "partial_writes_removed", count=swept)
+        self.reconciler.start(requeue_all_waiting=not self.settings.broker.url)
+        self._started.append("reconciler")
         self.listener.start()
         self._started.append("listener")
         self.assembly.start()
         self._started.append("assembly")
 
     def stop(self) -> None:
-        """Stop in reverse order: no new instances, then the loops."""
+        """Stop in reverse order: no new instances, then the loops, then the queue."""
         if "listener" in self._started:
             self.listener.stop()
         if "assembly" in self._started:
             self.assembly.stop()
+        if "reconciler" in self._started:
+            self.reconciler.stop()
+        self.work_queue.close()
         self._started.clear()
         self.database.engine.dispose()

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from node.cli import node_commands
+from node.cli import node_commands, worker_commands
 from node.config import ConfigError
 
 
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     node_commands.register(commands)
+    worker_commands.register(commands)
     return parser
 
 

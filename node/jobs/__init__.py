@@ -1,0 +1,1 @@
+"""Drafting jobs: creation, queueing and reconciliation (the node's side)."""

@@ -1,0 +1,111 @@
+"""Putting job ids on a queue: Celery over Redis, or an in-process worker thread."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from node.config import BrokerSettings
+from node.logs import log_event
+
+logger = logging.getLogger(__name__)
+
+DRAFT_TASK_NAME = "radnode.draft"
+
+
+class WorkQueue(Protocol):
+    """Where the node sends drafting work. Only job ids travel."""
+
+    def enqueue_draft(self, job_id: int, *, delay_seconds: float = 0.0) -> str | None:
+        """Queue drafting of ``job_id``; return a task id when the queue has one."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+class CeleryWorkQueue:
+    """Send tasks by name to the Redis broker (the node never imports the model code).
+
+    Parameters
+    ----------
+    broker
+        Broker URL, queue names and visibility timeout.
+    """
+
+    def __init__(self, broker: BrokerSettings) -> None:
+        from workers.celery_app import create_celery_app
+
+        self.broker = broker
+        self.app = create_celery_app(broker, include_tasks=False)
+
+    def enqueue_draft(self, job_id: int, *, delay_seconds: float = 0.0) -> str | None:
+        result = self.app.send_task(
+            DRAFT_TASK_NAME,
+            args=[job_id],
+            queue=self.broker.draft_queue,
+            countdown=delay_seconds or None,
+        )
+        return str(result.id)
+
+    def close(self) -> None:
+        self.app.close()
+
+
+class EmbeddedWorkQueue:
+    """Run drafting in a thread of this process (no broker needed).
+
+    Nothing is durable here: the database is, and the reconciler re-enqueues
+    whatever a restart dropped.
+
+    Parameters
+    ----------
+    run_job
+        The job runner, the same one the Celery task calls. It returns the delay
+        after which to try again, or ``None`` when done.
+    """
+
+    def __init__(self, run_job: Callable[[int], float | None]) -> None:
+        self._run_job = run_job
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._timers: set[threading.Timer] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="embedded-worker", daemon=True)
+        self._thread.start()
+
+    def enqueue_draft(self, job_id: int, *, delay_seconds: float = 0.0) -> str | None:
+        if delay_seconds > 0:
+            timer = threading.Timer(delay_seconds, self._queue.put, args=(job_id,))
+            timer.daemon = True
+            with self._lock:
+                self._timers.add(timer)
+            timer.start()
+        else:
+            self._queue.put(job_id)
+        return None
+
+    def _loop(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            try:
+                retry_in = self._run_job(job_id)
+            except Exception:
+                logger.exception("embedded_job_crashed", extra={"job_id": job_id})
+                continue
+            if retry_in is not None:
+                log_event(logger, logging.INFO, "job_retry_scheduled", job_id=job_id,
+                          delay_seconds=retry_in)
+                self.enqueue_draft(job_id, delay_seconds=retry_in)
+
+    def close(self) -> None:
+        with self._lock:
+            for timer in self._timers:
+                timer.cancel()
+        self._queue.put(None)
+        self._thread.join(timeout=30)

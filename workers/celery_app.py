@@ -1,0 +1,58 @@
+"""The Celery application: settings for GPU work on a Redis broker.
+
+* late acknowledgement and redelivery on worker loss (the database caps attempts);
+* prefetch of one per slot, so a worker holds only what it can batch;
+* a Redis visibility timeout above the longest wait plus run time;
+* soft shutdown that lets running drafts finish, then hands the rest back.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from node.config import BrokerSettings
+
+
+def create_celery_app(broker: BrokerSettings, *, include_tasks: bool = True) -> Celery:
+    """Build the Celery app for ``broker``.
+
+    Parameters
+    ----------
+    broker
+        Broker URL (``redis://…``), queue names and visibility timeout.
+    include_tasks
+        Register the task functions (workers); the node only sends by name.
+
+    Returns
+    -------
+    Celery
+        The configured application.
+    """
+    app = Celery("radnode", broker=broker.url or "memory://", set_as_current=False)
+    transport_options = {"visibility_timeout": broker.visibility_timeout_seconds}
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_soft_shutdown_timeout=60.0,
+        worker_enable_soft_shutdown_on_idle=True,
+        task_default_queue=broker.draft_queue,
+        task_routes={
+            "radnode.draft": {"queue": broker.draft_queue},
+            "radnode.export": {"queue": broker.export_queue},
+        },
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    if include_tasks:
+        app.conf.include = ["workers.tasks"]
+    return app

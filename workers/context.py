@@ -1,0 +1,110 @@
+"""Per-process worker state: the database, and the model loaded once, lazily.
+
+Nothing here runs at import time, so a Celery parent process never touches
+CUDA or ONNX Runtime; the first task in a process loads the bundle.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.config import Settings, load_settings
+from node.jobs.bundle_identity import read_bundle_identity
+from node.runtime import Database
+from workers.errors import PermanentJobError
+from workers.jobs import DraftLike, JobContext, ModelInfo
+
+_load_lock = threading.Lock()
+
+
+def resolve_device(requested: str) -> str:
+    """Map ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class BundleDrafter:
+    """Load a model bundle on first use and draft studies with it (thread-safe).
+
+    Parameters
+    ----------
+    bundle_dir
+        The bundle folder.
+    device
+        ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+
+    def __init__(self, bundle_dir: Path, device: str = "auto") -> None:
+        self.bundle_dir = bundle_dir
+        self.device = device
+        self._bundle: Any = None
+
+    def bundle(self) -> Any:
+        """Return the loaded bundle, loading it on the first call."""
+        if self._bundle is None:
+            with _load_lock:
+                if self._bundle is None:
+                    from workers.inference.bundle import load_bundle
+
+                    self._bundle = load_bundle(self.bundle_dir,
+                                               device=resolve_device(self.device))
+        return self._bundle
+
+    def __call__(self, paths: Sequence[Path], indication: str | None) -> DraftLike:
+        from workers.inference.drafting import draft_study
+
+        if not paths:
+            raise PermanentJobError("the study has no stored instances")
+        result: DraftLike = draft_study(list(paths), self.bundle(), indication=indication)
+        return result
+
+
+def build_job_context(
+    settings: Settings,
+    *,
+    sessions: sessionmaker[Session] | None = None,
+    drafter: Any | None = None,
+) -> JobContext:
+    """Assemble a :class:`JobContext` from settings.
+
+    Parameters
+    ----------
+    settings
+        Database, storage, model and job policy.
+    sessions
+        An existing session factory (the node's own, in embedded mode).
+    drafter
+        A drafter to use instead of loading ``model.bundle``.
+
+    Raises
+    ------
+    RuntimeError
+        If no model bundle is installed at ``model.bundle``.
+    """
+    identity = read_bundle_identity(settings.model.bundle)
+    if identity is None:
+        raise RuntimeError(f"no model bundle at {settings.model.bundle}")
+    if sessions is None:
+        sessions = Database.from_settings(settings).sessions
+    return JobContext(
+        sessions=sessions,
+        storage_root=settings.storage.root.resolve(),
+        drafter=drafter or BundleDrafter(settings.model.bundle, settings.worker.device),
+        model=ModelInfo(identity.name, identity.version, identity.device_uid),
+        policy=settings.jobs,
+    )
+
+
+@cache
+def process_job_context() -> JobContext:
+    """The job context of this worker process (built once, from the environment)."""
+    return build_job_context(load_settings())

@@ -1,0 +1,19 @@
+"""Which drafting failures are worth retrying."""
+
+from __future__ import annotations
+
+
+class PermanentJobError(Exception):
+    """Retrying cannot help (bad input, no usable image): fail the job at once."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Return whether ``exc`` is a permanent failure.
+
+    Undecodable images and other input errors are permanent; everything else
+    (broker or database hiccups, GPU out of memory, a missing shared folder) is
+    retried with back-off until the attempts run out.
+    """
+    from workers.inference.preprocess import ImageDecodeError
+
+    return isinstance(exc, PermanentJobError | ImageDecodeError)

@@ -1,0 +1,203 @@
+"""Running one drafting job: claim, draft, record — idempotent under redelivery.
+
+:func:`run_draft_job` is what both the Celery task and the in-process queue
+call. It returns the delay before another attempt, or ``None`` when the job
+needs no more work (drafted, failed for good, or owned by someone else).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.config import JobSettings
+from node.db.models import AuditEvent, Instance, Job, Report, Study
+from node.db.types import utcnow
+from node.logs import log_event
+from node.states import JobState, ReportState, StudyState
+from workers.errors import is_permanent
+
+logger = logging.getLogger(__name__)
+
+
+class DraftLike(Protocol):
+    """What a drafting engine returns (see ``workers.inference.drafting``)."""
+
+    findings: str
+    impression: str
+    raw_text: str
+
+    def to_json_dict(self) -> dict[str, Any]: ...
+
+
+#: Drafts a study from its instance files, with the indication if known.
+Drafter = Callable[[Sequence[Path], str | None], DraftLike]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The identity a report records for the model that drafted it."""
+
+    name: str
+    version: str
+    device_uid: str
+
+
+@dataclass
+class JobContext:
+    """What a job needs: database, instance files, the drafter and the policy."""
+
+    sessions: sessionmaker[Session]
+    storage_root: Path
+    drafter: Drafter
+    model: ModelInfo
+    policy: JobSettings
+
+
+@dataclass(frozen=True)
+class _Claim:
+    job_id: int
+    study_id: int
+    attempt: int
+    paths: list[Path]
+    indication: str | None
+
+
+def _backoff(policy: JobSettings, attempt: int) -> float:
+    return float(min(policy.retry_backoff_max_seconds,
+                     policy.retry_backoff_seconds * 2 ** max(0, attempt - 1)))
+
+
+def _audit(session: Session, now: dt.datetime, action: str, job: Job, **details: Any) -> None:
+    session.add(AuditEvent(at=now, actor="worker", action=action, object_type="job",
+                           object_id=str(job.id), study_id=job.study_id, details=details or None))
+
+
+def _claim(ctx: JobContext, job_id: int, now: dt.datetime) -> _Claim | None:
+    with ctx.sessions.begin() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.state in (JobState.SUCCEEDED, JobState.FAILED):
+            return None
+        if job.state == JobState.RUNNING and job.lease_expires_at and job.lease_expires_at > now:
+            return None  # another worker holds it
+        study = session.get(Study, job.study_id)
+        assert study is not None
+        if job.attempts >= ctx.policy.max_attempts:
+            _fail(session, job, study, now, "AttemptsExhausted",
+                  f"no attempt finished in {job.attempts} tries", None)
+            return None
+        job.state = JobState.RUNNING
+        job.attempts += 1
+        job.started_at = now
+        job.lease_expires_at = now + dt.timedelta(seconds=ctx.policy.lease_seconds)
+        study.state = StudyState.DRAFTING
+        _audit(session, now, "job_started", job, attempt=job.attempts)
+        paths = [
+            ctx.storage_root / p
+            for p in session.scalars(
+                select(Instance.path).where(Instance.study_id == study.id).order_by(Instance.id)
+            )
+        ]
+        return _Claim(job.id, study.id, job.attempts, paths, study.reason_for_exam)
+
+
+def _fail(session: Session, job: Job, study: Study, now: dt.datetime, error_class: str,
+          message: str, trace: str | None) -> None:
+    job.state = JobState.FAILED
+    job.finished_at = now
+    job.lease_expires_at = None
+    job.error_class, job.error_message, job.error_traceback = error_class, message, trace
+    study.state = StudyState.FAILED
+    study.state_reason = f"drafting failed: {error_class}"
+    _audit(session, now, "job_failed", job, error=error_class)
+
+
+def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, now: dt.datetime) -> None:
+    try:
+        with ctx.sessions.begin() as session:
+            job = session.get(Job, claim.job_id, with_for_update=True)
+            study = session.get(Study, claim.study_id)
+            assert job is not None and study is not None
+            session.add(Report(
+                study_id=study.id, job_id=job.id, state=ReportState.DRAFT,
+                findings=draft.findings, impression=draft.impression, raw_text=draft.raw_text,
+                model_name=ctx.model.name, model_version=ctx.model.version,
+                device_uid=ctx.model.device_uid, created_at=now,
+            ))
+            job.state = JobState.SUCCEEDED
+            job.finished_at = now
+            job.lease_expires_at = None
+            job.error_class = job.error_message = job.error_traceback = None
+            if study.state in (StudyState.DRAFTING, StudyState.QUEUED):
+                study.state = StudyState.DRAFTED
+                study.state_reason = None
+            _audit(session, now, "job_succeeded", job, attempt=claim.attempt)
+    except IntegrityError:
+        # The unique report-per-job constraint: a redelivered copy got there first.
+        log_event(logger, logging.INFO, "draft_already_recorded", job_id=claim.job_id)
+
+
+def _record_failure(ctx: JobContext, claim: _Claim, exc: BaseException,
+                    now: dt.datetime) -> float | None:
+    permanent = is_permanent(exc)
+    with ctx.sessions.begin() as session:
+        job = session.get(Job, claim.job_id, with_for_update=True)
+        study = session.get(Study, claim.study_id)
+        assert job is not None and study is not None
+        trace = "".join(traceback.format_exception(exc))
+        message = str(exc)[:2000]
+        if permanent or job.attempts >= ctx.policy.max_attempts:
+            _fail(session, job, study, now, type(exc).__name__, message, trace)
+            return None
+        delay = _backoff(ctx.policy, job.attempts)
+        job.state = JobState.RETRYING
+        job.lease_expires_at = None
+        job.enqueued_at = now + dt.timedelta(seconds=delay)
+        job.error_class, job.error_message, job.error_traceback = type(exc).__name__, message, trace
+        study.state = StudyState.QUEUED
+        _audit(session, now, "job_retrying", job, error=type(exc).__name__, delay=delay)
+        return delay
+
+
+def run_draft_job(ctx: JobContext, job_id: int) -> float | None:
+    """Run job ``job_id`` once.
+
+    Parameters
+    ----------
+    ctx
+        Database, storage, drafter and retry policy.
+    job_id
+        Primary key of the job.
+
+    Returns
+    -------
+    float or None
+        Seconds to wait before the next attempt; ``None`` when nothing is left
+        to do (drafted, failed for good, or being run elsewhere).
+    """
+    claim = _claim(ctx, job_id, utcnow())
+    if claim is None:
+        log_event(logger, logging.INFO, "job_skipped", job_id=job_id)
+        return None
+    log_event(logger, logging.INFO, "job_running", job_id=job_id, study_id=claim.study_id,
+              attempt=claim.attempt)
+    try:
+        draft = ctx.drafter(claim.paths, claim.indication)
+    except Exception as exc:
+        delay = _record_failure(ctx, claim, exc, utcnow())
+        log_event(logger, logging.WARNING, "job_attempt_failed", job_id=job_id,
+                  study_id=claim.study_id, error=type(exc).__name__,
+                  retry_in=delay)
+        return delay
+    _record_success(ctx, claim, draft, utcnow())
+    log_event(logger, logging.INFO, "job_succeeded", job_id=job_id, study_id=claim.study_id)
+    return None
