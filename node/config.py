@@ -100,7 +100,6 @@ class BrokerSettings(_Section):
     """Redis redelivers an unacknowledged task after this long; it must exceed the
     longest queue wait plus run time (the reconciler covers lost workers sooner)."""
     draft_queue: str = "draft"
-    export_queue: str = "export"
 
 
 class JobSettings(_Section):
@@ -181,6 +180,37 @@ class Destination(_Section):
         return _check_ae_title(value)
 
 
+class ExportSettings(_Section):
+    """Delivery of reports (and optionally their images) to the ``destinations``.
+
+    A failed delivery is tried again after ``base_delay_seconds``, the delay
+    growing by ``backoff_factor`` up to ``max_delay_seconds``; an export still
+    undelivered ``max_age_seconds`` after it was queued becomes FAILED.
+    """
+
+    calling_ae: str | None = None
+    """The AE title the node calls with; ``dicom.ae_title`` when unset."""
+    period_seconds: float = Field(5.0, gt=0)
+    base_delay_seconds: float = Field(30.0, ge=0)
+    backoff_factor: float = Field(2.0, ge=1)
+    max_delay_seconds: float = Field(900.0, ge=0)
+    max_age_seconds: float = Field(86400.0, ge=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+    """Connection, association, response and network timeout of one send."""
+    claim_seconds: float = Field(300.0, gt=0)
+    """How long a claimed export is left to its sender before another pass may
+    take it (a sender that died mid-send); must exceed the longest send."""
+    batch_size: int = Field(20, ge=1)
+    """Exports claimed by one pass."""
+    include_images: bool = False
+    """Send the study's instances before the report's SR, in the same association."""
+
+    @field_validator("calling_ae")
+    @classmethod
+    def _check_calling_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae_title(value)
+
+
 class LoggingSettings(_Section):
     """Log level and format (structured JSON or plain text)."""
 
@@ -208,6 +238,7 @@ class Settings(BaseSettings):
     assembly: AssemblySettings = Field(default_factory=AssemblySettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     destinations: list[Destination] = Field(default_factory=list)
+    exports: ExportSettings = Field(default_factory=ExportSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod

@@ -15,6 +15,7 @@ from node.db.engine import create_db_engine, create_session_factory
 from node.db.migrate import upgrade
 from node.dicom.ingest import InstanceIngestor
 from node.dicom.scp import DicomListener
+from node.exports.service import ExportService
 from node.jobs.bundle_identity import read_bundle_identity
 from node.jobs.queue import CeleryWorkQueue, EmbeddedWorkQueue, WorkQueue
 from node.jobs.scheduler import DraftScheduler, Reconciler
@@ -71,6 +72,7 @@ class NodeServices:
     assembly: AssemblyService
     work_queue: WorkQueue
     reconciler: Reconciler
+    exporter: ExportService
     _started: list[str] = field(default_factory=list)
 
     @classmethod
@@ -92,10 +94,12 @@ class NodeServices:
             settings.assembly, database.sessions, on_stable=scheduler.on_stable
         )
         reconciler = Reconciler(settings.jobs, scheduler)
-        return cls(settings, database, store, listener, assembly, work_queue, reconciler)
+        exporter = ExportService.from_settings(settings, database.sessions, store)
+        return cls(settings, database, store, listener, assembly, work_queue, reconciler,
+                   exporter)
 
     def start(self) -> None:
-        """Start the DICOM listener, the assembly loop and the reconciler."""
+        """Start the DICOM listener, assembly, the reconciler and the export loop."""
         swept = self.store.sweep_temporaries()
         if swept:
             log_event(logger, logging.WARNING, "partial_writes_removed", count=swept)
@@ -105,6 +109,8 @@ class NodeServices:
         self._started.append("listener")
         self.assembly.start()
         self._started.append("assembly")
+        self.exporter.start()
+        self._started.append("exporter")
 
     def stop(self) -> None:
         """Stop in reverse order: no new instances, then the loops, then the queue."""
@@ -115,5 +121,7 @@ class NodeServices:
         if "reconciler" in self._started:
             self.reconciler.stop()
         self.work_queue.close()
+        if "exporter" in self._started:
+            self.exporter.stop()
         self._started.clear()
         self.database.engine.dispose()

@@ -44,10 +44,7 @@ def create_celery_app(broker: BrokerSettings, *, include_tasks: bool = True) -> 
         worker_soft_shutdown_timeout=60.0,
         worker_enable_soft_shutdown_on_idle=True,
         task_default_queue=broker.draft_queue,
-        task_routes={
-            "radnode.draft": {"queue": broker.draft_queue},
-            "radnode.export": {"queue": broker.export_queue},
-        },
+        task_routes={"radnode.draft": {"queue": broker.draft_queue}},
         task_serializer="json",
         accept_content=["json"],
         worker_hijack_root_logger=False,

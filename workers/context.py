@@ -18,7 +18,9 @@ from node.config import Settings, load_settings
 from node.jobs.bundle_identity import read_bundle_identity
 from node.runtime import Database
 from workers.errors import PermanentJobError
-from workers.jobs import DraftLike, JobContext, ModelInfo
+from node.reports.sr_content import ModelProvenance
+from node.storage import InstanceStore
+from workers.jobs import DraftLike, JobContext
 
 _load_lock = threading.Lock()
 
@@ -95,12 +97,17 @@ def build_job_context(
         raise RuntimeError(f"no model bundle at {settings.model.bundle}")
     if sessions is None:
         sessions = Database.from_settings(settings).sessions
+    store = InstanceStore(settings.storage.root, min_free_mb=settings.storage.min_free_mb,
+                          max_used_percent=settings.storage.max_used_percent)
     return JobContext(
         sessions=sessions,
-        storage_root=settings.storage.root.resolve(),
+        store=store,
         drafter=drafter or BundleDrafter(settings.model.bundle, settings.worker.device),
-        model=ModelInfo(identity.name, identity.version, identity.device_uid),
+        model=ModelProvenance(name=identity.name[:64], version=identity.version[:64],
+                              manufacturer="radnode", device_uid=identity.device_uid,
+                              synthetic=identity.synthetic),
         policy=settings.jobs,
+        destinations=settings.destinations,
     )
 
 

@@ -14,6 +14,7 @@ def is_permanent(exc: BaseException) -> bool:
     (broker or database hiccups, GPU out of memory, a missing shared folder) is
     retried with back-off until the attempts run out.
     """
+    from workers.inference.drafting import NoFrontalImageError
     from workers.inference.preprocess import ImageDecodeError
 
-    return isinstance(exc, PermanentJobError | ImageDecodeError)
+    return isinstance(exc, PermanentJobError | ImageDecodeError | NoFrontalImageError)

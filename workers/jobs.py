@@ -19,11 +19,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import JobSettings
+from node.config import Destination, JobSettings
 from node.db.models import AuditEvent, Instance, Job, Report, Study
 from node.db.types import utcnow
+from node.exports.service import queue_exports
 from node.logs import log_event
+from node.reports.drafts import StoredSR, write_draft_sr
+from node.reports.sr_content import ModelProvenance, ReportContent
 from node.states import JobState, ReportState, StudyState
+from node.storage import InstanceStore
 from workers.errors import is_permanent
 
 logger = logging.getLogger(__name__)
@@ -32,9 +36,14 @@ logger = logging.getLogger(__name__)
 class DraftLike(Protocol):
     """What a drafting engine returns (see ``workers.inference.drafting``)."""
 
-    findings: str
-    impression: str
-    raw_text: str
+    @property
+    def findings(self) -> str: ...
+
+    @property
+    def impression(self) -> str: ...
+
+    @property
+    def raw_text(self) -> str: ...
 
     def to_json_dict(self) -> dict[str, Any]: ...
 
@@ -43,24 +52,16 @@ class DraftLike(Protocol):
 Drafter = Callable[[Sequence[Path], str | None], DraftLike]
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """The identity a report records for the model that drafted it."""
-
-    name: str
-    version: str
-    device_uid: str
-
-
 @dataclass
 class JobContext:
-    """What a job needs: database, instance files, the drafter and the policy."""
+    """What a job needs: database, storage, the drafter, the policy and where SRs go."""
 
     sessions: sessionmaker[Session]
-    storage_root: Path
+    store: InstanceStore
     drafter: Drafter
-    model: ModelInfo
+    model: ModelProvenance
     policy: JobSettings
+    destinations: Sequence[Destination]
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def _claim(ctx: JobContext, job_id: int, now: dt.datetime) -> _Claim | None:
         study.state = StudyState.DRAFTING
         _audit(session, now, "job_started", job, attempt=job.attempts)
         paths = [
-            ctx.storage_root / p
+            ctx.store.absolute(p)
             for p in session.scalars(
                 select(Instance.path).where(Instance.study_id == study.id).order_by(Instance.id)
             )
@@ -121,18 +122,24 @@ def _fail(session: Session, job: Job, study: Study, now: dt.datetime, error_clas
     _audit(session, now, "job_failed", job, error=error_class)
 
 
-def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, now: dt.datetime) -> None:
+def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, sr: StoredSR,
+                    now: dt.datetime) -> None:
     try:
         with ctx.sessions.begin() as session:
             job = session.get(Job, claim.job_id, with_for_update=True)
             study = session.get(Study, claim.study_id)
             assert job is not None and study is not None
-            session.add(Report(
+            report = Report(
                 study_id=study.id, job_id=job.id, state=ReportState.DRAFT,
                 findings=draft.findings, impression=draft.impression, raw_text=draft.raw_text,
                 model_name=ctx.model.name, model_version=ctx.model.version,
                 device_uid=ctx.model.device_uid, created_at=now,
-            ))
+                sop_instance_uid=sr.sop_instance_uid,
+                series_instance_uid=sr.series_instance_uid, sr_path=sr.path,
+            )
+            session.add(report)
+            session.flush()
+            queue_exports(session, report, ctx.destinations, now=now)
             job.state = JobState.SUCCEEDED
             job.finished_at = now
             job.lease_expires_at = None
@@ -143,6 +150,11 @@ def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, now: dt.da
             _audit(session, now, "job_succeeded", job, attempt=claim.attempt)
     except IntegrityError:
         # The unique report-per-job constraint: a redelivered copy got there first.
+        # Its SR has the same UIDs; remove this attempt's file unless it is the same one.
+        with ctx.sessions() as session:
+            kept = session.scalar(select(Report.sr_path).where(Report.job_id == claim.job_id))
+        if kept != sr.path:
+            ctx.store.remove(sr.path)
         log_event(logger, logging.INFO, "draft_already_recorded", job_id=claim.job_id)
 
 
@@ -192,12 +204,18 @@ def run_draft_job(ctx: JobContext, job_id: int) -> float | None:
               attempt=claim.attempt)
     try:
         draft = ctx.drafter(claim.paths, claim.indication)
+        sr = write_draft_sr(
+            ctx.store,
+            claim.paths,
+            ReportContent(findings=draft.findings or draft.raw_text, impression=draft.impression),
+            ctx.model,
+        )
     except Exception as exc:
         delay = _record_failure(ctx, claim, exc, utcnow())
         log_event(logger, logging.WARNING, "job_attempt_failed", job_id=job_id,
                   study_id=claim.study_id, error=type(exc).__name__,
                   retry_in=delay)
         return delay
-    _record_success(ctx, claim, draft, utcnow())
+    _record_success(ctx, claim, draft, sr, utcnow())
     log_event(logger, logging.INFO, "job_succeeded", job_id=job_id, study_id=claim.study_id)
     return None

@@ -55,6 +55,15 @@ class AssemblyService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _is_due(self, study: Study, now: dt.datetime) -> bool:
+        """Whether a RECEIVING study is complete at ``now`` (same rules as the query)."""
+        if study.last_received_at <= now - dt.timedelta(seconds=self.settings.quiet_seconds):
+            return True
+        if not self.settings.early_stable_single_image or len(study.instances) != 1:
+            return False
+        modalities = {m.upper() for m in self.settings.selection.modalities}
+        return (study.instances[0].modality or "").upper() in modalities
+
     def _due_study_ids(self, session: Session, now: dt.datetime) -> list[int]:
         cutoff = now - dt.timedelta(seconds=self.settings.quiet_seconds)
         quiet = select(Study.id).where(
@@ -102,6 +111,8 @@ class AssemblyService:
             study = session.get(Study, study_id, with_for_update=True)
             if study is None or study.state != StudyState.RECEIVING:
                 return False  # another node process got there first
+            if not self._is_due(study, now):
+                return False  # an instance arrived since the study was found due
             facts = [
                 InstanceFacts(i.sop_class_uid, i.modality, i.body_part, i.view_position,
                               i.series_description)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from node.cli import node_commands, worker_commands
+from node.cli import demo_command, model_commands, node_commands, worker_commands
 from node.config import ConfigError
 
 
@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     node_commands.register(commands)
     worker_commands.register(commands)
+    model_commands.register(commands)
+    demo_command.register(commands)
     return parser
 
 

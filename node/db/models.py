@@ -169,6 +169,8 @@ class Report(Base):
     device_uid: Mapped[str | None] = mapped_column(UID)
     sop_instance_uid: Mapped[str | None] = mapped_column(UID, unique=True)
     series_instance_uid: Mapped[str | None] = mapped_column(UID)
+    sr_path: Mapped[str | None] = mapped_column(String(512))
+    """The report's SR file, relative to the storage root (``None`` until written)."""
     predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"))
     signed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     signed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.uid import UID
 
+from node.dicom.structure import StructureError, check_part10
 from node.storage import is_valid_uid
 
 
@@ -141,9 +142,13 @@ def parse_header(encoded: bytes) -> InstanceHeader:
     Raises
     ------
     HeaderError
-        If the bytes do not decode, required UIDs are missing or invalid, or
-        the pixel data does not match its header.
+        If the bytes are truncated or do not decode, required UIDs are missing
+        or invalid, or the pixel data does not match its header.
     """
+    try:
+        check_part10(encoded)
+    except StructureError as exc:
+        raise HeaderError(f"dataset is truncated or malformed: {exc}") from exc
     try:
         ds = dcmread(BytesIO(encoded), force=False)
         transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)

@@ -8,6 +8,7 @@ addresses only.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from typing import Any
 
@@ -46,8 +47,48 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
 )
 
 
-def build_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+class _DeferredHandshakeContext(ssl.SSLContext):
+    """A server TLS context whose handshake runs in the association's own thread.
+
+    pynetdicom wraps every accepted socket in its single accept loop; with the
+    default handshake-on-wrap, one peer that connects and stays silent stalls
+    that loop, and with it every other association. Here the handshake happens
+    on the first read, in the thread serving that peer, and the socket gets a
+    timeout so that a silent peer is eventually dropped.
+    """
+
+    peer_timeout: float | None = None
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        sock.settimeout(self.peer_timeout)
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=False,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=server_hostname,
+            session=session,
+        )
+
+
+def build_ssl_context(tls: TlsSettings, *, peer_timeout: float | None = None) -> ssl.SSLContext:
     """Build the server-side TLS context (TLS 1.2 or newer).
+
+    Parameters
+    ----------
+    tls
+        Certificate, key, CA and client-certificate policy.
+    peer_timeout
+        Seconds a peer may stay silent, the TLS handshake included, before its
+        connection is dropped; ``None`` waits for ever.
 
     Raises
     ------
@@ -56,7 +97,8 @@ def build_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     """
     if tls.cert_file is None or tls.key_file is None:
         raise ValueError("dicom.tls needs cert_file and key_file")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    context.peer_timeout = peer_timeout
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=tls.cert_file, keyfile=tls.key_file)
     if tls.ca_file is not None:
@@ -117,7 +159,11 @@ class DicomListener:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
-        context = build_ssl_context(self.settings.tls) if self.settings.tls.enabled else None
+        context = (
+            build_ssl_context(self.settings.tls, peer_timeout=self.settings.network_timeout)
+            if self.settings.tls.enabled
+            else None
+        )
         self._server = self.ae.start_server(
             (self.settings.bind_address, self.settings.port),
             block=False,

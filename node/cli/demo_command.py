@@ -1,0 +1,81 @@
+"""``radnode demo``: run the node on embedded defaults and draft sample studies."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from node.config import load_settings
+from node.jobs.bundle_identity import read_bundle_identity
+from node.logs import configure_logging
+from node.runtime import NodeServices
+from node.states import StudyState
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from node.config import LoggingSettings
+    from node.demo import draft_summaries, send_files, wait_for_drafts, write_sample_studies
+
+    settings = load_settings()
+    configure_logging(LoggingSettings(level="WARNING", format="text"))
+    identity = read_bundle_identity(settings.model.bundle)
+    if identity is None:
+        print(f"no model bundle at {settings.model.bundle}: run `radnode model synth` first",
+              file=sys.stderr)
+        return 2
+    print(f"model: {identity.name} {identity.version} — {identity.intended_use}")
+    services = NodeServices.build(settings)
+    services.start()
+    try:
+        samples = write_sample_studies(args.folder, args.studies)
+        statuses = send_files(services.listener.port, settings.dicom.ae_title,
+                              [s.path for s in samples])
+        print(f"sent {len(samples)} sample studies to {settings.dicom.ae_title} "
+              f"on port {services.listener.port}: "
+              f"{sum(1 for s in statuses if s == 0)} stored")
+        with tqdm(total=len(samples), desc="drafting", unit="study", file=sys.stderr) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.n = done
+                bar.refresh()
+
+            states = wait_for_drafts(services, [s.study_uid for s in samples], args.timeout,
+                                     progress)
+        drafts = dict(draft_summaries(services, [s.study_uid for s in samples]))
+        for sample in samples:
+            state = states.get(sample.study_uid)
+            print(f"\n{sample.path.name}: drawn: {sample.findings_drawn}")
+            print(f"  state: {state.name if state else 'unknown'}")
+            if sample.study_uid in drafts:
+                print(f"  draft: {drafts[sample.study_uid]}")
+        drafted = sum(1 for s in states.values() if s == StudyState.DRAFTED)
+        if args.once:
+            return 0 if drafted == len(samples) else 1
+        print(f"\nnode running — DICOM {settings.dicom.ae_title}@{services.listener.port}; "
+              "Ctrl-C to stop")
+        stop = threading.Event()
+
+        def _stop(_signum: int, _frame: Any) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+        stop.wait()
+        return 0
+    finally:
+        services.stop()
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``demo`` to the ``radnode`` parser."""
+    demo = commands.add_parser("demo", help="run the node with sample studies and the demo model")
+    demo.add_argument("--studies", type=int, default=6, help="sample studies to send")
+    demo.add_argument("--folder", type=Path, default=Path("var/demo-studies"))
+    demo.add_argument("--timeout", type=float, default=600.0)
+    demo.add_argument("--once", action="store_true", help="exit after the drafts are done")
+    demo.set_defaults(handler=_demo)

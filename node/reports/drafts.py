@@ -1,0 +1,84 @@
+"""Writing a model draft as a DICOM SR into storage, with ids fixed per study and model."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from node.reports.sr_builder import build_draft_sr, sr_to_bytes
+from node.reports.sr_content import ModelProvenance, ReportContent
+from node.storage import InstanceStore
+
+#: Series number of the node's draft SRs (image series use small numbers).
+DRAFT_SERIES_NUMBER = 9001
+_SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
+
+@dataclass(frozen=True)
+class StoredSR:
+    """Where an SR was written and its identifiers."""
+
+    path: str
+    """Relative to the storage root."""
+    sop_instance_uid: str
+    series_instance_uid: str
+
+
+def draft_uids(study_uid: str, device_uid: str) -> tuple[str, str]:
+    """Series and SOP Instance UIDs of the draft of ``study_uid`` by model ``device_uid``.
+
+    The same study and model build always give the same UIDs, so a redelivered job
+    cannot create a second draft SR (the report's SOP Instance UID is unique).
+    """
+    series = generate_uid(entropy_srcs=[study_uid, device_uid, "radnode-draft-series"])
+    sop = generate_uid(entropy_srcs=[study_uid, device_uid, "radnode-draft-sr"])
+    return str(series), str(sop)
+
+
+def write_draft_sr(
+    store: InstanceStore,
+    instance_paths: Sequence[Path],
+    content: ReportContent,
+    model: ModelProvenance,
+) -> StoredSR:
+    """Build the draft SR for a study and store it durably.
+
+    Parameters
+    ----------
+    store
+        Instance storage (the SR lives beside the images).
+    instance_paths
+        The study's stored instances; image headers become the SR's evidence.
+    content
+        Findings, impression and coded observations.
+    model
+        The drafting model's provenance.
+
+    Returns
+    -------
+    StoredSR
+        The relative path and UIDs of the written SR.
+    """
+    evidence = [dcmread(path, stop_before_pixels=True) for path in instance_paths]
+    evidence = [ds for ds in evidence if not str(ds.SOPClassUID).startswith(_SR_SOP_CLASS_PREFIX)]
+    study_uid = str(evidence[0].StudyInstanceUID)
+    series_uid, sop_uid = draft_uids(study_uid, model.device_uid)
+    dataset = build_draft_sr(
+        evidence,
+        content,
+        model,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        series_number=DRAFT_SERIES_NUMBER,
+        instance_number=1,
+    )
+    data = sr_to_bytes(dataset)
+    relative = store.relative_path(study_uid, series_uid, sop_uid,
+                                   hashlib.sha256(data).hexdigest())
+    store.write(relative, data)
+    return StoredSR(relative, sop_uid, series_uid)

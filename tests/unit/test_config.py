@@ -1,0 +1,204 @@
+"""Settings: embedded defaults, the TOML file, environment overrides and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.config import CONFIG_ENV_VAR, ConfigError, Settings, load_settings
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_match_the_design() -> None:
+    """Without a file or variables the node runs embedded on the documented defaults."""
+    settings = load_settings()
+    assert isinstance(settings, Settings)
+    assert settings.dicom.port == 11112
+    assert settings.dicom.ae_title == "RADNODE"
+    assert settings.dicom.allowed_calling_aes == []
+    assert settings.dicom.tls.enabled is False
+    assert settings.database.url.startswith("sqlite:///")
+    assert settings.broker.url == ""
+    assert settings.storage.root == Path("var/storage")
+    assert settings.web.port == 8080
+    assert settings.assembly.quiet_seconds == 10
+    assert settings.assembly.early_stable_single_image is True
+    assert settings.assembly.selection.modalities == ["CR", "DX"]
+    assert settings.destinations == []
+
+
+def test_toml_file_named_by_environment_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RADNODE_CONFIG names a TOML file whose sections replace the defaults."""
+    config = _write(
+        tmp_path / "radnode.toml",
+        """
+        [dicom]
+        port = 11190
+        ae_title = "CXRNODE"
+        allowed_calling_aes = ["MODALITY1", "PACS"]
+        [database]
+        url = "postgresql+psycopg://radnode@db/radnode"
+        [broker]
+        url = "redis://127.0.0.1:6379/0"
+        [storage]
+        root = "/srv/radnode"
+        [assembly]
+        quiet_seconds = 5
+        [assembly.selection]
+        draft_when_view_unknown = true
+        [[destinations]]
+        ae_title = "PACS"
+        host = "pacs.example"
+        port = 4242
+        """.replace("        ", ""),
+    )
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(config))
+    settings = load_settings()
+    assert settings.dicom.port == 11190
+    assert settings.dicom.ae_title == "CXRNODE"
+    assert settings.dicom.allowed_calling_aes == ["MODALITY1", "PACS"]
+    assert settings.database.url == "postgresql+psycopg://radnode@db/radnode"
+    assert settings.broker.url == "redis://127.0.0.1:6379/0"
+    assert settings.storage.root == Path("/srv/radnode")
+    assert settings.assembly.quiet_seconds == 5
+    assert settings.assembly.selection.draft_when_view_unknown is True
+    assert settings.assembly.early_stable_single_image is True  # untouched default
+    assert [(d.ae_title, d.host, d.port) for d in settings.destinations] == [
+        ("PACS", "pacs.example", 4242)
+    ]
+
+
+def test_environment_overrides_file_key_by_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RADNODE_DICOM__PORT wins over [dicom] port; the file's other [dicom] keys survive."""
+    config = _write(tmp_path / "radnode.toml", '[dicom]\nport = 11190\nae_title = "CXRNODE"\n')
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(config))
+    monkeypatch.setenv("RADNODE_DICOM__PORT", "11200")
+    monkeypatch.setenv("RADNODE_ASSEMBLY__SELECTION__MODALITIES", '["DX"]')
+    settings = load_settings()
+    assert settings.dicom.port == 11200
+    assert settings.dicom.ae_title == "CXRNODE"
+    assert settings.assembly.selection.modalities == ["DX"]
+
+
+def test_explicit_overrides_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values passed to load_settings beat the environment (embedded runs, tests)."""
+    monkeypatch.setenv("RADNODE_DICOM__PORT", "11200")
+    assert load_settings(dicom={"port": 11300}).dicom.port == 11300
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "key"),
+    [
+        ("RADNODE_DICOM__PORT", "not-a-number", "dicom.port"),
+        ("RADNODE_DICOM__PORT", "70000", "dicom.port"),
+        ("RADNODE_STORAGE__MIN_FREE_MB", "-1", "storage.min_free_mb"),
+        ("RADNODE_ASSEMBLY__QUIET_SECONDS", "-5", "assembly.quiet_seconds"),
+        ("RADNODE_LOGGING__LEVEL", "CHATTY", "logging.level"),
+        ("RADNODE_DICOM__NO_SUCH_KEY", "1", "dicom.no_such_key"),
+    ],
+)
+def test_invalid_environment_value_names_the_key(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, key: str
+) -> None:
+    """An invalid variable raises ConfigError whose message names the offending key."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert key in str(caught.value)
+
+
+def test_invalid_file_values_are_all_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every invalid key in the file is reported, not only the first."""
+    config = _write(
+        tmp_path / "radnode.toml",
+        "[dicom]\nport = 99999\n[storage]\nmax_used_percent = 150\n[web]\nport = 0\n",
+    )
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(config))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    for key in ("dicom.port", "storage.max_used_percent", "web.port"):
+        assert key in message
+
+
+def test_unknown_section_in_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misspelt section in the file is an error, not silently ignored."""
+    config = _write(tmp_path / "radnode.toml", "[dicomm]\nport = 11190\n")
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(config))
+    with pytest.raises(ConfigError, match="dicomm"):
+        load_settings()
+
+
+def test_toml_syntax_error_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that is not TOML raises ConfigError (not a raw parser exception)."""
+    config = _write(tmp_path / "radnode.toml", "[dicom\nport = 1\n")
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(config))
+    with pytest.raises(ConfigError):
+        load_settings()
+
+
+def test_missing_config_file_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RADNODE_CONFIG naming a missing file fails loudly instead of using defaults."""
+    missing = tmp_path / "absent.toml"
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(missing))
+    with pytest.raises(ConfigError, match=CONFIG_ENV_VAR) as caught:
+        load_settings()
+    assert str(missing) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["", "   ", "SEVENTEEN_CHARS_X", "BACK\\SLASH", "TAB\tTITLE", "ÜMLAUT"],
+)
+def test_invalid_own_ae_title_is_refused(title: str) -> None:
+    """The node's AE title must be 1-16 printable ASCII characters without backslash."""
+    with pytest.raises(ConfigError, match="dicom.ae_title"):
+        load_settings(dicom={"ae_title": title})
+
+
+def test_invalid_allowed_calling_ae_is_refused() -> None:
+    """Each allowed calling AE title is validated like the node's own."""
+    with pytest.raises(ConfigError, match="dicom.allowed_calling_aes"):
+        load_settings(dicom={"allowed_calling_aes": ["GOOD", "WAY_TOO_LONG_AE_TITLE"]})
+
+
+def test_invalid_destination_ae_is_refused() -> None:
+    """A destination with an invalid AE title is refused with its position named."""
+    with pytest.raises(ConfigError, match=r"destinations\.0\.ae_title"):
+        load_settings(destinations=[{"ae_title": "A\\B", "host": "h", "port": 104}])
+
+
+def test_ae_titles_are_trimmed() -> None:
+    """Padding spaces are not part of an AE title (DICOM pads AE titles with spaces)."""
+    settings = load_settings(dicom={"ae_title": "RADNODE  ", "allowed_calling_aes": [" CR1"]})
+    assert settings.dicom.ae_title == "RADNODE"
+    assert settings.dicom.allowed_calling_aes == ["CR1"]
+
+
+def test_port_zero_means_any_free_port() -> None:
+    """Port 0 is accepted so that embedded runs and tests can bind a free port."""
+    assert load_settings(dicom={"port": 0}).dicom.port == 0
+
+
+def test_settings_are_immutable() -> None:
+    """The settings object is frozen: no module-global mutation at run time."""
+    settings = load_settings()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
+        settings.dicom.port = 1  # type: ignore[misc]
