@@ -17,7 +17,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -135,10 +142,24 @@ class StorageSettings(_Section):
 
 
 class WebSettings(_Section):
-    """The web application."""
+    """The web application: where it listens, its login cookie and login throttling."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    secret_key: SecretStr | None = None
+    """Signs login cookies and CSRF tokens. When unset, the key is read from
+    ``secret_key_file``, which is generated (mode 0600) on first start."""
+    secret_key_file: Path = Path("var/web-secret.key")
+    secure_cookies: bool = False
+    """Mark cookies ``Secure``: set it when browsers reach the node over HTTPS
+    (e.g. through a TLS-terminating proxy)."""
+    session_idle_minutes: float = Field(30.0, gt=0)
+    """A login ends after this long without a request."""
+    session_max_hours: float = Field(12.0, gt=0)
+    """A login ends this long after it began, active or not."""
+    login_max_failures: int = Field(5, ge=1)
+    """Failed logins allowed per username and client address within the window."""
+    login_window_seconds: float = Field(300.0, gt=0)
 
 
 class SelectionSettings(_Section):

@@ -14,6 +14,7 @@ from node.config import Settings
 from node.db.engine import create_db_engine, create_session_factory
 from node.db.migrate import upgrade
 from node.dicom.ingest import InstanceIngestor
+from node.dicom.qr import QueryRetrieveService
 from node.dicom.scp import DicomListener
 from node.exports.service import ExportService
 from node.jobs.bundle_identity import read_bundle_identity
@@ -23,6 +24,7 @@ from node.logs import log_event
 from node.storage import InstanceStore
 
 if TYPE_CHECKING:
+    from node.web.server import WebServer
     from workers.jobs import JobContext
 
 logger = logging.getLogger(__name__)
@@ -73,11 +75,15 @@ class NodeServices:
     work_queue: WorkQueue
     reconciler: Reconciler
     exporter: ExportService
+    web: WebServer | None = None
     _started: list[str] = field(default_factory=list)
 
     @classmethod
-    def build(cls, settings: Settings) -> NodeServices:
-        """Create every service; nothing listens until :meth:`start`."""
+    def build(cls, settings: Settings, *, with_web: bool = False) -> NodeServices:
+        """Create every service; nothing listens until :meth:`start`.
+
+        ``with_web`` adds the web app on ``[web] host`` and ``port`` (``radnode serve``).
+        """
         database = Database.from_settings(settings, migrate=settings.database.migrate_on_start)
         store = InstanceStore(
             settings.storage.root,
@@ -85,7 +91,8 @@ class NodeServices:
             max_used_percent=settings.storage.max_used_percent,
         )
         ingestor = InstanceIngestor(store, database.sessions)
-        listener = DicomListener(settings.dicom, ingestor)
+        query_retrieve = QueryRetrieveService.from_settings(settings, database.sessions, store)
+        listener = DicomListener(settings.dicom, ingestor, query_retrieve)
         work_queue = build_work_queue(settings, database)
         scheduler = DraftScheduler(
             database.sessions, work_queue, read_bundle_identity(settings.model.bundle)
@@ -95,11 +102,18 @@ class NodeServices:
         )
         reconciler = Reconciler(settings.jobs, scheduler)
         exporter = ExportService.from_settings(settings, database.sessions, store)
+        web = None
+        if with_web:
+            from node.web import create_app
+            from node.web.server import WebServer
+
+            web = WebServer(create_app(settings, database, store, exporter, work_queue),
+                            settings.web.host, settings.web.port)
         return cls(settings, database, store, listener, assembly, work_queue, reconciler,
-                   exporter)
+                   exporter, web)
 
     def start(self) -> None:
-        """Start the DICOM listener, assembly, the reconciler and the export loop."""
+        """Start the DICOM listener, assembly, the reconciler, the export loop and the web."""
         swept = self.store.sweep_temporaries()
         if swept:
             log_event(logger, logging.WARNING, "partial_writes_removed", count=swept)
@@ -111,9 +125,14 @@ class NodeServices:
         self._started.append("assembly")
         self.exporter.start()
         self._started.append("exporter")
+        if self.web is not None:
+            self.web.start()
+            self._started.append("web")
 
     def stop(self) -> None:
-        """Stop in reverse order: no new instances, then the loops, then the queue."""
+        """Stop in reverse order: no new requests or instances, then the loops, the queue."""
+        if "web" in self._started and self.web is not None:
+            self.web.stop()
         if "listener" in self._started:
             self.listener.stop()
         if "assembly" in self._started:

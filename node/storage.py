@@ -86,6 +86,19 @@ class InstanceStore:
         accepting = usage.free >= self.min_free_bytes and used_percent <= self.max_used_percent
         return Capacity(usage.free, usage.total, used_percent, accepting)
 
+    def relative_folder(self, study_uid: str, series_uid: str) -> str:
+        """Return the folder of a series, relative to the root.
+
+        Raises
+        ------
+        ValueError
+            If a UID is not a valid DICOM UID (which also rules out path tricks).
+        """
+        for uid in (study_uid, series_uid):
+            if not is_valid_uid(uid):
+                raise ValueError(f"not a valid DICOM UID: {uid!r}")
+        return f"{study_uid}/{series_uid}"
+
     def relative_path(
         self, study_uid: str, series_uid: str, sop_instance_uid: str, sha256: str
     ) -> str:
@@ -96,10 +109,10 @@ class InstanceStore:
         ValueError
             If a UID is not a valid DICOM UID (which also rules out path tricks).
         """
-        for uid in (study_uid, series_uid, sop_instance_uid):
-            if not is_valid_uid(uid):
-                raise ValueError(f"not a valid DICOM UID: {uid!r}")
-        return f"{study_uid}/{series_uid}/{sop_instance_uid}_{sha256[:16]}.dcm"
+        if not is_valid_uid(sop_instance_uid):
+            raise ValueError(f"not a valid DICOM UID: {sop_instance_uid!r}")
+        folder = self.relative_folder(study_uid, series_uid)
+        return f"{folder}/{sop_instance_uid}_{sha256[:16]}.dcm"
 
     def absolute(self, relative_path: str) -> Path:
         """Return the absolute path of a stored file."""
@@ -120,9 +133,34 @@ class InstanceStore:
         OSError
             On other I/O failures (nothing is left behind).
         """
-        final = self.absolute(relative_path)
-        _make_dirs_durably(final.parent)
-        temporary = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        folder, _, _ = relative_path.rpartition("/")
+        return self.publish(self.stage(folder, data), relative_path)
+
+    def stage(self, relative_folder: str, data: bytes) -> Path:
+        """Write ``data`` durably to a new temporary file in ``relative_folder``.
+
+        The folder is created durably when missing. The file is complete and
+        fsynced when this returns, but it only counts as stored once
+        :meth:`publish` has given it its final name (a crash before that leaves
+        a temporary that :meth:`sweep_temporaries` removes). Staging lets the
+        caller write before it knows the final name, e.g. while a digest that
+        goes into the name is still being computed.
+
+        Returns
+        -------
+        Path
+            The temporary file, for :meth:`publish`.
+
+        Raises
+        ------
+        StorageFullError
+            When the volume is out of space (nothing is left behind).
+        OSError
+            On other I/O failures (nothing is left behind).
+        """
+        folder = self.absolute(relative_folder)
+        _make_dirs_durably(folder)
+        temporary = folder / f".staged.{uuid.uuid4().hex}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             view = memoryview(data)
@@ -137,7 +175,40 @@ class InstanceStore:
                 raise StorageFullError(exc.errno, "storage volume is full") from exc
             raise
         os.close(fd)
-        os.replace(temporary, final)
+        return temporary
+
+    def publish(self, temporary: Path, relative_path: str) -> Path:
+        """Give a staged file its final name, durably.
+
+        Parameters
+        ----------
+        temporary
+            A file returned by :meth:`stage`, in the folder of ``relative_path``.
+        relative_path
+            The final name; an existing file of that name is replaced atomically.
+
+        Returns
+        -------
+        Path
+            The final path; the rename is fsynced with its folder.
+
+        Raises
+        ------
+        ValueError
+            If the staged file is not in the final folder (the rename must not
+            cross folders).
+        OSError
+            If the rename fails (the staged file is then removed) or the folder
+            fsync fails.
+        """
+        final = self.absolute(relative_path)
+        if temporary.parent != final.parent:
+            raise ValueError("a staged file is published within its own folder")
+        try:
+            os.replace(temporary, final)
+        except OSError:
+            temporary.unlink(missing_ok=True)
+            raise
         _fsync_dir(final.parent)
         return final
 

@@ -6,7 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from node.cli import demo_command, model_commands, node_commands, worker_commands
+from node.cli import (
+    demo_command,
+    model_commands,
+    node_commands,
+    web_commands,
+    worker_commands,
+)
 from node.config import ConfigError
 
 
@@ -21,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_commands.register(commands)
     model_commands.register(commands)
     demo_command.register(commands)
+    web_commands.register(commands)
     return parser
 
 

@@ -25,7 +25,7 @@ logger = logging.getLogger("node.cli")
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings.logging)
-    services = NodeServices.build(settings)
+    services = NodeServices.build(settings, with_web=True)
     stop = threading.Event()
 
     def _request_stop(signum: int, _frame: Any) -> None:
@@ -35,7 +35,8 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
     services.start()
-    log_event(logger, logging.INFO, "node_ready", dicom_port=services.listener.port)
+    log_event(logger, logging.INFO, "node_ready", dicom_port=services.listener.port,
+              web_port=services.web.port if services.web else None)
     try:
         stop.wait()
     finally:
@@ -114,7 +115,8 @@ def _studies(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add serve, db and studies to the ``radnode`` parser."""
-    serve = commands.add_parser("serve", help="run the DICOM listener and study assembly")
+    serve = commands.add_parser("serve", help="run the node: DICOM listener, assembly, "
+                                 "drafting, exports and the web app")
     serve.set_defaults(handler=_serve)
 
     db = commands.add_parser("db", help="database administration")

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -70,6 +71,11 @@ class Study(Base):
     first_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     stable_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Flagged for urgent attention (the labeler's triage flags); urgent studies lead the
+    worklist."""
+    urgent_findings: Mapped[list[str] | None] = mapped_column(JSON)
+    """The triage flags behind ``urgent``, e.g. ``["pneumothorax"]``."""
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     instances: Mapped[list[Instance]] = relationship(
@@ -126,6 +132,9 @@ class Job(Base):
     error_class: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)
     error_traceback: Mapped[str | None] = mapped_column(Text)
+    acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    """When an admin acknowledged the failure (it then leaves the triage list)."""
+    acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -171,9 +180,15 @@ class Report(Base):
     series_instance_uid: Mapped[str | None] = mapped_column(UID)
     sr_path: Mapped[str | None] = mapped_column(String(512))
     """The report's SR file, relative to the storage root (``None`` until written)."""
-    predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"))
+    predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), unique=True)
+    """The version this one supersedes: the draft it signs or the final it amends. Unique:
+    a version is superseded at most once, so a repeated sign-off cannot make two finals."""
     signed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     signed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    rejected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    """When a radiologist rejected this draft as unusable (the study stays DRAFTED)."""
+    rejected_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    rejection_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -190,6 +205,9 @@ class Export(Base):
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    """When an admin acknowledged or discarded the failure (it leaves the triage list)."""
+    acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
@@ -212,3 +230,18 @@ class AuditEvent(Base):
     object_id: Mapped[str | None] = mapped_column(String(128))
     study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"))
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class WebSession(Base):
+    """A login to the web app; the browser holds a signed random token, this row its hash."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    client_address: Mapped[str | None] = mapped_column(String(64))

@@ -7,10 +7,13 @@ Nothing here raises to the caller; every outcome is a DICOM status.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -26,8 +29,16 @@ from node.storage import InstanceStore, StorageFullError
 
 logger = logging.getLogger(__name__)
 
+#: Instances at least this large are hashed on a helper thread while their bytes
+#: are written; smaller ones are hashed inline (a thread hand-off would cost more).
+BACKGROUND_HASH_MIN_BYTES = 1 << 20
+
 #: States in which a new instance reopens the study for assembly.
 REOPENING_STATES = frozenset({StudyState.STABLE, StudyState.IGNORED})
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,8 @@ class InstanceIngestor:
     def __init__(self, store: InstanceStore, session_factory: sessionmaker[Session]) -> None:
         self.store = store
         self.session_factory = session_factory
+        # Threads start on first use only (instances of 1 MiB or more).
+        self._hasher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-hash")
 
     def ingest(self, received: ReceivedInstance) -> IngestOutcome:
         """Handle one received instance; never raises.
@@ -121,23 +134,38 @@ class InstanceIngestor:
                 StoreStatus.CANNOT_UNDERSTAND,
                 "SOP Instance UID in the dataset differs from the request",
             )
-        digest = hashlib.sha256(received.encoded).hexdigest()
         try:
             existing = self._existing(header.sop_instance_uid)
         except SQLAlchemyError as exc:
-            return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, f"database unavailable: {exc.__class__.__name__}")
-        if existing is not None and existing[1] == digest and self.store.absolute(existing[0]).is_file():
-            return IngestOutcome(StoreStatus.SUCCESS, "identical re-send", duplicate=True)
+            return IngestOutcome(
+                StoreStatus.OUT_OF_RESOURCES, f"database unavailable: {exc.__class__.__name__}"
+            )
+        folder = self.store.relative_folder(header.study_instance_uid, header.series_instance_uid)
+        if existing is None:
+            # A new instance, the usual case: hash while the bytes are written and
+            # fsynced (both release the GIL), then name the file after the digest.
+            pending_digest = self._digest(received.encoded)
+            staged = self._stage(folder, received.encoded)
+            digest = pending_digest.result()
+        else:
+            digest = _sha256_hex(received.encoded)
+            if existing[1] == digest and self.store.absolute(existing[0]).is_file():
+                return IngestOutcome(StoreStatus.SUCCESS, "identical re-send", duplicate=True)
+            staged = self._stage(folder, received.encoded)
+        if isinstance(staged, IngestOutcome):
+            return staged
 
         relative = self.store.relative_path(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid, digest
         )
         try:
-            self.store.write(relative, received.encoded)
-        except StorageFullError:
-            return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, "storage volume is full")
+            self.store.publish(staged, relative)
         except OSError as exc:
-            return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, f"storage write failed: {exc.strerror}")
+            with contextlib.suppress(OSError):
+                self._discard(relative, existing)
+            return IngestOutcome(
+                StoreStatus.OUT_OF_RESOURCES, f"storage write failed: {exc.strerror}"
+            )
 
         for attempt in (1, 2):
             try:
@@ -165,6 +193,25 @@ class InstanceIngestor:
             replaced=replaced,
         )
 
+    def _digest(self, data: bytes) -> Future[str]:
+        """Start the SHA-256 of ``data``: on a helper thread when large, else inline."""
+        if len(data) < BACKGROUND_HASH_MIN_BYTES:
+            done: Future[str] = Future()
+            done.set_result(_sha256_hex(data))
+            return done
+        return self._hasher.submit(_sha256_hex, data)
+
+    def _stage(self, folder: str, data: bytes) -> Path | IngestOutcome:
+        """Write the bytes durably under a temporary name, or say why not."""
+        try:
+            return self.store.stage(folder, data)
+        except StorageFullError:
+            return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, "storage volume is full")
+        except OSError as exc:
+            return IngestOutcome(
+                StoreStatus.OUT_OF_RESOURCES, f"storage write failed: {exc.strerror}"
+            )
+
     def _existing(self, sop_instance_uid: str) -> tuple[str, str] | None:
         with self.session_factory() as session:
             row = session.execute(
@@ -191,8 +238,12 @@ class InstanceIngestor:
         """
         now = utcnow()
         with self.session_factory.begin() as session:
+            # Lock the study row: a concurrent assembly tick completing the study must
+            # either see this instance or be seen by it (and then reopen the study).
             study = session.execute(
-                select(Study).where(Study.study_instance_uid == header.study_instance_uid)
+                select(Study)
+                .where(Study.study_instance_uid == header.study_instance_uid)
+                .with_for_update()
             ).scalar_one_or_none()
             if study is None:
                 study = Study(

@@ -1,4 +1,4 @@
-"""The DICOM listener: C-ECHO and C-STORE for every storage SOP class.
+"""The DICOM listener: C-ECHO, C-STORE for every storage SOP class, and Query/Retrieve.
 
 The handlers speak DICOM statuses; they never raise into pynetdicom (which
 would answer 0xC211). Association events are logged with AE titles and peer
@@ -20,6 +20,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import DicomSettings, TlsSettings
 from node.dicom.ingest import InstanceIngestor, ReceivedInstance
+from node.dicom.qr import QueryRetrieveService
 from node.dicom.statuses import StoreStatus
 from node.logs import log_event
 
@@ -119,11 +120,20 @@ class DicomListener:
         AE title, address, access policy and timeouts.
     ingestor
         Receives every C-STORE.
+    query_retrieve
+        Serves C-FIND, C-GET and C-MOVE when given. Storage contexts then also accept
+        the SCP/SCU role selection a C-GET requestor proposes (it acts as their SCP).
     """
 
-    def __init__(self, settings: DicomSettings, ingestor: InstanceIngestor) -> None:
+    def __init__(
+        self,
+        settings: DicomSettings,
+        ingestor: InstanceIngestor,
+        query_retrieve: QueryRetrieveService | None = None,
+    ) -> None:
         self.settings = settings
         self.ingestor = ingestor
+        self.query_retrieve = query_retrieve
         self._server: ThreadedAssociationServer | None = None
         self.ae = self._build_ae()
 
@@ -137,10 +147,16 @@ class DicomListener:
         ae.require_called_aet = self.settings.require_called_ae
         if self.settings.allowed_calling_aes:
             ae.require_calling_aet = list(self.settings.allowed_calling_aes)
+        ae.connection_timeout = self.settings.acse_timeout  # C-MOVE's outgoing associations
         ae.add_supported_context(Verification)
+        roles = {"scu_role": True, "scp_role": True} if self.query_retrieve else {}
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
-            ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+            ae.add_supported_context(
+                context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES), **roles
+            )
+        if self.query_retrieve is not None:
+            self.query_retrieve.add_contexts(ae)
         return ae
 
     @property
@@ -159,6 +175,8 @@ class DicomListener:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
+        if self.query_retrieve is not None:
+            handlers.extend(self.query_retrieve.handlers())
         context = (
             build_ssl_context(self.settings.tls, peer_timeout=self.settings.network_timeout)
             if self.settings.tls.enabled

@@ -48,6 +48,7 @@ class ServerProcess:
                 "RADNODE_STORAGE__MIN_FREE_MB": "1",
                 "RADNODE_DICOM__PORT": str(self.port),
                 "RADNODE_DICOM__BIND_ADDRESS": "127.0.0.1",
+                "RADNODE_WEB__PORT": str(free_port()),
                 "RADNODE_MODEL__BUNDLE": str(tmp_path / "no-model"),
                 "RADNODE_ASSEMBLY__QUIET_SECONDS": "600",
                 "RADNODE_LOGGING__FORMAT": "text",

@@ -325,7 +325,7 @@ def render_density(labels: PhantomLabels, size: int, seed: int) -> tuple[Array, 
         (v - a.heart_cy) / a.heart_half_height
     ) ** 2 <= 1.0
     lungs = cage & ~mediastinal & ~heart
-    lung_texture = 0.14 + 0.03 * (v - a.apex) / ry + rng.normal(0, 0.006, size=(size, size))
+    lung_texture = 0.19 + 0.03 * (v - a.apex) / ry + rng.normal(0, 0.006, size=(size, size))
     image[lungs] = lung_texture[lungs].astype(np.float32)
 
     # Pneumothorax: a rim of the hemithorax with no lung in it, bounded by the pleural line.
@@ -362,8 +362,8 @@ def render_density(labels: PhantomLabels, size: int, seed: int) -> tuple[Array, 
     vessels *= lungs & ~ptx_rim
     image += vessels
     if labels.pneumothorax is not None:
-        image[ptx_rim] = 0.06
-        image = np.maximum(image, 0.4 * pleural_line)
+        image[ptx_rim] = 0.035
+        image = np.maximum(image, 0.5 * pleural_line)
 
     # Mediastinum, spine, heart, subdiaphragmatic soft tissue.
     image[mediastinal & (v > a.apex - 0.1) & (v < dome + 0.05)] = 0.62

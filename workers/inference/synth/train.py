@@ -49,7 +49,7 @@ from workers.inference.synth.data import (
 )
 from workers.inference.synth.phantom import sample_labels
 from workers.inference.synth.reports import INDICATIONS, write_report
-from workers.inference.synth.tokenizer import build_tokenizer, to_transformers
+from workers.inference.synth.tokenizer import SPACE_MARK, build_tokenizer, to_transformers
 from workers.inference.vision import init_vision_weights
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ SYNTH_PROMPT = PromptSpec(
     question_with_indication="Write the chest radiograph report. Indication: {indication}",
 )
 
+# Words whose tokens decide what a sentence says about the image (weighted in the LM loss).
+_DECISIVE_WORDS = frozenset({"left", "right", "bilateral", "small", "large", "no", "normal", "enlarged"})
+
 TrainingProgress = Callable[[int, int, float], None]
 """Callback ``(step, total_steps, loss)`` called after every optimisation step."""
 
@@ -83,18 +86,19 @@ class SynthConfig:
     select_layer: int = -2
     hidden_size: int = 128
     llm_layers: int = 2
-    llm_heads: int = 4
+    llm_heads: int = 8
     intermediate_size: int = 352
     max_positions: int = 320
     train_images: int = 2400
-    batch_size: int = 32
-    steps: int = 400
+    batch_size: int = 24
+    steps: int = 500
     vision_warmup_steps: int = 150
     language_warmup_steps: int = 150
     learning_rate: float = 2e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01
     aux_weight: float = 0.5
+    decision_weight: float = 3.0
     indication_rate: float = 0.4
     large_render_fraction: float = 0.1
     large_render_size: int = 192
@@ -218,6 +222,7 @@ class _Batch:
     pixels: torch.Tensor
     inputs_after: torch.Tensor
     labels_after: torch.Tensor
+    weights_after: torch.Tensor
     attention: torch.Tensor
     aux: torch.Tensor
     before: torch.Tensor
@@ -229,6 +234,7 @@ class _TextBatch:
 
     inputs: torch.Tensor
     labels: torch.Tensor
+    weights: torch.Tensor
     attention: torch.Tensor
 
 
@@ -240,19 +246,48 @@ class _ImageBatch:
     aux: torch.Tensor
 
 
-def _pad(rows: list[tuple[list[int], list[int]]], pad: int) -> tuple[np.ndarray, ...]:
-    """Right-pad ``(context, target)`` rows; labels are -100 outside the target."""
-    longest = max(len(c) + len(t) for c, t in rows)
+_Row = tuple[list[int], list[int], list[float]]
+
+
+def _pad(rows: list[_Row], pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Right-pad ``(context, target, target_weights)`` rows.
+
+    Returns ``inputs``, ``labels`` (-100 outside the target; a causal LM shifts them itself),
+    per-label ``weights`` and the ``attention`` mask.
+    """
+    longest = max(len(c) + len(t) for c, t, _ in rows)
     inputs = np.full((len(rows), longest), pad, dtype=np.int64)
     labels = np.full((len(rows), longest), -100, dtype=np.int64)
+    weights = np.zeros((len(rows), longest), dtype=np.float32)
     attention = np.zeros((len(rows), longest), dtype=np.int64)
-    for r, (context, target) in enumerate(rows):
+    for r, (context, target, target_weights) in enumerate(rows):
         sequence = context + target
         inputs[r, : len(sequence)] = sequence
         attention[r, : len(sequence)] = 1
-        # Causal LM labels are the inputs themselves (the model shifts them).
         labels[r, len(context) : len(sequence)] = target
-    return inputs, labels, attention
+        weights[r, len(context) : len(sequence)] = target_weights
+    return inputs, labels, weights, attention
+
+
+def _weighted_lm_loss(
+    llm: Any,
+    attention: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    inputs_embeds: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next-token cross-entropy over labelled positions only (the LM head runs on those)."""
+    hidden = llm.model(
+        input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention
+    ).last_hidden_state
+    targets = labels[:, 1:]
+    selected = targets != -100
+    logits = llm.lm_head(hidden[:, :-1][selected])
+    token_weights = weights[:, 1:][selected]
+    losses = nn.functional.cross_entropy(logits, targets[selected], reduction="none")
+    return (losses * token_weights).sum() / token_weights.sum()
 
 
 class _Sequencer:
@@ -278,20 +313,36 @@ class _Sequencer:
             return INDICATIONS[int(rng.integers(0, len(INDICATIONS)))]
         return None
 
-    def _target(self, labels: Any, rng: np.random.Generator) -> list[int]:
+    def _target(self, labels: Any, rng: np.random.Generator) -> tuple[list[int], list[float]]:
+        """Report ids + EOS, and loss weights that stress the tokens carrying the findings.
+
+        The first token of every sentence (where a sentence turns positive or negative) and
+        side/size words get ``decision_weight``; phrasing tokens get 1.
+        """
         report = write_report(labels, rng).text
-        return [*self.tokenizer(report, add_special_tokens=False)["input_ids"], self.eos]
+        ids = [*self.tokenizer(report, add_special_tokens=False)["input_ids"], self.eos]
+        pieces = self.tokenizer.convert_ids_to_tokens(ids)
+        weights: list[float] = []
+        sentence_start = True
+        for piece in pieces:
+            word = piece.replace(SPACE_MARK, "").strip(".,:").lower()
+            decisive = sentence_start or word in _DECISIVE_WORDS
+            weights.append(self.config.decision_weight if decisive else 1.0)
+            sentence_start = piece.endswith((".", ":"))
+        return ids, weights
 
     def text_batch(self, rng: np.random.Generator) -> _TextBatch:
         """Reports of freshly sampled labels after the prompt, with no image in between."""
         rows = []
         for _ in range(self.config.batch_size):
             prompt = self.prompt(self._indication(rng))
-            rows.append((list(prompt.before) + list(prompt.after), self._target(sample_labels(rng), rng)))
-        inputs, labels, attention = _pad(rows, self.pad)
+            target, weights = self._target(sample_labels(rng), rng)
+            rows.append((list(prompt.before) + list(prompt.after), target, weights))
+        inputs, labels, weights_arr, attention = _pad(rows, self.pad)
         return _TextBatch(
             inputs=torch.from_numpy(inputs),
             labels=torch.from_numpy(labels),
+            weights=torch.from_numpy(weights_arr),
             attention=torch.from_numpy(attention),
         )
 
@@ -305,20 +356,22 @@ class _Sequencer:
 
     def batch(self, samples: SampleSet, indices: np.ndarray, rng: np.random.Generator) -> _Batch:
         """Image, prompt and report of each sample, spliced like the bundle does at inference."""
-        rows: list[tuple[list[int], list[int]]] = []
+        rows: list[_Row] = []
         befores: set[tuple[int, ...]] = set()
         for index in indices:
             prompt = self.prompt(self._indication(rng))
             befores.add(prompt.before)
-            rows.append((list(prompt.after), self._target(samples.labels[int(index)], rng)))
+            target, weights = self._target(samples.labels[int(index)], rng)
+            rows.append((list(prompt.after), target, weights))
         if len(befores) != 1:
             raise RuntimeError("training expects the same text before the image for every prompt")
-        inputs, labels, attention = _pad(rows, self.pad)
+        inputs, labels, weights_arr, attention = _pad(rows, self.pad)
         images = self.image_batch(samples, indices)
         return _Batch(
             pixels=images.pixels,
             inputs_after=torch.from_numpy(inputs),
             labels_after=torch.from_numpy(labels),
+            weights_after=torch.from_numpy(weights_arr),
             attention=torch.from_numpy(attention),
             aux=images.aux,
             before=torch.tensor(next(iter(befores)), dtype=torch.long),
@@ -341,8 +394,9 @@ class _SynthModel(nn.Module):
 
     def language_loss(self, batch: _TextBatch) -> torch.Tensor:
         """Causal LM loss on report text alone."""
-        out = self.llm(input_ids=batch.inputs, attention_mask=batch.attention, labels=batch.labels)
-        return torch.as_tensor(out.loss)
+        return _weighted_lm_loss(
+            self.llm, batch.attention, batch.labels, batch.weights, input_ids=batch.inputs
+        )
 
     def forward(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.encoder.vision(batch.pixels)
@@ -360,9 +414,10 @@ class _SynthModel(nn.Module):
         labels = torch.cat(
             [torch.full((size, prefix), -100, dtype=torch.long), batch.labels_after], dim=1
         )
-        out = self.llm(inputs_embeds=inputs, attention_mask=attention, labels=labels)
+        weights = torch.cat([torch.zeros((size, prefix)), batch.weights_after], dim=1)
+        lm_loss = _weighted_lm_loss(self.llm, attention, labels, weights, inputs_embeds=inputs)
         aux_loss = nn.functional.binary_cross_entropy_with_logits(aux_logits, batch.aux)
-        return torch.as_tensor(out.loss), aux_loss
+        return lm_loss, aux_loss
 
 
 def _learning_rate(step: int, steps: int, config: SynthConfig) -> float:

@@ -1,0 +1,96 @@
+"""Subcommands for the web app's users: ``radnode user add|list|deactivate``."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from sqlalchemy import select
+
+from node.config import load_settings
+from node.db.models import AuditEvent, User
+from node.db.types import utcnow
+from node.runtime import Database
+from node.states import Role
+from node.users import UserError, check_password_policy, create_user
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    check_password_policy(first)
+    if getpass.getpass("password again: ") != first:
+        raise UserError("the passwords differ")
+    return first
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    try:
+        password = _read_password(args.password_stdin)
+        database = Database.from_settings(settings, migrate=settings.database.migrate_on_start)
+        with database.sessions.begin() as session:
+            user = create_user(
+                session, args.username, password, role=Role[args.role.upper()],
+                display_name=args.name, organization=args.organization,
+                person_identifier=args.person_id,
+            )
+            user_id = user.id
+    except UserError as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        return 2
+    print(f"user {args.username} ({args.role}) created with id {user_id}")
+    return 0
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    database = Database.from_settings(settings, migrate=settings.database.migrate_on_start)
+    with database.sessions() as session:
+        users = session.scalars(select(User).order_by(User.username)).all()
+        print(f"{'USERNAME':<20} {'ROLE':<12} {'ACTIVE':<6} NAME")
+        for user in users:
+            print(f"{user.username:<20} {user.role.name.lower():<12} "
+                  f"{'yes' if user.active else 'no':<6} {user.display_name}")
+    return 0
+
+
+def _user_deactivate(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    database = Database.from_settings(settings, migrate=settings.database.migrate_on_start)
+    with database.sessions.begin() as session:
+        user = session.scalar(select(User).where(User.username == args.username))
+        if user is None:
+            print(f"radnode: no user {args.username!r}", file=sys.stderr)
+            return 2
+        user.active = False
+        session.add(AuditEvent(at=utcnow(), actor="cli", action="user_deactivated",
+                               object_type="user", object_id=str(user.id)))
+    print(f"user {args.username} deactivated; their logins end at their next request")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``user`` to the ``radnode`` parser."""
+    user = commands.add_parser("user", help="manage the web app's users")
+    actions = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+
+    add = actions.add_parser("add", help="create a user (asks for the password)")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, choices=[r.name.lower() for r in Role])
+    add.add_argument("--name", required=True,
+                     help='DICOM person name, "Family^Given" (signs reports)')
+    add.add_argument("--organization", help="verifying organization on signed reports")
+    add.add_argument("--person-id", help="identifier on signed reports (default: username)")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of standard input")
+    add.set_defaults(handler=_user_add)
+
+    listing = actions.add_parser("list", help="list users")
+    listing.set_defaults(handler=_user_list)
+
+    deactivate = actions.add_parser("deactivate", help="stop a user from signing in")
+    deactivate.add_argument("username")
+    deactivate.set_defaults(handler=_user_deactivate)

@@ -1,0 +1,154 @@
+"""The web application: worklist, study view and sign-off, admin triage and monitoring,
+and DICOMweb (QIDO-RS/WADO-RS at ``/dicomweb``) for viewers, behind the same login.
+
+:func:`create_app` builds a FastAPI app over the node's services. Pages are rendered on the
+server (Jinja2) with a little vanilla JavaScript and one stylesheet served from
+``node/web/static``; nothing is loaded from another origin, and the Content Security Policy
+says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from node.config import Settings
+from node.storage import InstanceStore
+from node.web import admin, auth, metrics, study, worklist
+from node.web.deps import Forbidden, LoginRequired, WebContext, render, require_user
+from node.web.dicomweb import build_dicomweb_router
+from node.web.formatting import install_filters
+from node.web.imaging import ImageRenderer
+from node.web.security import CookieSigner, LoginThrottle, resolve_secret_key
+
+if TYPE_CHECKING:
+    from node.exports.service import ExportService
+    from node.jobs.queue import WorkQueue
+    from node.runtime import Database
+
+WEB_DIR = Path(__file__).resolve().parent
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class SecurityHeaders:
+    """Add the security headers to every response (pure ASGI, works with streaming)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _wants_html(request: Request) -> bool:
+    return request.method == "GET" and "text/html" in request.headers.get("accept", "")
+
+
+def create_app(
+    settings: Settings,
+    database: Database,
+    store: InstanceStore,
+    exporter: ExportService | None = None,
+    work_queue: WorkQueue | None = None,
+) -> FastAPI:
+    """Build the web app.
+
+    Parameters
+    ----------
+    settings
+        The node's settings (``[web]`` for cookies and login throttling, destinations for
+        sign-off exports, the model bundle for licence and intended use).
+    database
+        The node's database.
+    store
+        Instance storage (images to render, SRs to read and write).
+    exporter
+        Woken after a sign-off or an export retry, for immediate delivery.
+    work_queue
+        Where a retried drafting job is enqueued; without one the reconciler picks it up.
+
+    Returns
+    -------
+    fastapi.FastAPI
+        The app; serve it with uvicorn (see :class:`node.web.server.WebServer`).
+    """
+    templates = Jinja2Templates(directory=str(WEB_DIR / "templates"))
+    install_filters(templates.env)
+    ctx = WebContext(
+        settings=settings, database=database, store=store, exporter=exporter,
+        work_queue=work_queue,
+        signer=CookieSigner(resolve_secret_key(settings.web)),
+        throttle=LoginThrottle(settings.web.login_max_failures,
+                               settings.web.login_window_seconds),
+        templates=templates, renderer=ImageRenderer(store),
+    )
+    app = FastAPI(title="radnode", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ctx = ctx
+    app.add_middleware(SecurityHeaders)
+    app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
+    for module in (auth, worklist, study, admin, metrics):
+        app.include_router(module.router)
+    app.include_router(
+        build_dicomweb_router(database.sessions, store, dependencies=[Depends(require_user)]),
+        prefix="/dicomweb",
+    )
+
+    @app.exception_handler(LoginRequired)
+    def _login_required(request: Request, exc: LoginRequired) -> Response:
+        if _wants_html(request):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+        return JSONResponse({"detail": "login required"}, status_code=401,
+                            headers={"WWW-Authenticate": 'Cookie realm="radnode"'})
+
+    @app.exception_handler(Forbidden)
+    def _forbidden(request: Request, exc: Forbidden) -> Response:
+        if "text/html" in request.headers.get("accept", "") or request.method == "POST":
+            return render(request, "error.html", {"title": "Forbidden",
+                                                  "message": exc.message}, status_code=403)
+        return JSONResponse({"detail": exc.message}, status_code=403)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _wants_html(request) or (request.method == "POST"
+                                    and "text/html" in request.headers.get("accept", "")):
+            titles = {404: "Not found", 409: "Conflict", 400: "Bad request"}
+            return render(request, "error.html", {
+                "title": titles.get(exc.status_code, "Error"), "message": str(exc.detail),
+            }, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    return app
+
+
+__all__ = ["create_app"]

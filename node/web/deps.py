@@ -1,0 +1,247 @@
+"""What every route needs: the app's services, the signed-in user, roles, CSRF, audit, pages.
+
+Roles are enforced here, server-side, as FastAPI dependencies:
+
+* :func:`require_user` — any active user (radiologist or admin);
+* :func:`require_admin` — admins only (triage, monitoring, configuration);
+* :func:`require_csrf` — on every POST: the form's ``csrf_token`` (or the
+  ``X-CSRF-Token`` header) must match the signed-in user's login.
+
+A request without a valid login raises :class:`LoginRequired` (a redirect to the login
+page for a browser, 401 otherwise); a user without the role raises :class:`Forbidden` (403).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from node.config import Settings
+from node.db.models import AuditEvent, User, WebSession
+from node.db.types import utcnow
+from node.states import Role
+from node.storage import InstanceStore
+from node.web.imaging import ImageRenderer
+from node.web.security import SESSION_COOKIE, CookieSigner, LoginThrottle, token_hash
+
+if TYPE_CHECKING:
+    from node.exports.service import ExportService
+    from node.jobs.queue import WorkQueue
+    from node.runtime import Database
+
+#: ``last_seen_at`` is written at most this often per login.
+TOUCH_INTERVAL = dt.timedelta(seconds=60)
+
+
+class LoginRequired(Exception):
+    """The request needs a signed-in user."""
+
+
+class Forbidden(Exception):
+    """The signed-in user lacks the role, or the request failed its CSRF check."""
+
+    def __init__(self, message: str = "You do not have access to this page.") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass
+class WebContext:
+    """The services the web app works with (one per app)."""
+
+    settings: Settings
+    database: Database
+    store: InstanceStore
+    exporter: ExportService | None
+    work_queue: WorkQueue | None
+    signer: CookieSigner
+    throttle: LoginThrottle
+    templates: Jinja2Templates
+    renderer: ImageRenderer
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The signed-in user of a request (a snapshot, safe to use outside the DB session)."""
+
+    id: int
+    username: str
+    display_name: str
+    role: Role
+    web_session_id: int
+    csrf_token: str
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether the user may reach the admin pages."""
+        return self.role == Role.ADMIN
+
+    @property
+    def is_radiologist(self) -> bool:
+        """Whether the user may sign, amend and reject reports."""
+        return self.role == Role.RADIOLOGIST
+
+
+def get_context(request: Request) -> WebContext:
+    """The app's :class:`WebContext`."""
+    ctx: WebContext = request.app.state.ctx
+    return ctx
+
+
+def client_address(request: Request) -> str:
+    """The client's address (the proxy's when behind one; no header is trusted)."""
+    return request.client.host if request.client else "unknown"
+
+
+def session_lifetimes(settings: Settings) -> tuple[dt.timedelta, dt.timedelta]:
+    """Idle and absolute lifetime of a login."""
+    return (dt.timedelta(minutes=settings.web.session_idle_minutes),
+            dt.timedelta(hours=settings.web.session_max_hours))
+
+
+def current_viewer(request: Request) -> Viewer | None:
+    """The signed-in user of the request, or ``None`` (the result is kept on the request)."""
+    if hasattr(request.state, "viewer"):
+        cached: Viewer | None = request.state.viewer
+        return cached
+    ctx = get_context(request)
+    idle, lifetime = session_lifetimes(ctx.settings)
+    token = ctx.signer.read_session(request.cookies.get(SESSION_COOKIE),
+                                    lifetime.total_seconds())
+    viewer: Viewer | None = None
+    if token is not None:
+        now = utcnow()
+        with ctx.database.sessions.begin() as session:
+            row = session.execute(
+                select(WebSession, User)
+                .join(User, User.id == WebSession.user_id)
+                .where(WebSession.token_hash == token_hash(token),
+                       WebSession.ended_at.is_(None))
+            ).first()
+            if row is not None:
+                web_session, user = row
+                expired = (web_session.expires_at <= now
+                           or web_session.last_seen_at + idle <= now)
+                if expired or not user.active:
+                    if web_session.ended_at is None:
+                        web_session.ended_at = now
+                else:
+                    if now - web_session.last_seen_at >= TOUCH_INTERVAL:
+                        web_session.last_seen_at = now
+                    viewer = Viewer(user.id, user.username, user.display_name, user.role,
+                                    web_session.id, ctx.signer.csrf_token("session", token))
+    request.state.viewer = viewer
+    return viewer
+
+
+def require_user(request: Request) -> Viewer:
+    """Any signed-in, active user."""
+    viewer = current_viewer(request)
+    if viewer is None:
+        raise LoginRequired()
+    return viewer
+
+
+UserDep = Annotated[Viewer, Depends(require_user)]
+"""A route parameter: the signed-in user (any role)."""
+
+
+def require_admin(viewer: UserDep) -> Viewer:
+    """A signed-in admin."""
+    if not viewer.is_admin:
+        raise Forbidden("This page is for administrators.")
+    return viewer
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # not sent by this client; the CSRF token still decides
+    if origin == "null":
+        return False
+    host = request.headers.get("host", "")
+    return origin.split("://", 1)[-1].rstrip("/") == host
+
+
+async def require_csrf(request: Request, viewer: UserDep) -> Viewer:
+    """A signed-in user whose POST carries their CSRF token and comes from this origin."""
+    presented = request.headers.get("x-csrf-token")
+    if presented is None:
+        form = await request.form()
+        value = form.get("csrf_token")
+        presented = value if isinstance(value, str) else None
+    if not _same_origin(request) or presented is None or presented != viewer.csrf_token:
+        raise Forbidden("The form has expired or did not come from this site. "
+                        "Reload the page and try again.")
+    return viewer
+
+
+CsrfUserDep = Annotated[Viewer, Depends(require_csrf)]
+"""A route parameter: the signed-in user, on a POST that passed the CSRF check."""
+
+
+async def require_admin_csrf(viewer: CsrfUserDep) -> Viewer:
+    """A signed-in admin whose POST passes the CSRF check."""
+    if not viewer.is_admin:
+        raise Forbidden("This is for administrators.")
+    return viewer
+
+
+AdminDep = Annotated[Viewer, Depends(require_admin)]
+"""A route parameter: the signed-in admin."""
+CsrfAdminDep = Annotated[Viewer, Depends(require_admin_csrf)]
+"""A route parameter: the signed-in admin, on a POST that passed the CSRF check."""
+
+
+def audit(session: Session, viewer: Viewer, action: str, object_type: str,
+          object_id: object = None, *, study_id: int | None = None,
+          details: Mapping[str, Any] | None = None, now: dt.datetime | None = None) -> None:
+    """Add an audit event by the signed-in user (in the caller's transaction)."""
+    session.add(AuditEvent(
+        at=now or utcnow(), actor=viewer.username, user_id=viewer.id, action=action,
+        object_type=object_type, object_id=None if object_id is None else str(object_id),
+        study_id=study_id, details=dict(details) if details else None,
+    ))
+
+
+def render(request: Request, template: str, context: Mapping[str, Any] | None = None,
+           *, status_code: int = 200) -> HTMLResponse:
+    """Render a page with the signed-in user, CSRF token and navigation."""
+    ctx = get_context(request)
+    viewer = current_viewer(request)
+    values: dict[str, Any] = {"viewer": viewer,
+                              "csrf_token": viewer.csrf_token if viewer else ""}
+    values.update(context or {})
+    response = ctx.templates.TemplateResponse(request, template, values,
+                                              status_code=status_code)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+__all__ = [
+    "AdminDep",
+    "CsrfAdminDep",
+    "CsrfUserDep",
+    "UserDep",
+    "Forbidden",
+    "LoginRequired",
+    "Viewer",
+    "WebContext",
+    "audit",
+    "client_address",
+    "current_viewer",
+    "get_context",
+    "render",
+    "require_admin",
+    "require_admin_csrf",
+    "require_csrf",
+    "require_user",
+]

@@ -1,0 +1,210 @@
+"""The study view: image viewer, patient header, the draft or signed report, sign-off.
+
+* ``GET /studies/{id}`` — the page (audited as ``study_viewed``);
+* ``GET /studies/{id}/image/{instance_id}.png?wc=&ww=`` — the image rendered server-side,
+  with the DICOM window by default or the centre/width given;
+* ``POST /studies/{id}/sign``, ``/reject``, ``/amend`` — the sign-off actions (radiologists
+  only, CSRF-checked), carried out by :mod:`node.reports.signoff`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
+
+from node.db.models import Export, Instance, Report, Study, User
+from node.jobs.bundle_identity import BundleIdentity, read_bundle_identity
+from node.reports.signoff import (
+    AlreadySigned,
+    NotPermitted,
+    SignoffError,
+    amend_report,
+    reject_draft,
+    sign_report,
+)
+from node.states import ReportState
+from node.web.deps import (
+    CsrfUserDep,
+    Forbidden,
+    UserDep,
+    Viewer,
+    audit,
+    get_context,
+    render,
+)
+from node.web.imaging import ImageDecodeError, WindowInfo
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+_SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+DONE_MESSAGES = {
+    "signed": "Report signed. The verified report is queued for delivery.",
+    "amended": "Amendment signed. It supersedes the previous report.",
+    "rejected": "Draft rejected. The study stays on the worklist.",
+}
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """One image of the study for the viewer."""
+
+    instance: Instance
+    window: WindowInfo | None
+    error: str | None
+
+
+def _bundle_for(ctx_bundle: BundleIdentity | None, report: Report | None) -> BundleIdentity | None:
+    if ctx_bundle is None or report is None or report.device_uid != ctx_bundle.device_uid:
+        return None
+    return ctx_bundle
+
+
+def _study_page(request: Request, viewer: Viewer, study_id: int, *,
+                error: str | None = None, form: dict[str, str] | None = None,
+                status_code: int = 200) -> Response:
+    ctx = get_context(request)
+    with ctx.database.sessions.begin() as session:
+        study = session.get(Study, study_id)
+        if study is None:
+            raise HTTPException(404, "no such study")
+        instances = [i for i in session.scalars(
+            select(Instance).where(Instance.study_id == study_id)
+            .order_by(Instance.series_number, Instance.instance_number, Instance.id))
+            if not i.sop_class_uid.startswith(_SR_SOP_CLASS_PREFIX)]
+        versions = list(session.scalars(
+            select(Report).where(Report.study_id == study_id).order_by(Report.id)))
+        user_ids = {u for r in versions for u in (r.signed_by_id, r.rejected_by_id) if u}
+        users = {u.id: u for u in session.scalars(select(User).where(User.id.in_(user_ids)))}
+        current = versions[-1] if versions else None
+        exports = list(session.scalars(
+            select(Export).where(Export.report_id == current.id).order_by(Export.id))
+        ) if current is not None else []
+        audit(session, viewer, "study_viewed", "study", study.id, study_id=study.id)
+    images: list[ImageView] = []
+    for instance in instances:
+        try:
+            images.append(ImageView(instance, ctx.renderer.window(instance.path), None))
+        except (ImageDecodeError, OSError) as exc:
+            logger.warning("image_unreadable", extra={"instance_id": instance.id,
+                                                      "error": type(exc).__name__})
+            images.append(ImageView(instance, None, "This image cannot be displayed."))
+    draft = next((r for r in reversed(versions) if r.state == ReportState.DRAFT), None)
+    bundle = _bundle_for(read_bundle_identity(ctx.settings.model.bundle), draft or current)
+    editing = form or {}
+    is_amendment = current is not None and current.state == ReportState.FINAL and any(
+        v.id == current.predecessor_id and v.state != ReportState.DRAFT for v in versions)
+    context: dict[str, Any] = {
+        "study": study, "images": images, "versions": versions, "current": current,
+        "draft": draft, "users": users, "exports": exports, "bundle": bundle,
+        "error": error, "form": editing, "nav": "worklist",
+        "done": DONE_MESSAGES.get(request.query_params.get("done", "")),
+        "can_sign": viewer.is_radiologist, "is_amendment": is_amendment,
+    }
+    return render(request, "study.html", context, status_code=status_code)
+
+
+@router.get("/studies/{study_id}")
+def study_view(study_id: int, request: Request,
+               viewer: UserDep) -> Response:
+    """The study page."""
+    return _study_page(request, viewer, study_id)
+
+
+@router.get("/studies/{study_id}/image/{instance_id}.png")
+def study_image(study_id: int, instance_id: int, request: Request,
+                viewer: UserDep) -> Response:
+    """An image of the study as PNG; ``wc`` and ``ww`` choose the window."""
+    ctx = get_context(request)
+    with ctx.database.sessions() as session:
+        instance = session.get(Instance, instance_id)
+        if instance is None or instance.study_id != study_id:
+            raise HTTPException(404, "no such image in this study")
+        path = instance.path
+    try:
+        center = _number(request.query_params.get("wc"))
+        width = _number(request.query_params.get("ww"))
+        if (center is None) != (width is None):
+            center = width = None
+        data = ctx.renderer.png(path, center, width)
+    except ValueError as exc:
+        if isinstance(exc, ImageDecodeError):
+            raise HTTPException(422, "the image cannot be decoded") from exc
+        raise HTTPException(400, str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise HTTPException(404, "the image file is missing") from exc
+    return Response(data, media_type="image/png",
+                    headers={"Cache-Control": "private, no-store"})
+
+
+def _number(value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ValueError("window centre and width must be numbers") from exc
+
+
+def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
+             action: str, form: dict[str, str]) -> Response:
+    """Run one sign-off action in a transaction; re-render the page on refusal."""
+    ctx = get_context(request)
+    if not viewer.is_radiologist:
+        raise Forbidden("Only radiologists sign, amend or reject reports.")
+    try:
+        with ctx.database.sessions.begin() as session:
+            report = session.get(Report, report_id)
+            if report is None or report.study_id != study_id:
+                raise HTTPException(404, "no such report in this study")
+            user = session.get_one(User, viewer.id)
+            if action == "sign":
+                sign_report(session, ctx.store, report_id, user, form["findings"],
+                            form["impression"], destinations=ctx.settings.destinations)
+            elif action == "amend":
+                amend_report(session, ctx.store, report_id, user, form["findings"],
+                             form["impression"], destinations=ctx.settings.destinations)
+            else:
+                reject_draft(session, report_id, user, form["reason"])
+    except NotPermitted as exc:
+        raise Forbidden(str(exc)) from exc
+    except AlreadySigned as exc:
+        return _study_page(request, viewer, study_id, error=str(exc), status_code=409)
+    except SignoffError as exc:
+        return _study_page(request, viewer, study_id, error=str(exc), form=form,
+                           status_code=400)
+    if action != "reject" and ctx.exporter is not None:
+        ctx.exporter.notify()
+    done = {"sign": "signed", "amend": "amended", "reject": "rejected"}[action]
+    return RedirectResponse(f"/studies/{study_id}?done={done}", status_code=303)
+
+
+@router.post("/studies/{study_id}/sign")
+def sign(study_id: int, request: Request, viewer: CsrfUserDep,
+         report_id: Annotated[int, Form()], findings: Annotated[str, Form()] = "",
+         impression: Annotated[str, Form()] = "") -> Response:
+    """Sign the draft with the text as edited."""
+    return _signoff(request, viewer, study_id, report_id, "sign",
+                    {"findings": findings, "impression": impression, "mode": "sign"})
+
+
+@router.post("/studies/{study_id}/amend")
+def amend(study_id: int, request: Request, viewer: CsrfUserDep,
+          report_id: Annotated[int, Form()], findings: Annotated[str, Form()] = "",
+          impression: Annotated[str, Form()] = "") -> Response:
+    """Sign an amendment of the current final report."""
+    return _signoff(request, viewer, study_id, report_id, "amend",
+                    {"findings": findings, "impression": impression, "mode": "amend"})
+
+
+@router.post("/studies/{study_id}/reject")
+def reject(study_id: int, request: Request, viewer: CsrfUserDep,
+           report_id: Annotated[int, Form()], reason: Annotated[str, Form()] = "") -> Response:
+    """Reject the draft with a reason."""
+    return _signoff(request, viewer, study_id, report_id, "reject",
+                    {"reason": reason, "mode": "reject"})

@@ -1,0 +1,163 @@
+"""The worklist: studies awaiting sign-off, urgent first, then oldest first.
+
+``GET /`` renders it with filters (state, received date range, flag, text search);
+``GET /api/worklist/counts`` returns the count per state (no patient data), which the page
+polls to keep its counters current without a reload.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from node.db.models import Instance, Report, Study
+from node.db.types import utcnow
+from node.states import ReportState, StudyState
+from node.web.deps import UserDep, audit, get_context, render
+
+router = APIRouter()
+
+#: Rows shown at most.
+WORKLIST_LIMIT = 200
+FLAGS = ("urgent", "rejected", "routine")
+
+
+@dataclass(frozen=True)
+class WorklistFilters:
+    """What the worklist shows, from the query string."""
+
+    state: str = StudyState.DRAFTED.name
+    """A study state name, or ``ALL``."""
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    flag: str = ""
+    """``urgent``, ``rejected``, ``routine`` or empty."""
+    text: str = ""
+
+    @classmethod
+    def from_query(cls, params: Any) -> WorklistFilters:
+        """Parse (leniently: a bad value means no filter) the query parameters."""
+        state = str(params.get("state") or StudyState.DRAFTED.name).upper()
+        if state != "ALL" and state not in StudyState.__members__:
+            state = StudyState.DRAFTED.name
+        flag = str(params.get("flag") or "").lower()
+        return cls(state=state, date_from=_date(params.get("from")),
+                   date_to=_date(params.get("to")), flag=flag if flag in FLAGS else "",
+                   text=str(params.get("q") or "").strip()[:64])
+
+
+def _date(value: object) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _day_start(day: dt.date) -> dt.datetime:
+    """Local midnight of ``day`` as an aware timestamp."""
+    return dt.datetime.combine(day, dt.time()).astimezone()
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    """One study line of the worklist."""
+
+    study: Study
+    report: Report | None
+    images: int
+
+
+def latest_reports(session: Session, study_ids: list[int]) -> dict[int, Report]:
+    """The newest report version of each study."""
+    if not study_ids:
+        return {}
+    newest = (select(func.max(Report.id)).where(Report.study_id.in_(study_ids))
+              .group_by(Report.study_id))
+    reports = session.scalars(select(Report).where(Report.id.in_(newest))).all()
+    return {r.study_id: r for r in reports}
+
+
+def worklist_query(filters: WorklistFilters) -> Select[Study]:
+    """The studies matching ``filters``, urgent first, then oldest first."""
+    query = select(Study)
+    if filters.state != "ALL":
+        query = query.where(Study.state == StudyState[filters.state])
+    if filters.date_from is not None:
+        query = query.where(Study.first_received_at >= _day_start(filters.date_from))
+    if filters.date_to is not None:
+        query = query.where(
+            Study.first_received_at < _day_start(filters.date_to + dt.timedelta(days=1)))
+    if filters.flag == "urgent":
+        query = query.where(Study.urgent.is_(True))
+    elif filters.flag == "routine":
+        query = query.where(Study.urgent.is_(False))
+    elif filters.flag == "rejected":
+        rejected = select(Report.study_id).where(
+            and_(Report.state == ReportState.DRAFT, Report.rejected_at.is_not(None)))
+        query = query.where(Study.id.in_(rejected))
+    if filters.text:
+        pattern = f"%{filters.text.lower()}%"
+        query = query.where(or_(func.lower(Study.patient_name).like(pattern),
+                                func.lower(Study.patient_id).like(pattern),
+                                func.lower(Study.accession_number).like(pattern)))
+    return query.order_by(Study.urgent.desc(), Study.first_received_at.asc(),
+                          Study.id.asc()).limit(WORKLIST_LIMIT)
+
+
+def worklist_rows(session: Session, filters: WorklistFilters) -> list[WorklistRow]:
+    """Rows of the worklist for ``filters``."""
+    studies = session.scalars(worklist_query(filters)).all()
+    ids = [s.id for s in studies]
+    reports = latest_reports(session, ids)
+    counts = dict(session.execute(
+        select(Instance.study_id, func.count(Instance.id))
+        .where(Instance.study_id.in_(ids)).group_by(Instance.study_id)).all()) if ids else {}
+    return [WorklistRow(s, reports.get(s.id), int(counts.get(s.id, 0))) for s in studies]
+
+
+def state_counts(session: Session) -> dict[str, int]:
+    """Studies per state (every state, zeros included), plus urgent and rejected drafts."""
+    counts = {state.name: 0 for state in StudyState}
+    for state, count in session.execute(
+            select(Study.state, func.count(Study.id)).group_by(Study.state)):
+        counts[state.name] = int(count)
+    counts["URGENT"] = int(session.scalar(select(func.count(Study.id)).where(
+        Study.state == StudyState.DRAFTED, Study.urgent.is_(True))) or 0)
+    counts["REJECTED"] = int(session.scalar(
+        select(func.count(func.distinct(Report.study_id)))
+        .join(Study, Study.id == Report.study_id)
+        .where(Study.state == StudyState.DRAFTED, Report.state == ReportState.DRAFT,
+               Report.rejected_at.is_not(None))) or 0)
+    return counts
+
+
+@router.get("/")
+def worklist(request: Request, viewer: UserDep) -> Response:
+    """The worklist page."""
+    ctx = get_context(request)
+    filters = WorklistFilters.from_query(request.query_params)
+    with ctx.database.sessions.begin() as session:
+        rows = worklist_rows(session, filters)
+        counts = state_counts(session)
+        audit(session, viewer, "worklist_viewed", "worklist",
+              details={"state": filters.state, "rows": len(rows)})
+    return render(request, "worklist.html", {
+        "rows": rows, "counts": counts, "filters": filters, "states": list(StudyState),
+        "now": utcnow(), "limit": WORKLIST_LIMIT, "nav": "worklist",
+    })
+
+
+@router.get("/api/worklist/counts")
+def worklist_counts(request: Request, viewer: UserDep) -> Response:
+    """Studies per state, as JSON (polled by the worklist page)."""
+    ctx = get_context(request)
+    with ctx.database.sessions() as session:
+        counts = state_counts(session)
+    return JSONResponse({"counts": counts, "at": utcnow().isoformat()},
+                        headers={"Cache-Control": "no-store"})
