@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from numpy.typing import NDArray
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from node.db.types import utcnow
@@ -48,6 +50,15 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 DOCS_SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 #: Read at import: the suite's autouse fixture clears ``RADNODE_*`` variables per test.
 UPDATE_DOCS = os.environ.get("RADNODE_UPDATE_SCREENSHOTS") == "1"
+#: The screenshots the documentation shows.
+DOCUMENTED = frozenset({"worklist.png", "study.png", "triage.png", "monitoring.png"})
+
+
+def phantom(seed: int) -> NDArray[np.uint16]:
+    """A 12-bit chest radiograph phantom (ribs, vessels, heart), as the demo sends."""
+    from workers.inference.synth.phantom import random_phantom
+
+    return np.asarray(random_phantom(seed, size=512, bits=12).pixels, dtype=np.uint16)
 
 
 @dataclass
@@ -63,7 +74,7 @@ class LiveNode:
     failed_export_id: int
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
     """The web app on a free port over a seeded SQLite database."""
     root = tmp_path_factory.mktemp("browser-node")
@@ -83,21 +94,22 @@ def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
     studies = {
         "doe": seed_drafted_study(database, store, patient_name="DOE^JANE",
                                   patient_id="PID-1001", accession="ACC2000", images=2,
-                                  received_at=now - dt.timedelta(minutes=95), rows=512),
+                                  received_at=now - dt.timedelta(minutes=95),
+                                  image=phantom(101)),
         "garcia": seed_drafted_study(
             database, store, patient_name="GARCIA^MARIA", patient_id="PID-1003",
             accession="ACC2002", urgent=True, urgent_findings=["pneumothorax"],
-            received_at=now - dt.timedelta(minutes=12), seed=3, rows=512,
+            received_at=now - dt.timedelta(minutes=12), seed=3, image=phantom(102),
             findings="Large right pneumothorax with mediastinal shift to the left.",
             impression="Large right pneumothorax. Urgent clinical correlation."),
         "smith": seed_drafted_study(database, store, patient_name="SMITH^JOHN",
                                     patient_id="PID-1002", accession="ACC2001",
                                     received_at=now - dt.timedelta(minutes=70), seed=1,
-                                    rows=512),
+                                    image=phantom(103)),
         "nguyen": seed_drafted_study(database, store, patient_name="NGUYEN^BAO",
                                      patient_id="PID-1004", accession="ACC2003",
                                      received_at=now - dt.timedelta(minutes=40), seed=2,
-                                     rows=512),
+                                     image=phantom(104)),
     }
     seed_failed_job(database)
     _, export_id = seed_failed_export(database, store)
@@ -167,7 +179,7 @@ def screenshot(page: Page, name: str, *, full_page: bool = False) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     target = ARTIFACTS / name
     page.screenshot(path=str(target), full_page=full_page)
-    if UPDATE_DOCS:
+    if UPDATE_DOCS and name in DOCUMENTED:
         DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(target, DOCS_SCREENSHOTS / name)
     return target

@@ -38,6 +38,7 @@ def test_radiologist_reviews_and_signs_with_ctrl_enter(page: Page, live_node: Li
     width = page.eval_on_selector("#image", "img => img.complete ? img.naturalWidth : 0")
     assert width == 512
     assert page.locator(".thumb").count() == 2
+    screenshot(page, "study.png")
 
     with page.expect_response(lambda r: "wc=1400" in r.url and r.status == 200):
         page.fill("#wc", "1400")
@@ -48,7 +49,7 @@ def test_radiologist_reviews_and_signs_with_ctrl_enter(page: Page, live_node: Li
     page.keyboard.press("+")
     expect(page.locator("#zoom-level")).not_to_contain_text("fit")
     page.keyboard.press("0")
-    screenshot(page, "study.png")
+    expect(page.locator("#zoom-level")).to_contain_text("fit")
 
     findings = page.locator("#findings")
     findings.fill("Small left pleural effusion. Heart size normal. No pneumothorax.")

@@ -18,8 +18,10 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
+from numpy.typing import NDArray
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -76,8 +78,12 @@ def seed_user(database: Database, username: str, role: Role = Role.RADIOLOGIST, 
 
 
 def store_instances(database: Database, store: InstanceStore, study: Study,
-                    count: int, *, seed: int, rows: int) -> list[int]:
-    """Write ``count`` images of ``study`` (PA, then lateral) with their rows."""
+                    count: int, *, seed: int, rows: int,
+                    image: NDArray[np.uint16] | None = None) -> list[int]:
+    """Write ``count`` images of ``study`` (PA, then lateral) with their rows.
+
+    ``image`` gives 12-bit stored values to use instead of the factory's synthetic chest.
+    """
     series_uid = generate_uid()
     ids: list[int] = []
     with database.sessions.begin() as session:
@@ -89,7 +95,7 @@ def store_instances(database: Database, store: InstanceStore, study: Study,
                 patient_id=study.patient_id or "TEST-0001",
                 accession_number=study.accession_number or "ACC0001",
                 view_position=view, instance_number=number, rows=rows, cols=rows,
-                bits=12, seed=seed + number, windows=[(1800.0, 3000.0)],
+                bits=12, seed=seed + number, windows=[(1800.0, 3000.0)], image=image,
             )
             buffer = BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
@@ -148,13 +154,15 @@ def seed_drafted_study(
     impression: str = IMPRESSION,
     seed: int = 0,
     rows: int = 256,
+    image: NDArray[np.uint16] | None = None,
 ) -> SeededStudy:
     """A DRAFTED study: stored images, a succeeded job and a draft report with its SR."""
     study = seed_study(database, patient_name=patient_name, patient_id=patient_id,
                        accession=accession, state=StudyState.DRAFTED,
                        received_at=received_at, urgent=urgent,
                        urgent_findings=urgent_findings)
-    instance_ids = store_instances(database, store, study, images, seed=seed, rows=rows)
+    instance_ids = store_instances(database, store, study, images, seed=seed, rows=rows,
+                                   image=image)
     with database.sessions.begin() as session:
         paths = [store.absolute(p) for p in session.scalars(
             select(Instance.path).where(Instance.study_id == study.id).order_by(Instance.id))]

@@ -85,8 +85,10 @@ _TEXT_ATTRIBUTES: tuple[str, ...] = (
 _NON_IMAGE_MODALITIES = frozenset({"SR", "PR", "KO", "DOC", "REG", "SEG"})
 
 _LATERAL_TEXT = re.compile(r"\b(LAT|LATERAL|LATERALE|LL|RL|SEITLICH|PROFIL)\b")
-_PA_TEXT = re.compile(r"\b(PA|P\s*/\s*A|POSTERO[\s-]?ANTERIOR|POSTEROANTERIOR)\b")
-_AP_TEXT = re.compile(r"\b(AP|A\s*/\s*P|ANTERO[\s-]?POSTERIOR|ANTEROPOSTERIOR|SUPINE|PORTABLE)\b")
+_PA_TEXT = re.compile(r"(?<![A-Z])(PA|P\.A\.?|P\s*/\s*A|POSTERO[\s-]?ANTERIOR|POSTEROANTERIOR)(?![A-Z])")
+_AP_TEXT = re.compile(
+    r"(?<![A-Z])(AP|A\.P\.?|A\s*/\s*P|ANTERO[\s-]?POSTERIOR|ANTEROPOSTERIOR|SUPINE|PORTABLE)(?![A-Z])"
+)
 _FRONTAL_TEXT = re.compile(r"\b(FRONTAL|FRONT)\b")
 _OTHER_TEXT = re.compile(r"\b(OBLIQUE|OBL|DECUBITUS|DECUB|LORDOTIC)\b")
 
@@ -164,7 +166,7 @@ def _view_from_code(item: Mapping[str, Any] | Dataset) -> ViewEvidence | None:
 
 
 def _view_from_text(text: str) -> View | None:
-    upper = re.sub(r"[_.]", " ", text.upper())
+    upper = text.upper().replace("_", " ")
     if _LATERAL_TEXT.search(upper):
         return View.LATERAL
     if _OTHER_TEXT.search(upper):
