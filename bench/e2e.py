@@ -77,7 +77,9 @@ def _drafted_at(services: NodeServices, study_uids: list[str]) -> dict[str, dt.d
         return {uid: created for uid, created in rows}
 
 
-def _wait_drafted(services: NodeServices, uids: list[str], timeout: float) -> dict[str, dt.datetime]:
+def _wait_drafted(
+    services: NodeServices, uids: list[str], timeout: float
+) -> dict[str, dt.datetime]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = _drafted_at(services, uids)

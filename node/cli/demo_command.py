@@ -17,6 +17,35 @@ from node.logs import configure_logging
 from node.runtime import NodeServices
 from node.states import StudyState
 
+DEMO_ACCOUNTS = (("demo-radiologist", "RADIOLOGIST", "Demo^Radiologist"),
+                 ("demo-admin", "ADMIN", "Demo^Admin"))
+
+
+def ensure_demo_accounts(services: NodeServices) -> list[tuple[str, str, str]]:
+    """Create the demo logins once, with fresh random passwords; return the new ones.
+
+    Existing demo accounts are left as they are (their passwords were printed when
+    they were created).
+    """
+    import secrets
+
+    from sqlalchemy import select
+
+    from node.db.models import User
+    from node.states import Role
+    from node.users import create_user
+
+    created = []
+    with services.database.sessions.begin() as session:
+        for username, role_name, name in DEMO_ACCOUNTS:
+            if session.scalar(select(User.id).where(User.username == username)) is not None:
+                continue
+            password = secrets.token_urlsafe(12)
+            create_user(session, username, password, role=Role[role_name], display_name=name,
+                        organization="radnode demo", actor="demo")
+            created.append((username, password, role_name.lower()))
+    return created
+
 
 def _demo(args: argparse.Namespace) -> int:
     from node.config import LoggingSettings
@@ -30,9 +59,10 @@ def _demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     print(f"model: {identity.name} {identity.version} — {identity.intended_use}")
-    services = NodeServices.build(settings)
+    services = NodeServices.build(settings, with_web=not args.once)
     services.start()
     try:
+        accounts = ensure_demo_accounts(services)
         samples = write_sample_studies(args.folder, args.studies)
         statuses = send_files(services.listener.port, settings.dicom.ae_title,
                               [s.path for s in samples])
@@ -56,8 +86,10 @@ def _demo(args: argparse.Namespace) -> int:
         drafted = sum(1 for s in states.values() if s == StudyState.DRAFTED)
         if args.once:
             return 0 if drafted == len(samples) else 1
-        print(f"\nnode running — DICOM {settings.dicom.ae_title}@{services.listener.port}; "
-              "Ctrl-C to stop")
+        print(f"\nnode running — DICOM {settings.dicom.ae_title}@{services.listener.port}, "
+              f"web http://{settings.web.host}:{settings.web.port}/ ; Ctrl-C to stop")
+        for username, password, role in accounts:
+            print(f"  demo {role} login: {username} / {password}")
         stop = threading.Event()
 
         def _stop(_signum: int, _frame: Any) -> None:
