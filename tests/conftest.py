@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,40 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "RADNODE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+DEMO_BUNDLE_DIR = REPO_ROOT / "var" / "models" / "demo"
+
+
+def _require_programs(*names: str) -> None:
+    missing = [n for n in names if shutil.which(n, path=os.environ.get("PATH", "") + ":/usr/sbin")
+               is None]
+    assert not missing, f"missing {missing}: run `make system-deps`"
+
+
+@pytest.fixture(scope="session")
+def dcmtk_installed() -> None:
+    """DCMTK is part of the test install; its absence is a failure, not a skip."""
+    _require_programs("storescu", "storescp", "echoscu", "findscu", "getscu", "movescu",
+                      "dcmcjpeg", "dcmcjpls", "dcmcrle")
+
+
+@pytest.fixture(scope="session")
+def orthanc_installed() -> None:
+    """Orthanc is part of the test install (``make system-deps``)."""
+    _require_programs("Orthanc")
+
+
+@pytest.fixture(scope="session")
+def openssl_installed() -> None:
+    """openssl makes the throw-away certificates of TLS tests."""
+    _require_programs("openssl")
+
+
+@pytest.fixture(scope="session")
+def demo_bundle_built() -> None:
+    """The demo model bundle that ``make demo-model`` builds before the tests."""
+    assert (DEMO_BUNDLE_DIR / "manifest.json").is_file(), "run `make demo-model` first"
 
 
 def free_port() -> int:

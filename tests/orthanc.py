@@ -49,8 +49,9 @@ def orthanc_binary() -> str | None:
     return found
 
 
-requires_orthanc = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc not installed")
-requires_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing")
+requires_orthanc = pytest.mark.usefixtures("orthanc_installed")
+"""Marks tests that run Orthanc; they fail (never skip) when it is missing."""
+requires_openssl = pytest.mark.usefixtures("openssl_installed")
 
 
 class OrthancServer:

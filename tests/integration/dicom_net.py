@@ -39,9 +39,8 @@ def dcmtk_tool(name: str) -> str | None:
     return shutil.which(name, path=search)
 
 
-requires_dcmtk = pytest.mark.skipif(
-    any(dcmtk_tool(t) is None for t in DCMTK_TOOLS), reason="DCMTK command-line tools missing"
-)
+requires_dcmtk = pytest.mark.usefixtures("dcmtk_installed")
+"""Marks tests that drive DCMTK; they fail (never skip) when it is missing."""
 
 
 def _dcmtk(name: str) -> str:

@@ -29,7 +29,6 @@ from node.runtime import Database
 from node.storage import InstanceStore
 from node.web.dicomweb import MAX_RESULTS, build_dicomweb_router
 from tests.conftest import free_port, make_settings
-from tests.dicom_factory import dcmtk_available
 from tests.integration.dicom_net import wait_for
 from tests.integration.qr_archive import (
     ArchiveContent,
@@ -42,7 +41,7 @@ from tests.integration.qr_archive import (
     stored_path,
 )
 
-pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK tools missing")
+pytestmark = pytest.mark.usefixtures("dcmtk_installed")
 
 TOKEN = "test-token"
 

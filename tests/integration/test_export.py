@@ -43,7 +43,6 @@ from node.storage import InstanceStore
 from tests.conftest import free_port, make_settings
 from tests.dicom_factory import (
     compress_with_dcmtk,
-    dcmtk_available,
     make_cxr_dataset,
     write_dataset,
 )
@@ -573,7 +572,7 @@ def test_loop_delivers_when_notified(
     assert shared_orthanc.sop_instance_uids().count(stored.sr_uid) == 1
 
 
-@pytest.mark.skipif(not dcmtk_available(), reason="DCMTK tools missing")
+@pytest.mark.usefixtures("dcmtk_installed")
 def test_compressed_instance_goes_as_is_or_decompressed(
     tmp_path: Path, shared_orthanc: OrthancServer
 ) -> None:

@@ -46,10 +46,6 @@ from tests.integration.qr_archive import (
 pytestmark = [
     pytest.mark.dcmtk,
     requires_dcmtk,
-    pytest.mark.skipif(
-        any(dcmtk_tool(t) is None for t in ("findscu", "getscu", "movescu", "storescp")),
-        reason="DCMTK query/retrieve tools missing",
-    ),
 ]
 
 MOVE_AE = "MOVEDEST"

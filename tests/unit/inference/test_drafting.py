@@ -13,7 +13,6 @@ from pydicom.sequence import Sequence as DicomSequence
 from tests.dicom_factory import (
     compress_with_dcmtk,
     corrupt_pixel_stream,
-    dcmtk_available,
     make_cxr_dataset,
     write_dataset,
 )
@@ -93,7 +92,7 @@ def test_greedy_drafts_are_reproducible_and_indication_can_be_overridden(
 
 
 @pytest.mark.dcmtk
-@pytest.mark.skipif(not dcmtk_available(), reason="DCMTK tools not installed")
+@pytest.mark.usefixtures("dcmtk_installed")
 def test_compressed_input_drafts_like_uncompressed(bundle: LoadedBundle, tmp_path: Path) -> None:
     (plain,) = _study(tmp_path, "PA")
     jls = compress_with_dcmtk(plain, tmp_path / "jls.dcm", "jpegls_lossless")
@@ -146,7 +145,7 @@ def test_split_report_sections(text: str, sections: str, expected: tuple[str, st
     assert split_report_sections(text, sections) == expected
 
 
-@pytest.mark.skipif(not (DEMO_BUNDLE / "manifest.json").is_file(), reason="demo bundle not built")
+@pytest.mark.usefixtures("demo_bundle_built")
 def test_demo_bundle_drafts_the_finding_of_a_phantom_study(tmp_path: Path) -> None:
     demo = load_bundle(DEMO_BUNDLE)
     labels = PhantomLabels(ctr=0.64, effusion=Effusion("right", "large"))

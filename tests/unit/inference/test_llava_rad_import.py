@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.fixtures.checkpoints import LlavaRadFixture, build_llava_rad, have_sentencepiece
+from tests.fixtures.checkpoints import LlavaRadFixture, build_llava_rad
 from tests.unit.inference.conftest import Imported
 from tests.unit.inference.reference import (
     dinov2_llava_rad_reference,
@@ -154,9 +154,6 @@ def test_batched_generation_equals_single(llava_rad_bundle: LoadedBundle) -> Non
         llava_rad_bundle.generate(embeds)
 
 
-@pytest.mark.skipif(
-    not have_sentencepiece(), reason="tokenizer.model conversion needs sentencepiece"
-)
 def test_base_with_sentencepiece_model_only(tmp_path: Path) -> None:
     import sentencepiece
 

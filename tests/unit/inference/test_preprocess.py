@@ -17,7 +17,6 @@ from tests.dicom_factory import (
     compress_jpeg2000,
     compress_with_dcmtk,
     corrupt_pixel_stream,
-    dcmtk_available,
     make_cxr_dataset,
     synthetic_chest,
     write_dataset,
@@ -32,7 +31,7 @@ from workers.inference.preprocess import (
     window_to_unit,
 )
 
-needs_dcmtk = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK tools not installed")
+needs_dcmtk = pytest.mark.usefixtures("dcmtk_installed")
 
 WINDOW = (2100.0, 3000.0)
 

@@ -231,7 +231,7 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
     assert all(np.isfinite(s[2]) for s in steps)
 
 
-@pytest.mark.skipif(not (DEMO_BUNDLE / "manifest.json").is_file(), reason="demo bundle not built")
+@pytest.mark.usefixtures("demo_bundle_built")
 def test_demo_bundle_follows_the_image() -> None:
     from workers.inference.synth.evaluate import evaluate_bundle
 
