@@ -85,7 +85,9 @@ _TEXT_ATTRIBUTES: tuple[str, ...] = (
 _NON_IMAGE_MODALITIES = frozenset({"SR", "PR", "KO", "DOC", "REG", "SEG"})
 
 _LATERAL_TEXT = re.compile(r"\b(LAT|LATERAL|LATERALE|LL|RL|SEITLICH|PROFIL)\b")
-_PA_TEXT = re.compile(r"(?<![A-Z])(PA|P\.A\.?|P\s*/\s*A|POSTERO[\s-]?ANTERIOR|POSTEROANTERIOR)(?![A-Z])")
+_PA_TEXT = re.compile(
+    r"(?<![A-Z])(PA|P\.A\.?|P\s*/\s*A|POSTERO[\s-]?ANTERIOR|POSTEROANTERIOR)(?![A-Z])"
+)
 _AP_TEXT = re.compile(
     r"(?<![A-Z])(AP|A\.P\.?|A\s*/\s*P|ANTERO[\s-]?POSTERIOR|ANTEROPOSTERIOR|SUPINE|PORTABLE)(?![A-Z])"
 )

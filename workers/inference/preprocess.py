@@ -26,7 +26,8 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from workers.inference.manifest import PreprocessSpec
@@ -274,7 +275,9 @@ def read_dataset(source: str | Path | Dataset) -> Dataset:
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise ImageDecodeError("unknown transfer syntax", f"file could not be parsed: {exc}") from exc
+        raise ImageDecodeError(
+            "unknown transfer syntax", f"file could not be parsed: {exc}"
+        ) from exc
 
 
 def decode_first_frame(ds: Dataset) -> NDArray[Any]:
@@ -294,9 +297,11 @@ def decode_first_frame(ds: Dataset) -> NDArray[Any]:
     tsuid = _transfer_syntax(ds)
     syntax = _syntax_name(tsuid)
     if "PixelData" not in ds:
-        reason = "float pixel data is not supported" if (
-            "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
-        ) else "no Pixel Data element"
+        reason = (
+            "float pixel data is not supported"
+            if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds)
+            else "no Pixel Data element"
+        )
         raise ImageDecodeError(syntax, reason)
     for keyword in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation"):
         if keyword not in ds:
@@ -324,7 +329,9 @@ def _to_grey_unit(rgb: NDArray[Any], bits: int) -> NDArray[np.float64]:
 
 
 def _first_value(value: Any) -> float:
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, str)):
+    if isinstance(value, (list, tuple)) or (
+        hasattr(value, "__iter__") and not isinstance(value, str)
+    ):
         items = list(value)
         if not items:
             raise ValueError("empty multi-valued attribute")
@@ -373,7 +380,9 @@ def _apply_voi_lut_sequence(ds: Dataset, values: NDArray[Any]) -> NDArray[np.flo
     mapped = np.asarray(apply_voi(integer, ds, index=0), dtype=np.float64)
     item = ds.VOILUTSequence[0]
     descriptor = [int(v) for v in item.LUTDescriptor]
-    lut = np.asarray(apply_voi(np.arange(descriptor[1], descriptor[1] + (descriptor[0] or 65536)), ds, 0))
+    lut = np.asarray(
+        apply_voi(np.arange(descriptor[1], descriptor[1] + (descriptor[0] or 65536)), ds, 0)
+    )
     low, high = float(lut.min()), float(lut.max())
     if high <= low:
         return np.zeros_like(mapped)

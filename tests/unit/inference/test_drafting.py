@@ -134,7 +134,11 @@ def test_indication_lookup_order() -> None:
 @pytest.mark.parametrize(
     ("text", "sections", "expected"),
     [
-        ("FINDINGS: Lungs clear. IMPRESSION: Normal.", "findings_impression", ("Lungs clear.", "Normal.")),
+        (
+            "FINDINGS: Lungs clear. IMPRESSION: Normal.",
+            "findings_impression",
+            ("Lungs clear.", "Normal."),
+        ),
         ("Lungs clear. Impression: Normal.", "findings_impression", ("Lungs clear.", "Normal.")),
         ("FINDINGS: Lungs clear.", "findings_impression", ("Lungs clear.", "")),
         ("The lungs are clear.", "findings", ("The lungs are clear.", "")),
@@ -150,9 +154,28 @@ def test_demo_bundle_drafts_the_finding_of_a_phantom_study(tmp_path: Path) -> No
     demo = load_bundle(DEMO_BUNDLE)
     labels = PhantomLabels(ctr=0.64, effusion=Effusion("right", "large"))
     phantom = render_phantom(labels, size=384, seed=123)
-    ds = make_cxr_dataset(image=phantom.pixels.astype(np.uint16), bits=12, windows=[(2048.0, 4096.0)])
+    ds = make_cxr_dataset(
+        image=phantom.pixels.astype(np.uint16), bits=12, windows=[(2048.0, 4096.0)]
+    )
     result = draft_study([write_dataset(ds, tmp_path / "cxr.dcm")], demo)
     text = result.findings.lower()
     assert "effusion" in text and "right" in text
     assert "enlarged" in text or "cardiomegaly" in text
     assert result.impression
+
+
+def test_synthetic_demo_studies_draft_from_their_frontal_view(
+    bundle: LoadedBundle, tmp_path: Path
+) -> None:
+    from workers.inference.synth.studies import write_demo_studies
+
+    studies = write_demo_studies(tmp_path, count=2, seed=3, size=160)
+    again = write_demo_studies(tmp_path / "again", count=2, seed=3, size=160)
+    assert [s.study_uid for s in studies] == [s.study_uid for s in again]
+    assert json.loads((tmp_path / "truth.json").read_text())[0]["accession"] == studies[0].accession
+    for study in studies:
+        assert len(study.files) == 2
+        result = draft_study(list(reversed(study.files)), bundle)
+        assert result.image_used.path == str(study.frontal)
+        assert result.image_used.view in ("PA", "AP")
+        assert result.indication == study.indication

@@ -20,7 +20,11 @@ def _header(**attributes: Any) -> Dataset:
 
 
 def test_pa_preferred_over_ap_regardless_of_order() -> None:
-    headers = [_header(view_position="AP"), _header(view_position="LL"), _header(view_position="PA")]
+    headers = [
+        _header(view_position="AP"),
+        _header(view_position="LL"),
+        _header(view_position="PA"),
+    ]
     choice = select_frontal(headers)
     assert choice.index == 2 and choice.view == "PA" and choice.source == "ViewPosition"
     assert "ViewPosition 'PA'" in choice.reason and "1 lateral" in choice.reason

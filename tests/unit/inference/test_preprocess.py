@@ -180,7 +180,9 @@ def test_monochrome1_is_inverted_to_match_monochrome2(tmp_path: Path) -> None:
 @pytest.mark.dcmtk
 @needs_dcmtk
 def test_monochrome1_survives_compression(tmp_path: Path) -> None:
-    source = write_dataset(make_cxr_dataset(bits=12, photometric="MONOCHROME1"), tmp_path / "m1.dcm")
+    source = write_dataset(
+        make_cxr_dataset(bits=12, photometric="MONOCHROME1"), tmp_path / "m1.dcm"
+    )
     encoded = compress_with_dcmtk(source, tmp_path / "m1_jls.dcm", "jpegls_lossless")
     decoded = load_display_image(encoded)
     assert decoded.photometric_interpretation == "MONOCHROME1" and decoded.inverted
@@ -214,7 +216,9 @@ def test_linear_window_formula_by_hand() -> None:
 
 def test_first_of_several_windows_and_rescale_are_used() -> None:
     slope, intercept = 2.0, -1024.0
-    ds = make_cxr_dataset(bits=12, rescale=(slope, intercept), windows=[(2000.0, 4000.0), (0.0, 10.0)])
+    ds = make_cxr_dataset(
+        bits=12, rescale=(slope, intercept), windows=[(2000.0, 4000.0), (0.0, 10.0)]
+    )
     stored = np.asarray(decode_first_frame(ds)).astype(np.float64)
     expected = window_to_unit(stored * slope + intercept, 2000.0, 4000.0, "LINEAR")
     display = load_display_image(ds)
@@ -353,7 +357,9 @@ def test_cxr_llava_style_input() -> None:
     out = to_model_input(image8, CXR_LLAVA_LIKE)
     assert out.shape == (1, 80, 80)
     reference = _reference(image8, 80, Image.Resampling.LANCZOS, rgb=False)
-    np.testing.assert_allclose(out, (reference - 0.5518136078431373) / 0.3821719215686275, atol=1e-5)
+    np.testing.assert_allclose(
+        out, (reference - 0.5518136078431373) / 0.3821719215686275, atol=1e-5
+    )
 
 
 def test_model_input_rejects_wrong_dtype() -> None:

@@ -87,8 +87,14 @@ def test_effusion_fills_the_costophrenic_angle_on_its_side() -> None:
         PhantomLabels(ctr=0.42, effusion=Effusion("right", "large")), size=size, seed=2
     ).pixels
     # Patient's right is the image's left; the effusion brightens the left lower zone only.
-    lower_left = (slice(int(0.6 * size), int(0.75 * size)), slice(int(0.2 * size), int(0.35 * size)))
-    lower_right = (slice(int(0.6 * size), int(0.75 * size)), slice(int(0.65 * size), int(0.8 * size)))
+    lower_left = (
+        slice(int(0.6 * size), int(0.75 * size)),
+        slice(int(0.2 * size), int(0.35 * size)),
+    )
+    lower_right = (
+        slice(int(0.6 * size), int(0.75 * size)),
+        slice(int(0.65 * size), int(0.8 * size)),
+    )
     assert _region_mean(right, *lower_left) > _region_mean(base, *lower_left) + 300
     assert abs(_region_mean(right, *lower_right) - _region_mean(base, *lower_right)) < 50
 
@@ -106,7 +112,9 @@ def test_pneumothorax_darkens_the_lateral_rim() -> None:
 def test_devices_and_consolidation_change_pixels() -> None:
     base = render_phantom(NORMAL, size=128, seed=9).pixels
     with_devices = render_phantom(
-        PhantomLabels(ctr=0.42, devices=("ett", "pacemaker"), ett_cm_above_carina=4), size=128, seed=9
+        PhantomLabels(ctr=0.42, devices=("ett", "pacemaker"), ett_cm_above_carina=4),
+        size=128,
+        seed=9,
     ).pixels
     consolidated = render_phantom(
         PhantomLabels(ctr=0.42, consolidation=Consolidation("left", "upper")), size=128, seed=9
@@ -135,7 +143,10 @@ def test_normal_report_wording() -> None:
     report = write_report(NORMAL, 0)
     assert report.text.startswith("FINDINGS: ") and " IMPRESSION: " in report.text
     assert "pneumothorax" in report.findings.lower()
-    assert report.impression in ("No acute cardiopulmonary process.", "No acute cardiopulmonary abnormality.")
+    assert report.impression in (
+        "No acute cardiopulmonary process.",
+        "No acute cardiopulmonary abnormality.",
+    )
 
 
 def test_report_phrasing_varies_with_the_seed() -> None:
@@ -182,7 +193,12 @@ def test_tokenizer_round_trip_and_special_ids(corpus: list[str], tmp_path: Path)
 
     save_tokenizer(tokenizer, tmp_path)
     loaded = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
-    assert (loaded.bos_token, loaded.eos_token, loaded.unk_token, loaded.pad_token) == (BOS, EOS, UNK, PAD)
+    assert (loaded.bos_token, loaded.eos_token, loaded.unk_token, loaded.pad_token) == (
+        BOS,
+        EOS,
+        UNK,
+        PAD,
+    )
     text = "Größere Ergüsse beidseits\n(→ 5 cm)"
     with_bos = loaded(text)["input_ids"]
     without = loaded(text, add_special_tokens=False)["input_ids"]

@@ -159,7 +159,7 @@ def render_samples(
     labels: list[PhantomLabels] = []
     for index, seed in enumerate(seeds):
         size = large_size if rng.random() < large_fraction else spec.size
-        mode = "full" if rng.random() < 0.25 else "percentile"
+        mode = "full" if rng.random() < 0.5 else "percentile"
         phantom = random_phantom(seed, size=size)
         display = stored_to_display(phantom.pixels, phantom.bits, mode)
         images[index] = resize_for_model(display, spec)

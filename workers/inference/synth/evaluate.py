@@ -84,7 +84,12 @@ class FindingAgreement:
     def as_dict(self) -> dict[str, Any]:
         """Counts plus agreement (accuracy), sensitivity, specificity, F1 and side accuracy."""
         total = max(self.total, 1)
-        tp, fp, fn, tn = self.true_positive, self.false_positive, self.false_negative, self.true_negative
+        tp, fp, fn, tn = (
+            self.true_positive,
+            self.false_positive,
+            self.false_negative,
+            self.true_negative,
+        )
         return {
             "positives": self.positives,
             "agreement": round((tp + tn) / total, 4),

@@ -32,7 +32,7 @@ ENLARGED_CTR_RANGE = (0.57, 0.68)
 CARDIOMEGALY_CTR = 0.52
 """Cardiothoracic ratio above which the heart is called enlarged."""
 
-Array = NDArray[np.float32]
+Array = NDArray[np.floating[Any]]
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,9 @@ def sample_labels(rng: np.random.Generator, *, normal_fraction: float = 0.2) -> 
     -------
     PhantomLabels
     """
-    devices = tuple(d for d, p in zip(DEVICES, (0.18, 0.18, 0.15, 0.12), strict=True) if rng.random() < p)
+    devices = tuple(
+        d for d, p in zip(DEVICES, (0.18, 0.18, 0.15, 0.12), strict=True) if rng.random() < p
+    )
     ett_cm = int(rng.integers(3, 7)) if "ett" in devices else None
     if rng.random() < normal_fraction:
         return PhantomLabels(
@@ -231,7 +233,7 @@ def _polyline_mask(
 
 def _smoothstep(edge0: float, edge1: float, x: Array) -> Array:
     t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
-    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+    return np.asarray(t * t * (3.0 - 2.0 * t), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -344,8 +346,9 @@ def render_density(labels: PhantomLabels, size: int, seed: int) -> tuple[Array, 
 
     # Vessel markings from each hilum; none inside a pneumothorax rim.
     vessels = np.zeros((size, size), dtype=np.float32)
-    for side in ("right", "left"):
-        sign = _side_sign(side)  # type: ignore[arg-type]
+    sides: tuple[Side, Side] = ("right", "left")
+    for side in sides:
+        sign = _side_sign(side)
         hilum = (a.cx + sign * 0.1, a.apex + 0.42 * ry)
         tree = np.zeros((size, size), dtype=np.float32)
         for _ in range(14):
@@ -417,31 +420,31 @@ def _draw_findings(
 
     if labels.consolidation is not None:
         sign = _side_sign(labels.consolidation.side)
-        cu = a.cx + sign * float(rng.uniform(0.15, 0.22))
-        cv = a.apex + ry * (0.3 if labels.consolidation.zone == "upper" else 0.72)
+        cu = a.cx + sign * float(rng.uniform(0.2, 0.24))
+        cv = a.apex + ry * (0.32 if labels.consolidation.zone == "upper" else 0.68)
         blob = np.zeros_like(image)
         for _ in range(4):
             bu = cu + float(rng.normal(0, 0.03))
             bv = cv + float(rng.normal(0, 0.03))
-            radius = float(rng.uniform(0.05, 0.08))
+            radius = float(rng.uniform(0.065, 0.095))
             blob = np.maximum(blob, np.exp(-(((u - bu) ** 2 + (v - bv) ** 2) / radius**2)))
         opacity = _smoothstep(0.25, 0.6, blob) * lungs
-        image += 0.3 * opacity
+        image += 0.34 * opacity
 
     if labels.atelectasis is not None:
         sign = _side_sign(labels.atelectasis)
-        centre_u = a.cx + sign * 0.19
-        centre_v = a.base - 0.2
-        tilt = float(rng.uniform(-0.05, 0.05))
-        band = [(centre_u - 0.09, centre_v - tilt), (centre_u + 0.09, centre_v + tilt)]
-        mask = _polyline_mask(u, v, band, 0.008, pixel) * lungs
-        image += 0.28 * mask
+        centre_u = a.cx + sign * 0.2
+        centre_v = a.base - 0.19
+        tilt = float(rng.uniform(-0.04, 0.04))
+        band = [(centre_u - 0.11, centre_v - tilt), (centre_u + 0.11, centre_v + tilt)]
+        mask = _polyline_mask(u, v, band, 0.012, pixel) * lungs
+        image += 0.3 * mask
 
     if labels.effusion is not None:
         sides: tuple[Side, ...] = (
             ("right", "left") if labels.effusion.side == "bilateral" else (labels.effusion.side,)
         )
-        height = 0.09 if labels.effusion.size == "small" else 0.28
+        height = 0.12 if labels.effusion.size == "small" else 0.28
         for side in sides:
             sign = _side_sign(side)
             on_side = (u - a.cx) * sign > 0

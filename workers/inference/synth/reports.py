@@ -214,7 +214,9 @@ def _heart_sentence(labels: PhantomLabels, rng: np.random.Generator) -> str:
 def _impression(labels: PhantomLabels, rng: np.random.Generator) -> str:
     parts: list[str] = []
     if labels.pneumothorax is not None:
-        parts.append(f"{_SIZE_WORD[labels.pneumothorax.size]} {labels.pneumothorax.side} pneumothorax.")
+        parts.append(
+            f"{_SIZE_WORD[labels.pneumothorax.size]} {labels.pneumothorax.side} pneumothorax."
+        )
     if labels.consolidation is not None:
         c = labels.consolidation
         parts.append(

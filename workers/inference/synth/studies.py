@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 from workers.inference.synth.phantom import Phantom, random_phantom
 from workers.inference.synth.reports import INDICATIONS, write_report
@@ -45,7 +45,7 @@ def _lateral_image(size: int, seed: int, bits: int) -> NDArray[np.uint16]:
     image[spine] = 0.7
     image += rng.normal(0, 0.01, size=image.shape)
     top = 2**bits - 1
-    return np.rint(np.clip(image, 0, 1) * top).astype(np.uint16)
+    return np.asarray(np.rint(np.clip(image, 0, 1) * top), dtype=np.uint16)
 
 
 def phantom_dataset(
@@ -69,8 +69,8 @@ def phantom_dataset(
     The window spans the full stored range; the rescale is identity.
     """
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(DX_FOR_PRESENTATION)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()
@@ -173,7 +173,9 @@ def write_demo_studies(
     for number in range(count):
         phantom: Phantom = random_phantom(seed * 10_000 + number, size=size)
         rng = np.random.default_rng([seed, number, 0x57D])
-        indication = INDICATIONS[int(rng.integers(0, len(INDICATIONS)))] if rng.random() < 0.7 else None
+        indication = (
+            INDICATIONS[int(rng.integers(0, len(INDICATIONS)))] if rng.random() < 0.7 else None
+        )
         accession = f"SYN{seed:03d}{number:05d}"
         study_uid = _uid("study", seed, number)
         when = start + timedelta(minutes=17 * number)

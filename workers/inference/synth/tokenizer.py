@@ -33,7 +33,9 @@ DEFAULT_MERGE_VOCAB = 640
 """Size of the trained part of the vocabulary (alphabet + merges), before byte tokens."""
 
 
-def _train_bpe(corpus: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _train_bpe(
+    corpus: Iterable[str], vocab_size: int
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     draft = Tokenizer(models.BPE(unk_token=UNK))
     draft.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE_MARK, prepend_scheme="first")
     trainer = trainers.BpeTrainer(
@@ -51,7 +53,9 @@ def _train_bpe(corpus: Iterable[str], vocab_size: int) -> tuple[dict[str, int], 
     return vocab, [(a, b) for a, b in merges]
 
 
-def build_tokenizer(corpus: Iterable[str], *, merge_vocab_size: int = DEFAULT_MERGE_VOCAB) -> Tokenizer:
+def build_tokenizer(
+    corpus: Iterable[str], *, merge_vocab_size: int = DEFAULT_MERGE_VOCAB
+) -> Tokenizer:
     """Train the tokenizer on ``corpus``.
 
     Parameters
@@ -77,7 +81,9 @@ def build_tokenizer(corpus: Iterable[str], *, merge_vocab_size: int = DEFAULT_ME
     tokenizer = Tokenizer(
         models.BPE(vocab=vocab, merges=merges, unk_token=UNK, byte_fallback=True, fuse_unk=True)
     )
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE_MARK, prepend_scheme="first")
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement=SPACE_MARK, prepend_scheme="first"
+    )
     tokenizer.decoder = decoders.Sequence(
         [
             decoders.Replace(SPACE_MARK, " "),
@@ -99,7 +105,7 @@ def to_transformers(tokenizer: Tokenizer) -> Any:
     """Wrap as a ``transformers`` fast tokenizer with the special tokens declared."""
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token=BOS,
         eos_token=EOS,
