@@ -39,32 +39,18 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from node.config import load_settings  # noqa: E402
 from node.db.models import Report, Study  # noqa: E402
-from node.demo import phantom_dataset, send_files  # noqa: E402
+from node.demo import send_files  # noqa: E402
 from node.runtime import NodeServices  # noqa: E402
 from node.states import StudyState  # noqa: E402
+from workers.inference.synth.studies import DemoStudy, write_demo_studies  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def _write_studies(folder: Path, count: int, offset: int) -> list[Path]:
-    from workers.inference.synth.phantom import random_phantom
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(count):
-        phantom = random_phantom(10_000 + offset + index, size=512, bits=12)
-        ds = phantom_dataset(phantom.pixels, phantom.bits, offset + index + 1)
-        path = folder / f"s{offset + index:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def _study_uid(path: Path) -> str:
-    from pydicom import dcmread
-
-    return str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+def _write_studies(folder: Path, count: int, seed: int) -> list[DemoStudy]:
+    """Single-image PA/AP phantom studies (no lateral), new UIDs for every seed."""
+    return write_demo_studies(folder, count=count, seed=seed, with_lateral=False)
 
 
 def _drafted_at(services: NodeServices, study_uids: list[str]) -> dict[str, dt.datetime]:
@@ -126,26 +112,26 @@ def main() -> int:
     port, ae = services.listener.port, settings.dicom.ae_title
     try:
         print("warming up (model load)...", file=sys.stderr)
-        warm = _write_studies(work / "warm", 1, 0)
-        send_files(port, ae, warm)
-        _wait_drafted(services, [_study_uid(warm[0])], 300)
+        warm = _write_studies(work / "warm", 1, seed=1)
+        send_files(port, ae, [warm[0].frontal])
+        _wait_drafted(services, [warm[0].study_uid], 300)
 
-        latency_files = _write_studies(work / "latency", args.studies, 1)
+        latency_studies = _write_studies(work / "latency", args.studies, seed=2)
         latencies = []
-        for index, path in enumerate(latency_files, 1):
-            uid = _study_uid(path)
-            send_files(port, ae, [path])
+        for index, study in enumerate(latency_studies, 1):
+            uid = study.study_uid
+            send_files(port, ae, [study.frontal])
             acked = dt.datetime.now(dt.UTC)
             drafted = _wait_drafted(services, [uid], 120)[uid]
             latencies.append((drafted - acked).total_seconds())
-            print(f"\rlatency {index}/{len(latency_files)}: {latencies[-1]:.2f} s",
+            print(f"\rlatency {index}/{len(latency_studies)}: {latencies[-1]:.2f} s",
                   end="", file=sys.stderr)
         print(file=sys.stderr)
 
-        burst_files = _write_studies(work / "burst", args.burst, 1 + args.studies)
-        uids = [_study_uid(p) for p in burst_files]
+        burst = _write_studies(work / "burst", args.burst, seed=3)
+        uids = [study.study_uid for study in burst]
         started = dt.datetime.now(dt.UTC)
-        send_files(port, ae, burst_files)
+        send_files(port, ae, [study.frontal for study in burst])
         sent = dt.datetime.now(dt.UTC)
         drafted = _wait_drafted(services, uids, 3600)
         finished = max(drafted.values())

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Settings, load_settings
 from node.jobs.bundle_identity import read_bundle_identity
-from node.runtime import Database
-from workers.errors import PermanentJobError
 from node.reports.sr_content import ModelProvenance
+from node.runtime import Database
 from node.storage import InstanceStore
+from workers.errors import PermanentJobError
 from workers.jobs import DraftLike, JobContext
 
 _load_lock = threading.Lock()

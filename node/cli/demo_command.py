@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def ensure_demo_accounts(services: NodeServices) -> list[tuple[str, str, str]]:
 
 def _demo(args: argparse.Namespace) -> int:
     from node.config import LoggingSettings
-    from node.demo import draft_summaries, send_files, wait_for_drafts, write_sample_studies
+    from node.demo import draft_summaries, send_files, wait_for_drafts
+    from workers.inference.synth.studies import write_demo_studies
 
     settings = load_settings()
     configure_logging(LoggingSettings(level="WARNING", format="text"))
@@ -63,9 +65,11 @@ def _demo(args: argparse.Namespace) -> int:
     services.start()
     try:
         accounts = ensure_demo_accounts(services)
-        samples = write_sample_studies(args.folder, args.studies)
+        # A new seed per run gives new studies (the same seed re-sends the same UIDs).
+        seed = args.seed if args.seed is not None else int(time.time()) % 100_000
+        samples = write_demo_studies(args.folder / str(seed), count=args.studies, seed=seed)
         statuses = send_files(services.listener.port, settings.dicom.ae_title,
-                              [s.path for s in samples])
+                              [path for sample in samples for path in sample.files])
         print(f"sent {len(samples)} sample studies to {settings.dicom.ae_title} "
               f"on port {services.listener.port}: "
               f"{sum(1 for s in statuses if s == 0)} stored")
@@ -79,7 +83,7 @@ def _demo(args: argparse.Namespace) -> int:
         drafts = dict(draft_summaries(services, [s.study_uid for s in samples]))
         for sample in samples:
             state = states.get(sample.study_uid)
-            print(f"\n{sample.path.name}: drawn: {sample.findings_drawn}")
+            print(f"\n{sample.accession} (phantom truth): {sample.reference_report}")
             print(f"  state: {state.name if state else 'unknown'}")
             if sample.study_uid in drafts:
                 print(f"  draft: {drafts[sample.study_uid]}")
@@ -110,4 +114,5 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     demo.add_argument("--folder", type=Path, default=Path("var/demo-studies"))
     demo.add_argument("--timeout", type=float, default=600.0)
     demo.add_argument("--once", action="store_true", help="exit after the drafts are done")
+    demo.add_argument("--seed", type=int, help="sample studies' seed (default: from the clock)")
     demo.set_defaults(handler=_demo)

@@ -22,11 +22,9 @@ from workers.inference.synth.phantom import Phantom, random_phantom
 from workers.inference.synth.reports import INDICATIONS, write_report
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-_UID_ROOT = "1.2.826.0.1.3680043.10.1147."  # deterministic UIDs are derived under this root
-
-
 def _uid(*parts: object) -> str:
-    return generate_uid(prefix=_UID_ROOT, entropy_srcs=[str(p) for p in parts])
+    """A UID derived from ``parts`` under pydicom's root: the same parts, the same UID."""
+    return str(generate_uid(entropy_srcs=[str(p) for p in parts]))
 
 
 def _lateral_image(size: int, seed: int, bits: int) -> NDArray[np.uint16]:
