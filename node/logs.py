@@ -57,7 +57,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = " ".join(f"{k}={v}" for k, v in _extra_fields(record).items())
-        base = f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        base = (f"{self.formatTime(record)} {record.levelname:<7} {record.name}: "
+                f"{record.getMessage()}")
         text = f"{base} {fields}" if fields else base
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

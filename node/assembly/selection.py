@@ -98,7 +98,8 @@ def decide(instances: Sequence[InstanceFacts], rules: SelectionSettings) -> Sele
         return SelectionDecision(False, IgnoreReason.NOT_CHEST.value, IgnoreReason.NOT_CHEST)
     views = [view_of(f) for f in chest]
     if "FRONTAL" in views:
-        return SelectionDecision(True, f"{views.count('FRONTAL')} frontal of {len(chest)} chest images")
+        frontal = views.count("FRONTAL")
+        return SelectionDecision(True, f"{frontal} frontal of {len(chest)} chest images")
     if rules.draft_when_view_unknown and None in views:
         return SelectionDecision(True, "chest image with unknown view (allowed by configuration)")
     return SelectionDecision(

@@ -132,7 +132,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     llava_rad.set_defaults(handler=_import_llava_rad)
 
     cxr_llava = actions.add_parser("import-cxr-llava",
-                                   help="bundle from an ECOFRI/CXR-LLAVA-v2 folder (no remote code)")
+                                   help="bundle from an ECOFRI/CXR-LLAVA-v2 folder "
+                                        "(no remote code)")
     cxr_llava.add_argument("source", type=Path)
     cxr_llava.add_argument("out", type=Path)
     cxr_llava.add_argument("--overwrite", action="store_true")

@@ -109,7 +109,8 @@ def _studies(args: argparse.Namespace) -> int:
     print(f"{'STATE':<10} {'INST':>4} {'AGE':>5}  STUDY UID  (reason)")
     for row in rows:
         reason = f"  ({row['state_reason']})" if row["state_reason"] else ""
-        print(f"{row['state']:<10} {row['instances']:>4} {row['age']:>5}  {row['study_uid']}{reason}")
+        print(f"{row['state']:<10} {row['instances']:>4} {row['age']:>5}  "
+              f"{row['study_uid']}{reason}")
     return 0
 
 
