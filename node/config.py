@@ -182,9 +182,24 @@ class AssemblySettings(_Section):
 
 
 class ModelSettings(_Section):
-    """The model bundle the workers load."""
+    """The model bundle the workers load, and the site's sampling choices.
+
+    Unset values keep the bundle's own generation defaults (LLaVA-Rad: greedy;
+    CXR-LLaVA: temperature 0.2, top_p 0.8).
+    """
 
     bundle: Path = Path("var/models/demo")
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_new_tokens: int | None = Field(None, gt=0)
+    seed: int = 0
+    """Sampling seed: the same study, model and seed give the same draft."""
+
+    def generation_overrides(self) -> dict[str, float | int]:
+        """The generation values the site set, by GenerationSpec field name."""
+        values = {"temperature": self.temperature, "top_p": self.top_p,
+                  "max_new_tokens": self.max_new_tokens}
+        return {key: value for key, value in values.items() if value is not None}
 
 
 class Destination(_Section):

@@ -45,9 +45,13 @@ class BundleDrafter:
         ``auto``, ``cpu`` or ``cuda[:N]``.
     """
 
-    def __init__(self, bundle_dir: Path, device: str = "auto") -> None:
+    def __init__(self, bundle_dir: Path, device: str = "auto",
+                 generation_overrides: dict[str, float | int] | None = None,
+                 seed: int = 0) -> None:
         self.bundle_dir = bundle_dir
         self.device = device
+        self.generation_overrides = generation_overrides or {}
+        self.seed = seed
         self._bundle: Any = None
 
     def bundle(self) -> Any:
@@ -66,7 +70,13 @@ class BundleDrafter:
 
         if not paths:
             raise PermanentJobError("the study has no stored instances")
-        result: DraftLike = draft_study(list(paths), self.bundle(), indication=indication)
+        bundle = self.bundle()
+        generation = bundle.manifest.generation
+        if self.generation_overrides:
+            generation = type(generation)(**{**generation.model_dump(),
+                                              **self.generation_overrides})
+        result: DraftLike = draft_study(list(paths), bundle, indication=indication,
+                                        generation=generation, seed=self.seed)
         return result
 
 
@@ -102,7 +112,9 @@ def build_job_context(
     return JobContext(
         sessions=sessions,
         store=store,
-        drafter=drafter or BundleDrafter(settings.model.bundle, settings.worker.device),
+        drafter=drafter or BundleDrafter(settings.model.bundle, settings.worker.device,
+                                         settings.model.generation_overrides(),
+                                         settings.model.seed),
         model=ModelProvenance(name=identity.name[:64], version=identity.version[:64],
                               manufacturer="radnode", device_uid=identity.device_uid,
                               synthetic=identity.synthetic),

@@ -1,0 +1,32 @@
+"""A site's sampling settings reach the drafts the workers make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.config import load_settings
+from tests.conftest import DEMO_BUNDLE_DIR
+from workers.context import BundleDrafter
+from workers.inference.synth.studies import write_demo_studies
+
+
+def test_generation_overrides_come_from_settings_and_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the values a site sets override the bundle's defaults."""
+    assert load_settings().model.generation_overrides() == {}
+    monkeypatch.setenv("RADNODE_MODEL__TEMPERATURE", "0.4")
+    monkeypatch.setenv("RADNODE_MODEL__TOP_P", "0.8")
+    assert load_settings().model.generation_overrides() == {"temperature": 0.4, "top_p": 0.8}
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_drafter_applies_the_site_token_limit(tmp_path: Path) -> None:
+    """A site limit on new tokens shortens the draft the worker's drafter makes."""
+    study = write_demo_studies(tmp_path, count=1, seed=7, with_lateral=False)[0]
+    full = BundleDrafter(DEMO_BUNDLE_DIR, "cpu")([study.frontal], None)
+    limited = BundleDrafter(DEMO_BUNDLE_DIR, "cpu", {"max_new_tokens": 4})([study.frontal], None)
+    assert full.to_json_dict()["tokens"]["generated"] > 4
+    assert limited.to_json_dict()["tokens"]["generated"] <= 4
