@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from collections.abc import Callable
 
 from sqlalchemy import func, select
@@ -21,6 +20,7 @@ from node.config import AssemblySettings
 from node.db.models import AuditEvent, Instance, Study
 from node.db.types import utcnow
 from node.logs import log_event
+from node.periodic import PeriodicThread
 from node.states import StudyState
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,7 @@ class AssemblyService:
         self.settings = settings
         self.session_factory = session_factory
         self.on_stable = on_stable
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicThread("assembly", settings.poll_seconds, self._tick_now)
 
     def _is_due(self, study: Study, now: dt.datetime) -> bool:
         """Whether a RECEIVING study is complete at ``now`` (same rules as the query)."""
@@ -149,24 +148,13 @@ class AssemblyService:
             after_commit()
         return True
 
-    def run_forever(self) -> None:
-        """Tick every ``poll_seconds`` until :meth:`stop` is called."""
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # keep assembling after a database hiccup
-                logger.exception("assembly_tick_failed")
-            self._stop.wait(self.settings.poll_seconds)
+    def _tick_now(self) -> None:
+        self.tick()
 
     def start(self) -> None:
-        """Run the loop in a daemon thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self.run_forever, name="assembly", daemon=True)
-        self._thread.start()
+        """Tick every ``poll_seconds`` in a background thread."""
+        self._periodic.start()
 
     def stop(self) -> None:
         """Stop the loop and wait for the current tick."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._periodic.stop()

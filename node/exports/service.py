@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import ssl
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from node.dicom.export import (
     send_instances,
 )
 from node.logs import log_event
+from node.periodic import PeriodicThread
 from node.states import ExportState
 from node.storage import InstanceStore
 
@@ -220,9 +220,7 @@ class ExportService:
         self.calling_ae = calling_ae
         self.ssl_context = ssl_context
         self.sender = sender
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicThread("exporter", settings.period_seconds, self._deliver_now)
 
     @classmethod
     def from_settings(
@@ -328,7 +326,7 @@ class ExportService:
     def _deliver_group(self, claims: list[_Claim], clock: Callable[[], dt.datetime]) -> None:
         """Deliver one destination's claims in order; stop early when it is unreachable."""
         for index, claim in enumerate(claims):
-            if self._stop.is_set() and self._thread is not None:  # stopping mid-pass
+            if self._periodic.stopping:  # stopping mid-pass
                 for left in claims[index:]:
                     self._release(left)
                 return
@@ -466,35 +464,19 @@ class ExportService:
 
     def notify(self) -> None:
         """Run a pass now rather than at the next period (call after queueing)."""
-        self._wake.set()
+        self._periodic.wake()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            claimed: list[int] = []
-            try:
-                claimed = self.deliver_due()
-            except Exception:
-                logger.exception("export_pass_failed")
-            if len(claimed) >= self.settings.batch_size:
-                continue  # more may be due
-            self._wake.wait(self.settings.period_seconds)
+    def _deliver_now(self) -> bool:
+        """One pass of the loop; ``True`` when a full batch suggests more are due."""
+        return len(self.deliver_due()) >= self.settings.batch_size
 
     def start(self) -> None:
         """Deliver periodically in a thread, starting with a pass now."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="exporter", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the loop; a send in progress finishes (it is bounded by the timeouts)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-            self._thread = None
+        self._periodic.stop(timeout)
 
 
 __all__ = ["ExportService", "backoff_delay", "queue_exports"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from collections.abc import Callable
 
 from sqlalchemy import or_, select
@@ -23,6 +22,7 @@ from node.db.types import utcnow
 from node.jobs.bundle_identity import BundleIdentity
 from node.jobs.queue import WorkQueue
 from node.logs import log_event
+from node.periodic import PeriodicThread
 from node.states import JobState, StudyState
 
 logger = logging.getLogger(__name__)
@@ -104,8 +104,8 @@ class Reconciler:
     def __init__(self, settings: JobSettings, scheduler: DraftScheduler) -> None:
         self.settings = settings
         self.scheduler = scheduler
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicThread("reconciler", settings.reconcile_seconds,
+                                        self._reconcile_now)
 
     def reconcile(
         self, now: dt.datetime | None = None, *, requeue_all_waiting: bool = False
@@ -161,12 +161,8 @@ class Reconciler:
         if after_commit is not None:
             after_commit()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.reconcile_seconds):
-            try:
-                self.reconcile()
-            except Exception:
-                logger.exception("reconcile_failed")
+    def _reconcile_now(self) -> None:
+        self.reconcile()
 
     def start(self, *, requeue_all_waiting: bool = False) -> None:
         """Reconcile once now (after a restart), then periodically in a thread."""
@@ -174,13 +170,8 @@ class Reconciler:
             self.reconcile(requeue_all_waiting=requeue_all_waiting)
         except Exception:
             logger.exception("reconcile_failed")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
-        self._thread.start()
+        self._periodic.start(run_now=False)
 
     def stop(self) -> None:
         """Stop the periodic pass."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._periodic.stop()
