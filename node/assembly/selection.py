@@ -7,15 +7,12 @@ from dataclasses import dataclass
 
 from node.config import SelectionSettings
 from node.states import IgnoreReason
+from workers.inference.frontal import View, classify_view
 
 #: Storage SOP classes that carry no image (SRs, presentation states, KOs…)
 #: start with these prefixes; they never count as evidence to draft.
 _NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.",
                            "1.2.840.10008.5.1.4.1.1.104.", "1.2.840.10008.5.1.4.1.1.9.")
-
-_LATERAL_WORDS = ("LAT", "LATERAL", "LL", "RL")
-_FRONTAL_WORDS = ("PA", "AP", "FRONTAL", "P-A", "A-P")
-
 
 @dataclass(frozen=True)
 class InstanceFacts:
@@ -37,29 +34,25 @@ class SelectionDecision:
     ignore_reason: IgnoreReason | None = None
 
 
-def _words(text: str | None) -> set[str]:
-    if not text:
-        return set()
-    cleaned = "".join(ch if ch.isalnum() or ch == "-" else " " for ch in text.upper())
-    return set(cleaned.split())
+def view_of(facts: InstanceFacts, frontal_views: Sequence[str] = ("PA", "AP")) -> str | None:
+    """Return ``"FRONTAL"``, ``"LATERAL"``, ``"OTHER"`` or ``None`` when unknown.
 
-
-def view_of(facts: InstanceFacts) -> str | None:
-    """Return ``"FRONTAL"``, ``"LATERAL"`` or ``None`` when unknown.
-
-    ViewPosition decides; the series description is the fall-back.
+    The view is read by :func:`workers.inference.frontal.classify_view`, the same
+    classifier the drafting worker uses to pick its image (ViewPosition decides; the
+    series description is the fall-back). A PA or AP view counts as frontal only when
+    it is one of ``frontal_views``.
     """
-    view = (facts.view_position or "").strip().upper()
-    if view in ("PA", "AP"):
-        return "FRONTAL"
-    if view in ("LL", "RL", "LATERAL", "LAT", "RLD", "LLD"):
+    evidence = classify_view(
+        {"ViewPosition": facts.view_position, "SeriesDescription": facts.series_description}
+    )
+    if evidence.view == View.UNKNOWN:
+        return None
+    if evidence.view == View.LATERAL:
         return "LATERAL"
-    words = _words(facts.series_description)
-    if words.intersection(_LATERAL_WORDS):
-        return "LATERAL"
-    if words.intersection(_FRONTAL_WORDS):
+    allowed = {view.upper() for view in frontal_views}
+    if evidence.view == View.FRONTAL or evidence.view.name in allowed:
         return "FRONTAL"
-    return None
+    return "OTHER"
 
 
 def decide(instances: Sequence[InstanceFacts], rules: SelectionSettings) -> SelectionDecision:
@@ -96,7 +89,7 @@ def decide(instances: Sequence[InstanceFacts], rules: SelectionSettings) -> Sele
     ]
     if not chest:
         return SelectionDecision(False, IgnoreReason.NOT_CHEST.value, IgnoreReason.NOT_CHEST)
-    views = [view_of(f) for f in chest]
+    views = [view_of(f, rules.frontal_views) for f in chest]
     if "FRONTAL" in views:
         frontal = views.count("FRONTAL")
         return SelectionDecision(True, f"{frontal} frontal of {len(chest)} chest images")

@@ -182,3 +182,13 @@ def test_configured_modalities_and_body_parts_apply() -> None:
     assert decide([facts(sop_class=CR, modality="CR")], rules).draft is False
     assert decide([facts(body_part="THORAX")], rules).draft is False
     assert decide([facts()], rules).draft is True
+
+
+def test_frontal_views_setting_limits_which_projections_are_drafted() -> None:
+    """With ``frontal_views = ["PA"]`` an AP-only study is ignored; a PA study is drafted."""
+    pa_only = SelectionSettings(frontal_views=["PA"])
+    ap_study = decide([facts(view="AP")], pa_only)
+    assert ap_study.draft is False
+    assert ap_study.ignore_reason is IgnoreReason.NO_FRONTAL_VIEW
+    assert decide([facts(view="PA")], pa_only).draft is True
+    assert decide([facts(view="AP")], RULES).draft is True

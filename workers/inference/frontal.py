@@ -86,10 +86,10 @@ _NON_IMAGE_MODALITIES = frozenset({"SR", "PR", "KO", "DOC", "REG", "SEG"})
 
 _LATERAL_TEXT = re.compile(r"\b(LAT|LATERAL|LATERALE|LL|RL|SEITLICH|PROFIL)\b")
 _PA_TEXT = re.compile(
-    r"(?<![A-Z])(PA|P\.A\.?|P\s*/\s*A|POSTERO[\s-]?ANTERIOR|POSTEROANTERIOR)(?![A-Z])"
+    r"(?<![A-Z])(PA|P\.A\.?|P\s*[/-]\s*A|POSTERO[\s-]?ANTERIOR|POSTEROANTERIOR)(?![A-Z])"
 )
 _AP_TEXT = re.compile(
-    r"(?<![A-Z])(AP|A\.P\.?|A\s*/\s*P|ANTERO[\s-]?POSTERIOR|ANTEROPOSTERIOR|SUPINE|PORTABLE)(?![A-Z])"
+    r"(?<![A-Z])(AP|A\.P\.?|A\s*[/-]\s*P|ANTERO[\s-]?POSTERIOR|ANTEROPOSTERIOR|SUPINE|PORTABLE)(?![A-Z])"
 )
 _FRONTAL_TEXT = re.compile(r"\b(FRONTAL|FRONT)\b")
 _OTHER_TEXT = re.compile(r"\b(OBLIQUE|OBL|DECUBITUS|DECUB|LORDOTIC)\b")
