@@ -12,6 +12,7 @@ Values are validated when loaded; an invalid file or variable raises
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -73,8 +75,12 @@ class DicomSettings(_Section):
     ae_title: str = "RADNODE"
     allowed_calling_aes: list[str] = Field(default_factory=list)
     require_called_ae: bool = False
-    max_pdu_size: int = Field(0, ge=0)
+    max_pdu_size: int = Field(0, ge=0, le=0xFFFFFFFF)
+    """Largest P-DATA PDU the node accepts, in bytes, offered to every peer at
+    association time; 0 means no limit (fastest for large images)."""
     max_associations: int = Field(32, ge=1)
+    """Associations served at once; one more is rejected (transient, local limit
+    exceeded) until one ends."""
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(120.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)
@@ -122,6 +128,15 @@ class JobSettings(_Section):
     reconcile_seconds: float = Field(30.0, gt=0)
 
 
+class InstanceSource(enum.Enum):
+    """Where a drafting worker reads a study's instances from."""
+
+    SHARED = "shared"
+    """The storage folder, shared with the node."""
+    HTTP = "http"
+    """The node's WADO-RS service, with the worker's bearer token."""
+
+
 class WorkerSettings(_Section):
     """The drafting worker process (one per GPU)."""
 
@@ -129,8 +144,63 @@ class WorkerSettings(_Section):
     """Draft tasks a worker runs at once; they share one loaded model."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda:N``."""
-    shared_storage: bool = True
-    """Read instances from ``storage.root`` (a shared folder on other hosts)."""
+    instance_source: InstanceSource = InstanceSource.SHARED
+    """``shared``: read instances from ``storage.root`` (the node's folder, shared with
+    other hosts); ``http``: fetch them from the node over WADO-RS into a temporary
+    folder per job (``node_url`` and a token needed)."""
+    node_url: str = ""
+    """The node's web address, e.g. ``https://radnode.example.org:8080``."""
+    token: SecretStr | None = None
+    """Bearer token of the worker's service account (``radnode user token NAME``)."""
+    token_file: Path | None = None
+    """A file holding the token instead (read at start)."""
+    ca_file: Path | None = None
+    """CA certificates that sign the node's HTTPS certificate (system ones when unset)."""
+    fetch_timeout_seconds: float = Field(60.0, gt=0)
+    fetch_attempts: int = Field(3, ge=1)
+    """Tries per instance on connection errors before the job attempt fails (and retries)."""
+    scratch_dir: Path | None = None
+    """Where the per-job folders of fetched instances go (the system's temp folder)."""
+    heartbeat_seconds: float = Field(15.0, gt=0)
+    """How often a worker process writes its heartbeat row."""
+    stale_after_seconds: float = Field(60.0, gt=0)
+    """A worker with no beat for this long is shown as stale."""
+
+    @field_validator("node_url")
+    @classmethod
+    def _check_node_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", value):
+            raise ValueError(f"node_url {value!r} must be an http:// or https:// address")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_http_source(self) -> WorkerSettings:
+        if self.instance_source is InstanceSource.HTTP:
+            if not self.node_url:
+                raise ValueError("instance_source = \"http\" needs node_url")
+            if self.token is None and self.token_file is None:
+                raise ValueError("instance_source = \"http\" needs token or token_file")
+        return self
+
+    def bearer_token(self) -> str:
+        """The service token, from ``token`` or ``token_file``.
+
+        Raises
+        ------
+        ConfigError
+            When neither is set, or the file cannot be read or is empty.
+        """
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is None:
+            raise ConfigError("[worker] needs token or token_file")
+        try:
+            value = self.token_file.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"[worker] token_file {self.token_file}: {exc}") from exc
+        if not value:
+            raise ConfigError(f"[worker] token_file {self.token_file} is empty")
+        return value
 
 
 class StorageSettings(_Section):
@@ -203,12 +273,15 @@ class ModelSettings(_Section):
 
 
 class Destination(_Section):
-    """A DICOM peer that receives the node's reports."""
+    """A DICOM peer that receives the node's reports, or only what it asks for by C-MOVE."""
 
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
     tls: bool = False
+    auto_export: bool = True
+    """Queue every draft and signed report for this peer. ``false``: the peer is only a
+    C-MOVE destination (a workstation or viewer that retrieves what it asks for)."""
 
     @field_validator("ae_title")
     @classmethod
@@ -247,6 +320,82 @@ class ExportSettings(_Section):
         return None if value is None else _check_ae_title(value)
 
 
+class RetentionSettings(_Section):
+    """Clean-up of received images once their study's report is signed and delivered.
+
+    Only image files go; report SRs, database rows and the audit trail stay. A study's
+    images are removed ``keep_images_days`` after its final report was signed and every
+    export of that report was delivered, and never while a drafting job is pending.
+    """
+
+    enabled: bool = False
+    keep_images_days: float = Field(30.0, ge=0)
+    period_seconds: float = Field(3600.0, gt=0)
+    """How often the node looks for studies due for clean-up."""
+    batch_size: int = Field(100, ge=1)
+    """Studies cleaned up per pass at most."""
+
+
+class QualitySettings(_Section):
+    """Draft labelling, urgent flags and the live agreement between drafts and signed reports.
+
+    Agreement of an observation is measured over the reports signed in the last
+    ``agreement_window_days`` days, per model version; it alerts (a warning log event and
+    ``radnode_observation_agreement_alert``) when at least ``agreement_min_reports`` reports
+    were signed in the window and agreement is below ``agreement_threshold``.
+    """
+
+    urgent_observations: list[str] = Field(default_factory=lambda: ["Pneumothorax"])
+    """CheXpert observations that, found present in a draft, flag the study urgent."""
+    agreement_window_days: float = Field(30.0, gt=0)
+    agreement_threshold: float = Field(0.8, ge=0, le=1)
+    agreement_min_reports: int = Field(20, ge=1)
+    chart_days: int = Field(30, ge=2, le=365)
+    """Days of daily agreement shown on the monitoring page."""
+
+    @field_validator("urgent_observations")
+    @classmethod
+    def _check_observations(cls, values: list[str]) -> list[str]:
+        from workers.evaluation.observations import Observation
+
+        known = {o.value.lower().replace("_", " ").replace("-", " "): o.value
+                 for o in Observation}
+        resolved: list[str] = []
+        for value in values:
+            name = known.get(value.strip().lower().replace("_", " ").replace("-", " "))
+            if name is None:
+                raise ValueError(f"unknown observation {value!r}; valid: "
+                                 + ", ".join(o.value for o in Observation))
+            if name not in resolved:
+                resolved.append(name)
+        return resolved
+
+
+class EvaluationSettings(_Section):
+    """Offline evaluation (``radnode eval``): the optional CheXprompt judge.
+
+    CheXprompt asks a large language model served behind an OpenAI-compatible
+    ``/chat/completions`` endpoint to count report errors; it runs only when
+    ``chexprompt_url`` is set (e.g. ``http://llm.hospital.local:8000/v1``).
+    """
+
+    chexprompt_url: str = ""
+    """Base URL of the chat endpoint (``…/v1``); empty: CheXprompt off."""
+    chexprompt_model: str = ""
+    """Model name sent with each request."""
+    chexprompt_api_key_env: str = ""
+    """Name of the environment variable holding the API key (none sent when empty)."""
+    chexprompt_timeout_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _model_named_when_enabled(self) -> EvaluationSettings:
+        if self.chexprompt_url and not self.chexprompt_model:
+            raise ValueError("chexprompt_model must be set when chexprompt_url is")
+        if self.chexprompt_url and not self.chexprompt_url.startswith(("http://", "https://")):
+            raise ValueError("chexprompt_url must start with http:// or https://")
+        return self
+
+
 class LoggingSettings(_Section):
     """Log level and format (structured JSON or plain text)."""
 
@@ -275,7 +424,10 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     destinations: list[Destination] = Field(default_factory=list)
     exports: ExportSettings = Field(default_factory=ExportSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(

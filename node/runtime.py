@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from node.jobs.bundle_identity import read_bundle_identity
 from node.jobs.queue import CeleryWorkQueue, EmbeddedWorkQueue, WorkQueue
 from node.jobs.scheduler import DraftScheduler, Reconciler
 from node.logs import log_event
+from node.retention import RetentionService
 from node.storage import InstanceStore
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
     if settings.broker.url:
         return CeleryWorkQueue(settings.broker)
     from workers.context import build_job_context
+    from workers.heartbeat import HeartbeatWriter
     from workers.jobs import run_draft_job
 
     contexts: list[JobContext] = []
@@ -60,7 +63,15 @@ def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
             contexts.append(build_job_context(settings, sessions=database.sessions))
         return run_draft_job(contexts[0], job_id)
 
-    return EmbeddedWorkQueue(run_job)
+    identity = read_bundle_identity(settings.model.bundle)
+    heartbeat = HeartbeatWriter(
+        database.sessions, worker_name=f"embedded@{socket.gethostname()}",
+        requested_device=settings.worker.device,
+        model_name=identity.name if identity else None,
+        model_version=identity.version if identity else None,
+        period_seconds=settings.worker.heartbeat_seconds,
+    )
+    return EmbeddedWorkQueue(run_job, heartbeat)
 
 
 @dataclass
@@ -75,6 +86,7 @@ class NodeServices:
     work_queue: WorkQueue
     reconciler: Reconciler
     exporter: ExportService
+    retention: RetentionService
     web: WebServer | None = None
     _started: list[str] = field(default_factory=list)
 
@@ -102,6 +114,7 @@ class NodeServices:
         )
         reconciler = Reconciler(settings.jobs, scheduler)
         exporter = ExportService.from_settings(settings, database.sessions, store)
+        retention = RetentionService(settings.retention, database.sessions, store)
         web = None
         if with_web:
             from node.web import create_app
@@ -110,7 +123,7 @@ class NodeServices:
             web = WebServer(create_app(settings, database, store, exporter, work_queue),
                             settings.web.host, settings.web.port)
         return cls(settings, database, store, listener, assembly, work_queue, reconciler,
-                   exporter, web)
+                   exporter, retention, web)
 
     def start(self) -> None:
         """Start the DICOM listener, assembly, the reconciler, the export loop and the web."""
@@ -125,6 +138,8 @@ class NodeServices:
         self._started.append("assembly")
         self.exporter.start()
         self._started.append("exporter")
+        self.retention.start()
+        self._started.append("retention")
         if self.web is not None:
             self.web.start()
             self._started.append("web")
@@ -142,5 +157,7 @@ class NodeServices:
         self.work_queue.close()
         if "exporter" in self._started:
             self.exporter.stop()
+        if "retention" in self._started:
+            self.retention.stop()
         self._started.clear()
         self.database.engine.dispose()

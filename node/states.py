@@ -61,6 +61,9 @@ class Role(enum.Enum):
 
     RADIOLOGIST = "radiologist"
     ADMIN = "admin"
+    WORKER = "worker"
+    """A drafting worker's service account: reads instances over WADO-RS with a bearer
+    token, and nothing else (it cannot sign in to the web pages)."""
 
 
 class IgnoreReason(enum.Enum):

@@ -51,5 +51,8 @@ def create_celery_app(broker: BrokerSettings, *, include_tasks: bool = True) -> 
         worker_send_task_events=False,
     )
     if include_tasks:
+        from workers.heartbeat import install_celery_heartbeat
+
         app.conf.include = ["workers.tasks"]
+        install_celery_heartbeat()
     return app

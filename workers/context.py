@@ -6,6 +6,7 @@ CUDA or ONNX Runtime; the first task in a process loads the bundle.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Sequence
 from functools import cache
@@ -14,12 +15,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import Settings, load_settings
+from node.config import InstanceSource, Settings, load_settings
 from node.jobs.bundle_identity import read_bundle_identity
 from node.reports.sr_content import ModelProvenance
 from node.runtime import Database
 from node.storage import InstanceStore
 from workers.errors import PermanentJobError
+from workers.instance_source import HttpInstances, InstanceProvider, SharedFolderInstances
 from workers.jobs import DraftLike, JobContext
 
 _load_lock = threading.Lock()
@@ -120,7 +122,29 @@ def build_job_context(
                               synthetic=identity.synthetic),
         policy=settings.jobs,
         destinations=settings.destinations,
+        quality=settings.quality,
+        instances=build_instance_provider(settings, store),
     )
+
+
+def build_instance_provider(settings: Settings, store: InstanceStore) -> InstanceProvider:
+    """The shared storage folder, or the node's WADO-RS service (``[worker] instance_source``).
+
+    Raises
+    ------
+    ConfigError
+        When the worker's token file cannot be read.
+    """
+    worker = settings.worker
+    if worker.instance_source is InstanceSource.SHARED:
+        return SharedFolderInstances(store)
+    ssl_context = None
+    if worker.ca_file is not None:
+        ssl_context = ssl.create_default_context(cafile=str(worker.ca_file))
+    return HttpInstances(worker.node_url, worker.bearer_token(),
+                         timeout_seconds=worker.fetch_timeout_seconds,
+                         attempts=worker.fetch_attempts, scratch_dir=worker.scratch_dir,
+                         ssl_context=ssl_context)
 
 
 @cache

@@ -7,11 +7,18 @@ class PermanentJobError(Exception):
     """Retrying cannot help (bad input, no usable image): fail the job at once."""
 
 
+class InstanceFetchError(Exception):
+    """A worker without the shared folder could not fetch an instance from the node
+    (unreachable, refused, or not the instance asked for). Transient: the job is retried
+    with back-off until its attempts run out."""
+
+
 def is_permanent(exc: BaseException) -> bool:
     """Return whether ``exc`` is a permanent failure.
 
     Undecodable images and other input errors are permanent; everything else
-    (broker or database hiccups, GPU out of memory, a missing shared folder) is
+    (broker or database hiccups, GPU out of memory, a missing shared folder, a node
+    that cannot be reached to fetch instances from) is
     retried with back-off until the attempts run out.
     """
     from workers.inference.drafting import NoFrontalImageError

@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,16 +19,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import Destination, JobSettings
+from node.config import Destination, JobSettings, QualitySettings
 from node.db.models import AuditEvent, Instance, Job, Report, Study
 from node.db.types import utcnow
 from node.exports.service import queue_exports
 from node.logs import log_event
+from node.quality.labels import DraftLabelling, Labeler, default_labeler, label_draft
 from node.reports.drafts import StoredSR, write_draft_sr
 from node.reports.sr_content import ModelProvenance, ReportContent
 from node.states import JobState, ReportState, StudyState
 from node.storage import InstanceStore
 from workers.errors import is_permanent
+from workers.heartbeat import JOBS_IN_FLIGHT
+from workers.instance_source import InstanceProvider, InstanceRef, SharedFolderInstances
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +57,11 @@ Drafter = Callable[[Sequence[Path], str | None], DraftLike]
 
 @dataclass
 class JobContext:
-    """What a job needs: database, storage, the drafter, the policy and where SRs go."""
+    """What a job needs: database, storage, the drafter, the policy and where SRs go.
+
+    ``quality`` names the urgent observations; ``labeler`` labels each draft (the node's
+    CheXpert labeler when ``None``).
+    """
 
     sessions: sessionmaker[Session]
     store: InstanceStore
@@ -62,6 +69,14 @@ class JobContext:
     model: ModelProvenance
     policy: JobSettings
     destinations: Sequence[Destination]
+    quality: QualitySettings = field(default_factory=QualitySettings)
+    labeler: Labeler | None = None
+    instances: InstanceProvider | None = None
+    """Where instances are read: the storage folder (``None``) or the node over HTTP."""
+
+    def instance_provider(self) -> InstanceProvider:
+        """The provider of the study's instance files for a job attempt."""
+        return self.instances or SharedFolderInstances(self.store)
 
 
 @dataclass(frozen=True)
@@ -69,7 +84,8 @@ class _Claim:
     job_id: int
     study_id: int
     attempt: int
-    paths: list[Path]
+    study_uid: str
+    instances: list[InstanceRef]
     indication: str | None
 
 
@@ -102,13 +118,15 @@ def _claim(ctx: JobContext, job_id: int, now: dt.datetime) -> _Claim | None:
         job.lease_expires_at = now + dt.timedelta(seconds=ctx.policy.lease_seconds)
         study.state = StudyState.DRAFTING
         _audit(session, now, "job_started", job, attempt=job.attempts)
-        paths = [
-            ctx.store.absolute(p)
-            for p in session.scalars(
-                select(Instance.path).where(Instance.study_id == study.id).order_by(Instance.id)
+        instances = [
+            InstanceRef(sop, series, path)
+            for sop, series, path in session.execute(
+                select(Instance.sop_instance_uid, Instance.series_instance_uid, Instance.path)
+                .where(Instance.study_id == study.id).order_by(Instance.id)
             )
         ]
-        return _Claim(job.id, study.id, job.attempts, paths, study.reason_for_exam)
+        return _Claim(job.id, study.id, job.attempts, study.study_instance_uid, instances,
+                      study.reason_for_exam)
 
 
 def _fail(session: Session, job: Job, study: Study, now: dt.datetime, error_class: str,
@@ -123,7 +141,7 @@ def _fail(session: Session, job: Job, study: Study, now: dt.datetime, error_clas
 
 
 def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, sr: StoredSR,
-                    now: dt.datetime) -> None:
+                    labelling: DraftLabelling, now: dt.datetime) -> None:
     try:
         with ctx.sessions.begin() as session:
             job = session.get(Job, claim.job_id, with_for_update=True)
@@ -136,6 +154,8 @@ def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, sr: Stored
                 device_uid=ctx.model.device_uid, created_at=now,
                 sop_instance_uid=sr.sop_instance_uid,
                 series_instance_uid=sr.series_instance_uid, sr_path=sr.path,
+                pending_sr_data=sr.data,
+                labels=labelling.labels_json(),
             )
             session.add(report)
             session.flush()
@@ -147,13 +167,15 @@ def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, sr: Stored
             if study.state in (StudyState.DRAFTING, StudyState.QUEUED):
                 study.state = StudyState.DRAFTED
                 study.state_reason = None
+            study.urgent = labelling.urgent
+            study.urgent_findings = labelling.flags or None
             _audit(session, now, "job_succeeded", job, attempt=claim.attempt)
     except IntegrityError:
         # The unique report-per-job constraint: a redelivered copy got there first.
         # Its SR has the same UIDs; remove this attempt's file unless it is the same one.
         with ctx.sessions() as session:
             kept = session.scalar(select(Report.sr_path).where(Report.job_id == claim.job_id))
-        if kept != sr.path:
+        if sr.path is not None and kept != sr.path:
             ctx.store.remove(sr.path)
         log_event(logger, logging.INFO, "draft_already_recorded", job_id=claim.job_id)
 
@@ -202,20 +224,29 @@ def run_draft_job(ctx: JobContext, job_id: int) -> float | None:
         return None
     log_event(logger, logging.INFO, "job_running", job_id=job_id, study_id=claim.study_id,
               attempt=claim.attempt)
+    provider = ctx.instance_provider()
     try:
-        draft = ctx.drafter(claim.paths, claim.indication)
-        sr = write_draft_sr(
-            ctx.store,
-            claim.paths,
-            ReportContent(findings=draft.findings or draft.raw_text, impression=draft.impression),
-            ctx.model,
-        )
+        with JOBS_IN_FLIGHT.track(), \
+                provider.local_copies(claim.study_uid, claim.instances) as paths:
+            draft = ctx.drafter(paths, claim.indication)
+            findings = draft.findings or draft.raw_text
+            labelling = label_draft(ctx.labeler or default_labeler(), findings,
+                                    draft.impression, ctx.quality.urgent_observations)
+            sr = write_draft_sr(
+                ctx.store if provider.shares_storage else None,
+                paths,
+                ReportContent(findings=findings, impression=draft.impression,
+                              observations=labelling.observations, urgent=labelling.urgent,
+                              flags=labelling.flags),
+                ctx.model,
+            )
     except Exception as exc:
         delay = _record_failure(ctx, claim, exc, utcnow())
         log_event(logger, logging.WARNING, "job_attempt_failed", job_id=job_id,
                   study_id=claim.study_id, error=type(exc).__name__,
                   retry_in=delay)
         return delay
-    _record_success(ctx, claim, draft, sr, utcnow())
-    log_event(logger, logging.INFO, "job_succeeded", job_id=job_id, study_id=claim.study_id)
+    _record_success(ctx, claim, draft, sr, labelling, utcnow())
+    log_event(logger, logging.INFO, "job_succeeded", job_id=job_id, study_id=claim.study_id,
+              urgent=labelling.urgent)
     return None

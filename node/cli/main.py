@@ -7,7 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from node.cli import (
+    data_commands,
     demo_command,
+    eval_commands,
     model_commands,
     node_commands,
     web_commands,
@@ -28,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.register(commands)
     demo_command.register(commands)
     web_commands.register(commands)
+    eval_commands.register(commands)
+    data_commands.register(commands)
     return parser
 
 

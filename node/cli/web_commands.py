@@ -1,10 +1,11 @@
-"""Subcommands for the web app's users: ``radnode user add|list|deactivate``."""
+"""Subcommands for the web app's users: ``radnode user add|list|token|deactivate``."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import sys
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -72,6 +73,30 @@ def _user_deactivate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_token(args: argparse.Namespace) -> int:
+    from node.web.service_auth import issue_service_token, revoke_service_tokens
+
+    settings = load_settings()
+    database = Database.from_settings(settings, migrate=settings.database.migrate_on_start)
+    try:
+        with database.sessions.begin() as session:
+            if args.revoke:
+                count = revoke_service_tokens(session, args.username)
+                print(f"{count} token(s) of {args.username} revoked")
+                return 0
+            token = issue_service_token(session, args.username)
+    except UserError as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        return 2
+    if args.output:
+        args.output.touch(mode=0o600, exist_ok=False)
+        args.output.write_text(token + "\n", encoding="ascii")
+        print(f"token of worker account {args.username} written to {args.output}")
+    else:
+        print(token)
+    return 0
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``user`` to the ``radnode`` parser."""
     user = commands.add_parser("user", help="manage the web app's users")
@@ -79,7 +104,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     add = actions.add_parser("add", help="create a user (asks for the password)")
     add.add_argument("username")
-    add.add_argument("--role", required=True, choices=[r.name.lower() for r in Role])
+    add.add_argument("--role", required=True,
+                     choices=[r.name.lower() for r in Role if r is not Role.WORKER])
     add.add_argument("--name", required=True,
                      help='DICOM person name, "Family^Given" (signs reports)')
     add.add_argument("--organization", help="verifying organization on signed reports")
@@ -90,6 +116,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     listing = actions.add_parser("list", help="list users")
     listing.set_defaults(handler=_user_list)
+
+    token = actions.add_parser(
+        "token", help="issue a bearer token for a worker on another host (WADO-RS only)")
+    token.add_argument("username", help="the worker's service account (created if missing)")
+    token.add_argument("--output", type=Path,
+                       help="write the token to this new file (mode 0600) instead of stdout")
+    token.add_argument("--revoke", action="store_true",
+                       help="revoke every token of the account instead")
+    token.set_defaults(handler=_user_token)
 
     deactivate = actions.add_parser("deactivate", help="stop a user from signing in")
     deactivate.add_argument("username")

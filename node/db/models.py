@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -23,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from node.db.types import UTCDateTime, utcnow
 from node.states import ExportState, JobState, ReportState, Role, StudyState
+from workers.evaluation.observations import Mention, Observation
 
 UID = String(64)
 AE_TITLE = String(16)
@@ -110,6 +112,8 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     calling_ae: Mapped[str | None] = mapped_column(AE_TITLE)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    """When the retention clean-up removed the file (the row stays; ``None`` while stored)."""
 
     study: Mapped[Study] = relationship(back_populates="instances")
 
@@ -180,6 +184,9 @@ class Report(Base):
     series_instance_uid: Mapped[str | None] = mapped_column(UID)
     sr_path: Mapped[str | None] = mapped_column(String(512))
     """The report's SR file, relative to the storage root (``None`` until written)."""
+    pending_sr_data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The draft SR of a worker without the node's storage folder, until the node writes
+    it to storage and sets ``sr_path`` (see :mod:`node.reports.handover`)."""
     predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), unique=True)
     """The version this one supersedes: the draft it signs or the final it amends. Unique:
     a version is superseded at most once, so a repeated sign-off cannot make two finals."""
@@ -190,6 +197,36 @@ class Report(Base):
     rejected_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     rejection_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ObservationAgreement(Base):
+    """What a draft and the report signed from it say about one CheXpert observation.
+
+    One row per signed draft and observation, written at sign-off; agreement, precision
+    and recall over a window are computed from these rows (see :mod:`node.quality`). The
+    report links are cleared, not the rows, when reports are deleted, so the history of a
+    model version outlives the studies it was measured on.
+    """
+
+    __tablename__ = "observation_agreement"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    draft_report_id: Mapped[int | None] = mapped_column(
+        ForeignKey("reports.id", ondelete="SET NULL"), index=True)
+    final_report_id: Mapped[int | None] = mapped_column(
+        ForeignKey("reports.id", ondelete="SET NULL"))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(128))
+    observation: Mapped[Observation] = mapped_column(
+        Enum(Observation, native_enum=False, length=32, validate_strings=True))
+    draft_mention: Mapped[Mention] = mapped_column(_enum(Mention))
+    final_mention: Mapped[Mention] = mapped_column(_enum(Mention))
+    signed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("final_report_id", "observation"),
+        Index(None, "model_name", "model_version", "signed_at"),
+    )
 
 
 class Export(Base):
@@ -232,6 +269,21 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
+class LoginFailure(Base):
+    """A failed login, counted by every web process to throttle guessing.
+
+    ``key_hash`` is the SHA-256 of the lower-cased username and the client address.
+    """
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    failed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    __table_args__ = (Index(None, "key_hash", "failed_at"),)
+
+
 class WebSession(Base):
     """A login to the web app; the browser holds a signed random token, this row its hash."""
 
@@ -245,3 +297,40 @@ class WebSession(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     client_address: Mapped[str | None] = mapped_column(String(64))
+
+
+class ServiceToken(Base):
+    """A bearer token of a service account (a drafting worker on another host).
+
+    The token itself is shown once when issued; the row keeps its SHA-256 hash.
+    """
+
+    __tablename__ = "service_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class WorkerHeartbeat(Base):
+    """The latest beat of one drafting worker process: where it runs and what it holds."""
+
+    __tablename__ = "worker_heartbeats"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker_name: Mapped[str] = mapped_column(String(128), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(32))
+    """``cpu``, ``cuda`` or ``cuda:N``."""
+    gpu_name: Mapped[str | None] = mapped_column(String(128))
+    gpu_memory_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    gpu_memory_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    jobs_in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_beat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -120,7 +120,8 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
         raise HeaderError("image pixel module declares impossible dimensions")
     expected_bits = rows * columns * samples * frames * bits
     expected = (expected_bits + 7) // 8
-    if len(data) < expected:
+    # A value of odd length is padded with one byte to an even length (PS3.5 8.1.1).
+    if len(data) not in (expected, expected + expected % 2):
         raise HeaderError(
             f"pixel data holds {len(data)} bytes but the header declares {expected}"
         )

@@ -285,6 +285,7 @@ class InstanceIngestor:
             instance.sha256 = digest
             instance.calling_ae = received.calling_ae
             instance.received_at = now
+            instance.purged_at = None  # a re-send after retention clean-up is stored again
             session.flush()
             session.add(
                 AuditEvent(

@@ -211,6 +211,8 @@ _SERIES_FIELDS = ("Modality", "SeriesNumber", "SeriesDescription", "BodyPartExam
 def stored_objects() -> Subquery:
     """Indexed instances and written report SRs, as one relation of instance rows.
 
+    Instances whose file the retention clean-up removed are left out.
+
     An SR that was also received as an instance is listed once, as that instance.
     """
     instances = select(
@@ -230,7 +232,7 @@ def stored_objects() -> Subquery:
         Instance.transfer_syntax_uid.label("transfer_syntax_uid"),
         Instance.path.label("path"),
         literal(False, Boolean).label("is_report"),
-    )
+    ).where(Instance.purged_at.is_(None))
     no_text = cast(null(), String)
     no_number = cast(null(), Integer)
     reports = select(

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from typing import Any
+import threading
+from typing import Any, cast
 
 from pydicom import uid as dicom_uid
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from node.config import DicomSettings, TlsSettings
 from node.dicom.ingest import InstanceIngestor, ReceivedInstance
@@ -111,6 +113,24 @@ def build_ssl_context(tls: TlsSettings, *, peer_timeout: float | None = None) ->
     return context
 
 
+class _PeerTimeoutServer(ThreadedAssociationServer):
+    """An association server whose accepted sockets time out.
+
+    pynetdicom reads a PDU with blocking ``recv`` calls on the accepted socket,
+    which has no timeout of its own: a peer that sends part of a PDU and then
+    stays silent would hold its thread, and one of the ``max_associations``
+    slots, for ever. Here a read that waits longer than ``peer_timeout``
+    fails, and the association ends as if the peer had closed the connection.
+    """
+
+    peer_timeout: float | None = None
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client_socket, address = super().get_request()
+        client_socket.settimeout(self.peer_timeout)
+        return client_socket, address
+
+
 class DicomListener:
     """A pynetdicom SCP bound to the ingest service.
 
@@ -182,12 +202,23 @@ class DicomListener:
             if self.settings.tls.enabled
             else None
         )
-        self._server = self.ae.start_server(
-            (self.settings.bind_address, self.settings.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=context,
+        server = cast(
+            _PeerTimeoutServer,
+            self.ae.make_server(
+                (self.settings.bind_address, self.settings.port),
+                evt_handlers=handlers,
+                ssl_context=context,
+                server_class=_PeerTimeoutServer,
+            ),
         )
+        server.peer_timeout = self.settings.network_timeout
+        # As AE.start_server does: serve from a daemon thread, and register the
+        # server with the AE, whose list server.shutdown() removes it from.
+        threading.Thread(
+            target=make_target(server.serve_forever), name="dicom-acceptor", daemon=True
+        ).start()
+        self.ae._servers.append(server)
+        self._server = server
         log_event(
             logger,
             logging.INFO,

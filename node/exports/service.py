@@ -4,6 +4,8 @@
 the (report, destination) pair is unique). :class:`ExportService` delivers due
 rows in passes:
 
+0. **store** — write the draft SRs that workers without the storage folder handed over
+   in their report rows (:mod:`node.reports.handover`);
 1. **claim** — in a short transaction, lock due PENDING/RETRYING rows (``FOR
    UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises
    writers), count the attempt and push ``next_attempt_at`` past a claim lease,
@@ -48,6 +50,7 @@ from node.dicom.export import (
 )
 from node.logs import log_event
 from node.periodic import PeriodicThread
+from node.reports.handover import store_handed_over_srs
 from node.states import ExportState
 from node.storage import InstanceStore
 
@@ -81,12 +84,13 @@ def queue_exports(
     *,
     now: dt.datetime | None = None,
 ) -> list[Export]:
-    """Create (or find) one PENDING export of ``report`` per destination.
+    """Create (or find) one PENDING export of ``report`` per automatic destination.
 
     Runs in the caller's transaction and does not commit; wake the
     :class:`ExportService` after the commit for an immediate delivery. Calling
     it again, or concurrently, adds nothing: rows are unique per report and
     destination AE title, and existing rows (SENT or not) are left as they are.
+    Destinations with ``auto_export = false`` (C-MOVE targets only) are skipped.
 
     Parameters
     ----------
@@ -95,7 +99,7 @@ def queue_exports(
     report
         The report whose SR is to be delivered.
     destinations
-        Where to deliver it.
+        The configured destinations; those with ``auto_export`` set receive it.
     now
         The queueing time (also the start of the export's maximum age).
 
@@ -105,7 +109,7 @@ def queue_exports(
         One row per distinct destination AE title, in the order given.
     """
     now = now or utcnow()
-    titles = list(dict.fromkeys(d.ae_title for d in destinations))
+    titles = list(dict.fromkeys(d.ae_title for d in destinations if d.auto_export))
     if not titles:
         return []
     if report.id is None:
@@ -263,6 +267,7 @@ class ExportService:
             never claim the same row at once.
         """
         clock: Callable[[], dt.datetime] = (lambda: now) if now is not None else utcnow
+        store_handed_over_srs(self.sessions, self.store)
         claims = self._claim_due(clock())
         if not claims:
             return []
@@ -316,7 +321,7 @@ class ExportService:
             return ()
         query = (
             select(Instance.path)
-            .where(Instance.study_id == report.study_id)
+            .where(Instance.study_id == report.study_id, Instance.purged_at.is_(None))
             .order_by(Instance.series_number, Instance.instance_number, Instance.id)
         )
         if report.sop_instance_uid is not None:

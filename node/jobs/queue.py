@@ -16,6 +16,18 @@ logger = logging.getLogger(__name__)
 DRAFT_TASK_NAME = "radnode.draft"
 
 
+class Startable(Protocol):
+    """A background activity with a start and a stop (the worker heartbeat)."""
+
+    def start(self) -> None:
+        """Start it."""
+        ...
+
+    def stop(self) -> None:
+        """Stop it."""
+        ...
+
+
 class WorkQueue(Protocol):
     """Where the node sends drafting work. Only job ids travel."""
 
@@ -67,15 +79,22 @@ class EmbeddedWorkQueue:
     run_job
         The job runner, the same one the Celery task calls. It returns the delay
         after which to try again, or ``None`` when done.
+    heartbeat
+        Started with the queue and stopped by :meth:`close`: the worker heartbeat of
+        this process (``workers.heartbeat.HeartbeatWriter``).
     """
 
-    def __init__(self, run_job: Callable[[int], float | None]) -> None:
+    def __init__(self, run_job: Callable[[int], float | None],
+                 heartbeat: Startable | None = None) -> None:
         self._run_job = run_job
+        self._heartbeat = heartbeat
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="embedded-worker", daemon=True)
         self._thread.start()
+        if heartbeat is not None:
+            heartbeat.start()
 
     def enqueue_draft(self, job_id: int, *, delay_seconds: float = 0.0) -> str | None:
         if delay_seconds > 0:
@@ -109,3 +128,5 @@ class EmbeddedWorkQueue:
                 timer.cancel()
         self._queue.put(None)
         self._thread.join(timeout=30)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()

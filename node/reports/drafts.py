@@ -23,10 +23,13 @@ _SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 class StoredSR:
     """Where an SR was written and its identifiers."""
 
-    path: str
-    """Relative to the storage root."""
+    path: str | None
+    """Relative to the storage root; ``None`` for an SR handed over in ``data``."""
     sop_instance_uid: str
     series_instance_uid: str
+    data: bytes | None = None
+    """The encoded SR of a worker without the node's storage folder: it travels in the
+    report row and the node stores it (:mod:`node.reports.handover`)."""
 
 
 def draft_uids(study_uid: str, device_uid: str) -> tuple[str, str]:
@@ -41,7 +44,7 @@ def draft_uids(study_uid: str, device_uid: str) -> tuple[str, str]:
 
 
 def write_draft_sr(
-    store: InstanceStore,
+    store: InstanceStore | None,
     instance_paths: Sequence[Path],
     content: ReportContent,
     model: ModelProvenance,
@@ -51,9 +54,10 @@ def write_draft_sr(
     Parameters
     ----------
     store
-        Instance storage (the SR lives beside the images).
+        Instance storage (the SR lives beside the images); ``None`` on a worker without
+        the node's storage folder: the SR is returned in ``data`` for the node to store.
     instance_paths
-        The study's stored instances; image headers become the SR's evidence.
+        The study's instances (local files); image headers become the SR's evidence.
     content
         Findings, impression and coded observations.
     model
@@ -62,7 +66,7 @@ def write_draft_sr(
     Returns
     -------
     StoredSR
-        The relative path and UIDs of the written SR.
+        The relative path and UIDs of the written SR (or its bytes, without a store).
     """
     evidence = [dcmread(path, stop_before_pixels=True) for path in instance_paths]
     evidence = [ds for ds in evidence if not str(ds.SOPClassUID).startswith(_SR_SOP_CLASS_PREFIX)]
@@ -78,6 +82,8 @@ def write_draft_sr(
         instance_number=1,
     )
     data = sr_to_bytes(dataset)
+    if store is None:
+        return StoredSR(None, sop_uid, series_uid, data)
     relative = store.relative_path(study_uid, series_uid, sop_uid,
                                    hashlib.sha256(data).hexdigest())
     store.write(relative, data)

@@ -33,11 +33,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from node.config import Destination
+from node.config import Destination, QualitySettings
 from node.db.models import AuditEvent, Instance, Report, Study, User
 from node.db.types import utcnow
 from node.exports.service import queue_exports
 from node.logs import log_event
+from node.quality.labels import Labeler
+from node.quality.monitor import record_signoff_agreement
 from node.reports.sr_builder import build_final_sr, sr_to_bytes
 from node.reports.sr_content import (
     ModelProvenance,
@@ -264,8 +266,14 @@ def sign_report(
     *,
     now: dt.datetime | None = None,
     destinations: Iterable[Destination] = (),
+    quality: QualitySettings | None = None,
+    labeler: Labeler | None = None,
 ) -> Report:
     """Sign a draft: write the verified SR and record the FINAL report.
+
+    The signed text is labelled and its agreement with the draft recorded per CheXpert
+    observation (:func:`node.quality.monitor.record_signoff_agreement`); a failure there
+    is logged and does not stop the signature.
 
     Parameters
     ----------
@@ -283,6 +291,10 @@ def sign_report(
         Verification time (aware); the current time by default.
     destinations
         Where the signed SR is delivered (one PENDING export each).
+    quality
+        Agreement window, threshold and minimum reports; the defaults when ``None``.
+    labeler
+        The CheXpert labeler; the node's own by default.
 
     Returns
     -------
@@ -316,6 +328,7 @@ def sign_report(
     final = _write_version(session, store, draft, user, findings, impression, now,
                            amendment=False)
     queue_exports(session, final, destinations, now=now)
+    record_signoff_agreement(session, draft, final, quality or QualitySettings(), labeler)
     edited = (final.findings, final.impression) != (draft.findings.strip(),
                                                      draft.impression.strip())
     _audit(session, now, user, "report_signed", final, {

@@ -22,12 +22,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from node.config import Settings
 from node.storage import InstanceStore
-from node.web import admin, auth, metrics, study, worklist
-from node.web.deps import Forbidden, LoginRequired, WebContext, render, require_user
+from node.web import admin, audit, auth, metrics, study, worklist
+from node.web.deps import Forbidden, LoginRequired, WebContext, render
 from node.web.dicomweb import build_dicomweb_router
 from node.web.formatting import install_filters
 from node.web.imaging import ImageRenderer
 from node.web.security import CookieSigner, LoginThrottle, resolve_secret_key
+from node.web.service_auth import ServiceTokenRefused, require_instance_reader
 
 if TYPE_CHECKING:
     from node.exports.service import ExportService
@@ -108,7 +109,7 @@ def create_app(
         settings=settings, database=database, store=store, exporter=exporter,
         work_queue=work_queue,
         signer=CookieSigner(resolve_secret_key(settings.web)),
-        throttle=LoginThrottle(settings.web.login_max_failures,
+        throttle=LoginThrottle(database.sessions, settings.web.login_max_failures,
                                settings.web.login_window_seconds),
         templates=templates, renderer=ImageRenderer(store),
     )
@@ -116,10 +117,11 @@ def create_app(
     app.state.ctx = ctx
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
-    for module in (auth, worklist, study, admin, metrics):
+    for module in (auth, worklist, study, admin, audit, metrics):
         app.include_router(module.router)
     app.include_router(
-        build_dicomweb_router(database.sessions, store, dependencies=[Depends(require_user)]),
+        build_dicomweb_router(database.sessions, store,
+                              dependencies=[Depends(require_instance_reader)]),
         prefix="/dicomweb",
     )
 
@@ -130,6 +132,11 @@ def create_app(
             return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
         return JSONResponse({"detail": "login required"}, status_code=401,
                             headers={"WWW-Authenticate": 'Cookie realm="radnode"'})
+
+    @app.exception_handler(ServiceTokenRefused)
+    def _token_refused(request: Request, exc: ServiceTokenRefused) -> Response:
+        return JSONResponse({"detail": "invalid or revoked token"}, status_code=401,
+                            headers={"WWW-Authenticate": 'Bearer realm="radnode"'})
 
     @app.exception_handler(Forbidden)
     def _forbidden(request: Request, exc: Forbidden) -> Response:

@@ -2,7 +2,8 @@
 
 Roles are enforced here, server-side, as FastAPI dependencies:
 
-* :func:`require_user` — any active user (radiologist or admin);
+* :func:`require_user` — any active person (radiologist or admin; never a worker's
+  service account, see :mod:`node.web.service_auth`);
 * :func:`require_admin` — admins only (triage, monitoring, configuration);
 * :func:`require_csrf` — on every POST: the form's ``csrf_token`` (or the
   ``X-CSRF-Token`` header) must match the signed-in user's login.
@@ -147,6 +148,8 @@ def require_user(request: Request) -> Viewer:
     viewer = current_viewer(request)
     if viewer is None:
         raise LoginRequired()
+    if viewer.role is Role.WORKER:
+        raise Forbidden("Worker accounts have no access to the web pages.")
     return viewer
 
 

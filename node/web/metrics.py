@@ -1,7 +1,9 @@
 """Monitoring: the admin page, Prometheus metrics and the health probes.
 
 * ``GET /admin/monitoring`` — queue depths, studies per hour (last 24 h), latency
-  percentiles, disk use and worker status, with server-drawn SVG charts;
+  percentiles, disk use, worker status, worker heartbeats (alive or stale, device, GPU
+  memory) and live draft agreement per CheXpert observation,
+  with server-drawn SVG charts;
 * ``GET /metrics`` — Prometheus text exposition (``radnode_*``; no patient data, no login);
 * ``GET /healthz`` — the process answers;
 * ``GET /readyz`` — the database answers and storage accepts new data (503 otherwise).
@@ -21,6 +23,7 @@ from node.db.types import utcnow
 from node.states import StudyState
 from node.web.charts import bar_chart, latency_histogram, share_bar
 from node.web.deps import AdminDep, get_context, render
+from node.web.quality_view import agreement_metric_lines, agreement_panel
 from node.web.stats import (
     LatencySummary,
     counts_by_state,
@@ -30,6 +33,7 @@ from node.web.stats import (
     summarise,
     worker_status,
 )
+from node.web.worker_view import worker_metric_lines, worker_panel
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -51,6 +55,8 @@ def monitoring(request: Request, viewer: AdminDep) -> Response:
         drafted = summarise(draft_latencies(session, since))
         signed = summarise(signoff_latencies(session, since))
         workers = worker_status(session)
+        agreement = agreement_panel(session, ctx.settings, now)
+        heartbeats = worker_panel(session, ctx.settings, now)
     capacity = ctx.store.capacity()
     start = now - dt.timedelta(hours=len(hourly))
     hour_labels = [(start + dt.timedelta(hours=i + 1)).astimezone().strftime("%H:00")
@@ -61,6 +67,8 @@ def monitoring(request: Request, viewer: AdminDep) -> Response:
         "drafted": drafted, "signed": signed, "hourly_total": sum(hourly),
         "window_hours": int(LATENCY_WINDOW.total_seconds() // 3600),
         "queue": "Celery over Redis" if ctx.settings.broker.url else "in-process",
+        "agreement": agreement,
+        "heartbeats": heartbeats,
         "hourly_chart": bar_chart(hourly, hour_labels, title="Studies received per hour",
                                   label_every=2, width=1240, height=220),
         "draft_chart": latency_histogram(drafted.values, title="Received to drafted"),
@@ -105,6 +113,8 @@ def metrics(request: Request) -> Response:
         drafted = summarise(draft_latencies(session, since))
         signed = summarise(signoff_latencies(session, since))
         workers = worker_status(session)
+        agreement_lines = agreement_metric_lines(session, ctx.settings, now)
+        worker_lines = worker_metric_lines(session, ctx.settings, now)
     capacity = ctx.store.capacity()
     lines: list[str] = []
     for name, what in (("studies", "Studies"), ("jobs", "Drafting jobs"),
@@ -128,6 +138,8 @@ def metrics(request: Request) -> Response:
              "Seconds from first instance received to draft, drafts of the last 24 h.", drafted)
     _summary(lines, "radnode_signoff_latency_seconds",
              "Seconds from draft to signature, reports signed in the last 24 h.", signed)
+    lines.extend(agreement_lines)
+    lines.extend(worker_lines)
     return PlainTextResponse("\n".join(lines) + "\n", media_type=PROMETHEUS_CONTENT_TYPE)
 
 

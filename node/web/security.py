@@ -6,23 +6,25 @@
 * CSRF tokens are HMACs of the login token (or, before login, of a signed random nonce held
   in a separate cookie): a POST must carry the token that only pages of this origin see.
 * :class:`LoginThrottle` refuses a username and client address after too many failures in
-  a sliding window.
+  a sliding window, counted in the database so that every web process sees them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import os
 import secrets
-import threading
-import time
-from collections import deque
 from pathlib import Path
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import WebSettings
+from node.db.models import LoginFailure
+from node.db.types import utcnow
 
 SESSION_COOKIE = "radnode_session"
 LOGIN_COOKIE = "radnode_login"
@@ -126,44 +128,61 @@ class CookieSigner:
 class LoginThrottle:
     """At most ``max_failures`` failed logins per key within ``window_seconds``.
 
-    Kept in memory: one node process serves the web app. A successful login clears the
-    key's failures.
+    Failures are rows of :class:`~node.db.models.LoginFailure`, so every web process
+    (and every node behind a load balancer) counts the same failures. The key (username
+    and client address) is stored only as its SHA-256. A successful login clears the
+    key's failures; failures older than the window are deleted as new ones arrive.
+
+    Parameters
+    ----------
+    sessions
+        The node's database sessions.
+    max_failures
+        Failures allowed in the window; the next attempt is refused.
+    window_seconds
+        Length of the sliding window.
     """
 
-    def __init__(self, max_failures: int, window_seconds: float) -> None:
+    def __init__(self, sessions: sessionmaker[Session], max_failures: int,
+                 window_seconds: float) -> None:
+        self.sessions = sessions
         self.max_failures = max_failures
-        self.window_seconds = window_seconds
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
+        self.window = dt.timedelta(seconds=window_seconds)
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        failures = self._failures.setdefault(key, deque())
-        while failures and failures[0] <= now - self.window_seconds:
-            failures.popleft()
-        return failures
+    @staticmethod
+    def key_hash(key: str) -> str:
+        """SHA-256 (hex) of a throttle key, as stored in the database."""
+        return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
-    def retry_after(self, key: str, now: float | None = None) -> float:
+    def retry_after(self, key: str, now: dt.datetime | None = None) -> float:
         """Seconds until ``key`` may try again; 0 when it may now."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            failures = self._recent(key, now)
-            if len(failures) < self.max_failures:
-                return 0.0
-            return max(failures[0] + self.window_seconds - now, 1.0)
+        now = now or utcnow()
+        with self.sessions() as session:
+            recent = session.scalars(
+                select(LoginFailure.failed_at)
+                .where(LoginFailure.key_hash == self.key_hash(key),
+                       LoginFailure.failed_at > now - self.window)
+                .order_by(LoginFailure.failed_at.desc())
+                .limit(self.max_failures)
+            ).all()
+        if len(recent) < self.max_failures:
+            return 0.0
+        oldest_counted = recent[-1]
+        return max((oldest_counted + self.window - now).total_seconds(), 1.0)
 
-    def failed(self, key: str, now: float | None = None) -> None:
-        """Record a failed login for ``key``."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            self._recent(key, now).append(now)
-            if len(self._failures) > 10_000:  # bound memory under a username spray
-                for stale in [k for k, v in self._failures.items() if not v]:
-                    del self._failures[stale]
+    def failed(self, key: str, now: dt.datetime | None = None) -> None:
+        """Record a failed login for ``key`` (and forget failures past the window)."""
+        now = now or utcnow()
+        with self.sessions.begin() as session:
+            session.execute(delete(LoginFailure)
+                            .where(LoginFailure.failed_at <= now - self.window))
+            session.add(LoginFailure(key_hash=self.key_hash(key), failed_at=now))
 
     def succeeded(self, key: str) -> None:
         """Forget the failures of ``key``."""
-        with self._lock:
-            self._failures.pop(key, None)
+        with self.sessions.begin() as session:
+            session.execute(delete(LoginFailure)
+                            .where(LoginFailure.key_hash == self.key_hash(key)))
 
 
 __all__ = [

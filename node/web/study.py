@@ -88,6 +88,10 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         audit(session, viewer, "study_viewed", "study", study.id, study_id=study.id)
     images: list[ImageView] = []
     for instance in instances:
+        if instance.purged_at is not None:
+            images.append(ImageView(instance, None, "This image was removed by the retention "
+                                    f"policy on {instance.purged_at:%Y-%m-%d}."))
+            continue
         try:
             images.append(ImageView(instance, ctx.renderer.window(instance.path), None))
         except (ImageDecodeError, OSError) as exc:
@@ -125,6 +129,8 @@ def study_image(study_id: int, instance_id: int, request: Request,
         instance = session.get(Instance, instance_id)
         if instance is None or instance.study_id != study_id:
             raise HTTPException(404, "no such image in this study")
+        if instance.purged_at is not None:
+            raise HTTPException(410, "the image was removed by the retention policy")
         path = instance.path
     try:
         center = _number(request.query_params.get("wc"))
@@ -165,7 +171,8 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
             user = session.get_one(User, viewer.id)
             if action == "sign":
                 sign_report(session, ctx.store, report_id, user, form["findings"],
-                            form["impression"], destinations=ctx.settings.destinations)
+                            form["impression"], destinations=ctx.settings.destinations,
+                            quality=ctx.settings.quality)
             elif action == "amend":
                 amend_report(session, ctx.store, report_id, user, form["findings"],
                              form["impression"], destinations=ctx.settings.destinations)

@@ -277,6 +277,21 @@ def test_queue_exports_is_idempotent(database: Database, store: InstanceStore) -
         "export_queued", "export_queued"]
 
 
+def test_move_only_destinations_get_no_automatic_exports(database: Database,
+                                                         store: InstanceStore) -> None:
+    stored = store_report(database, store)
+    pacs = Destination(ae_title="PACS", host="127.0.0.1", port=104)
+    viewer = Destination(ae_title="VIEWER", host="127.0.0.1", port=106, auto_export=False)
+    assert pacs.auto_export is True
+    queued = queue(database, stored, pacs, viewer)
+    assert [export_row(database, e).destination_ae for e in queued] == ["PACS"]
+    assert queue(database, stored, viewer) == []
+    with database.sessions() as session:
+        titles = session.scalars(select(Export.destination_ae)
+                                 .where(Export.report_id == stored.report_id)).all()
+    assert titles == ["PACS"]
+
+
 # -- delivery -----------------------------------------------------------------------------
 
 

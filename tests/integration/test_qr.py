@@ -20,8 +20,9 @@ import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from node.db.models import AuditEvent
+from node.db.models import AuditEvent, Export, Report
 from node.dicom.qr_keys import COMPREHENSIVE_SR
+from node.exports import queue_exports
 from node.runtime import NodeServices
 from tests.conftest import free_port
 from tests.dicom_factory import CR_IMAGE_STORAGE, DX_FOR_PRESENTATION
@@ -84,7 +85,8 @@ def archive(request: pytest.FixtureRequest,
             env.delenv(key)
         settings = receiver_settings(
             folder, url,
-            destinations=[{"ae_title": MOVE_AE, "host": "127.0.0.1", "port": move_port}],
+            destinations=[{"ae_title": MOVE_AE, "host": "127.0.0.1", "port": move_port,
+                           "auto_export": False}],
         )
         content = build_files(folder / "files")
         storescp = subprocess.Popen(
@@ -366,6 +368,21 @@ def test_move_study_to_a_known_destination(archive: Archive) -> None:
             AuditEvent.action == "instances_moved")).all()
     assert any(e.details == {"instances": 3, "level": "STUDY", "destination_ae": MOVE_AE}
                for e in audit)
+
+
+def test_move_only_destination_is_a_move_target_without_exports(archive: Archive) -> None:
+    destination = archive.node.settings.destinations[0]
+    assert (destination.ae_title, destination.auto_export) == (MOVE_AE, False)
+    a1 = archive.content.studies["A1"]
+    result = movescu(archive, MOVE_AE, "STUDY", {"StudyInstanceUID": a1.uid})
+    assert "Received Final Move Response (Success)" in result.stdout + result.stderr
+    assert sorted(moved_files(archive, a1.sop_uids)) == sorted(a1.sop_uids)
+    with archive.node.database.sessions() as session:
+        report = session.scalars(select(Report)).first()
+        assert report is not None
+        queue_exports(session, report, archive.node.settings.destinations)
+        assert session.scalars(select(Export)).all() == []
+        session.rollback()
 
 
 def test_move_reports_failed_suboperations(archive: Archive) -> None:

@@ -1,0 +1,271 @@
+"""A worker without the shared folder: instances over WADO-RS with a service token.
+
+The node's real web app runs in a uvicorn thread on a free port; the worker's job context
+is built from settings with ``[worker] instance_source = "http"`` and a storage root of its
+own, so the only way to the images is the node's HTTP service. Each database test runs
+on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+
+from node.config import InstanceSource, Settings
+from node.db.models import AuditEvent, Instance, Job, Report, ServiceToken, Study
+from node.dicom.ingest import InstanceIngestor
+from node.jobs.bundle_identity import read_bundle_identity
+from node.reports.handover import store_handed_over_srs
+from node.runtime import Database
+from node.states import JobState, ReportState, StudyState
+from node.storage import InstanceStore
+from node.web import create_app
+from node.web.server import WebServer
+from node.web.service_auth import issue_service_token, revoke_service_tokens
+from tests.conftest import DEMO_BUNDLE_DIR, free_port, make_settings
+from tests.dicom_factory import make_cxr_dataset, write_dataset
+from tests.integration.qr_archive import ingest_files
+from workers.context import BundleDrafter, build_job_context
+from workers.errors import InstanceFetchError
+from workers.heartbeat import JOBS_IN_FLIGHT
+from workers.instance_source import HttpInstances, InstanceRef
+from workers.jobs import DraftLike, run_draft_job
+
+WORKER = "gpu-host-1"
+
+
+@dataclass
+class RunningNode:
+    """The node's database, storage and web server, and the study it holds."""
+
+    settings: Settings
+    database: Database
+    store: InstanceStore
+    web: WebServer
+    study_uid: str
+    series_uid: str
+    sop_uids: list[str]
+
+    def job_for_study(self) -> int:
+        """Queue a drafting job for the study (as the scheduler does)."""
+        identity = read_bundle_identity(DEMO_BUNDLE_DIR)
+        assert identity is not None
+        with self.database.sessions.begin() as session:
+            study = session.scalars(select(Study)).one()
+            study.state = StudyState.QUEUED
+            job = Job(study_id=study.id, model_version=identity.job_key, state=JobState.QUEUED)
+            session.add(job)
+            session.flush()
+            return job.id
+
+    def token(self, username: str = WORKER) -> str:
+        with self.database.sessions.begin() as session:
+            return issue_service_token(session, username, actor="test")
+
+
+@pytest.fixture
+def running_node(tmp_path: Path, database_url: str) -> Iterator[RunningNode]:
+    settings = make_settings(tmp_path / "node", database_url,
+                             web={"secret_key": "k" * 48, "port": free_port()})
+    database = Database.from_settings(settings, migrate=True)
+    store = InstanceStore(settings.storage.root, min_free_mb=1, max_used_percent=100)
+    first = make_cxr_dataset(rows=160, cols=160, seed=7)
+    lateral = make_cxr_dataset(rows=160, cols=160, seed=8, study_uid=first.StudyInstanceUID,
+                               series_uid=first.SeriesInstanceUID, view_position="LL",
+                               instance_number=2)
+    files = [write_dataset(ds, tmp_path / "files" / f"{i}.dcm")
+             for i, ds in enumerate((first, lateral))]
+    ingest_files(InstanceIngestor(store, database.sessions), files)
+    web = WebServer(create_app(settings, database, store), "127.0.0.1", settings.web.port)
+    web.start()
+    try:
+        yield RunningNode(settings, database, store, web, str(first.StudyInstanceUID),
+                          str(first.SeriesInstanceUID),
+                          [str(first.SOPInstanceUID), str(lateral.SOPInstanceUID)])
+    finally:
+        web.stop()
+        database.engine.dispose()
+
+
+def worker_settings(tmp_path: Path, node: RunningNode, token: str, **worker: object) -> Settings:
+    """A worker's settings: same database, its own (empty) storage root, HTTP instances."""
+    values: dict[str, object] = {
+        "instance_source": "http", "node_url": node.web.url, "token": token,
+        "scratch_dir": str(tmp_path / "scratch"), "device": "cpu", **worker,
+    }
+    return make_settings(tmp_path / "worker", node.settings.database.url, worker=values,
+                         model={"bundle": str(DEMO_BUNDLE_DIR)}, jobs={"max_attempts": 3})
+
+
+class RecordingDrafter:
+    """The real demo-model drafter, noting which files each call was given."""
+
+    def __init__(self) -> None:
+        self.drafter = BundleDrafter(DEMO_BUNDLE_DIR, "cpu")
+        self.calls: list[list[Path]] = []
+        self.sop_uids: list[list[str]] = []
+        self.in_flight: list[int] = []
+
+    def __call__(self, paths: Sequence[Path], indication: str | None) -> DraftLike:
+        self.calls.append(list(paths))
+        self.sop_uids.append([str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                              for p in paths])
+        self.in_flight.append(JOBS_IN_FLIGHT.count)
+        return self.drafter(paths, indication)
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_remote_worker_drafts_from_fetched_instances(tmp_path: Path,
+                                                      running_node: RunningNode) -> None:
+    node = running_node
+    settings = worker_settings(tmp_path, node, node.token())
+    assert settings.worker.instance_source is InstanceSource.HTTP
+    recording = RecordingDrafter()
+    ctx = build_job_context(settings, sessions=node.database.sessions, drafter=recording)
+    job_id = node.job_for_study()
+
+    assert run_draft_job(ctx, job_id) is None
+
+    scratch = tmp_path / "scratch"
+    [paths] = recording.calls
+    assert all(p.parent.parent == scratch for p in paths)
+    assert recording.sop_uids == [node.sop_uids]  # read while the job ran
+    assert recording.in_flight == [1] and JOBS_IN_FLIGHT.count == 0
+    assert list(scratch.iterdir()) == []  # the per-job folder is gone
+    worker_files = [p for p in (tmp_path / "worker" / "storage").rglob("*") if p.is_file()]
+    assert worker_files == []  # nothing written worker-side
+    with node.database.sessions() as session:
+        job = session.get_one(Job, job_id)
+        report = session.scalars(select(Report).where(Report.job_id == job_id)).one()
+        assert job.state is JobState.SUCCEEDED
+        assert report.state is ReportState.DRAFT
+        assert report.sr_path is None and report.pending_sr_data is not None
+        fetched = session.scalars(select(AuditEvent)
+                                  .where(AuditEvent.action == "instances_fetched")).all()
+    assert [(e.actor, e.object_id) for e in fetched] == [(WORKER, node.study_uid)] * 2
+
+    assert store_handed_over_srs(node.database.sessions, node.store) == 1
+    assert store_handed_over_srs(node.database.sessions, node.store) == 0
+    with node.database.sessions() as session:
+        report = session.scalars(select(Report).where(Report.job_id == job_id)).one()
+        assert report.sr_path is not None and report.pending_sr_data is None
+        sr = dcmread(node.store.absolute(report.sr_path))
+    assert str(sr.SOPInstanceUID) == report.sop_instance_uid
+    assert str(sr.StudyInstanceUID) == node.study_uid
+    evidence = {str(sop.ReferencedSOPInstanceUID)
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence
+                for sop in series.ReferencedSOPSequence}
+    assert evidence == set(node.sop_uids)
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_unreachable_node_is_a_transient_job_error(tmp_path: Path,
+                                                   running_node: RunningNode) -> None:
+    node = running_node
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    settings = worker_settings(tmp_path, node, node.token(), node_url=dead_url,
+                               fetch_attempts=2)
+    calls: list[Sequence[Path]] = []
+
+    def drafter(paths: Sequence[Path], indication: str | None) -> DraftLike:
+        calls.append(paths)
+        raise AssertionError("never reached: the instances could not be fetched")
+
+    ctx = build_job_context(settings, sessions=node.database.sessions, drafter=drafter)
+    job_id = node.job_for_study()
+
+    delay = run_draft_job(ctx, job_id)
+
+    assert delay is not None and delay > 0
+    assert calls == []
+    assert list((tmp_path / "scratch").iterdir()) == []
+    with node.database.sessions() as session:
+        job = session.get_one(Job, job_id)
+        assert job.state is JobState.RETRYING
+        assert job.error_class == "InstanceFetchError"
+        assert "in 2 tries" in (job.error_message or "")
+        assert session.scalars(select(Report)).all() == []
+
+
+def _retrieve_path(node: RunningNode, sop_uid: str) -> str:
+    return (f"/dicomweb/studies/{node.study_uid}/series/{node.series_uid}"
+            f"/instances/{sop_uid}")
+
+
+def test_service_token_reads_instances_and_nothing_else(running_node: RunningNode) -> None:
+    node = running_node
+    token = node.token()
+    bearer = {"Authorization": f"Bearer {token}"}
+    base = node.web.url
+
+    retrieved = httpx.get(base + _retrieve_path(node, node.sop_uids[0]), headers=bearer)
+    assert retrieved.status_code == 200
+    assert retrieved.headers["content-type"].startswith("multipart/related")
+    study = httpx.get(f"{base}/dicomweb/studies/{node.study_uid}", headers=bearer)
+    assert study.status_code == 200
+
+    for path in ("/dicomweb/studies", f"/dicomweb/studies/{node.study_uid}/metadata",
+                 f"/dicomweb/studies/{node.study_uid}/series"):
+        assert httpx.get(base + path, headers=bearer).status_code == 403, path
+    assert httpx.get(f"{base}/", headers=bearer).status_code == 401  # no page without login
+    assert httpx.get(f"{base}/admin/monitoring", headers=bearer).status_code == 401
+
+    wrong = httpx.get(base + _retrieve_path(node, node.sop_uids[0]),
+                      headers={"Authorization": "Bearer rnw_not-a-token"})
+    assert wrong.status_code == 401
+    assert wrong.headers["www-authenticate"].startswith("Bearer")
+    assert httpx.get(base + _retrieve_path(node, node.sop_uids[0]),
+                     headers={"Authorization": f"Basic {token}"}).status_code == 403
+
+    with node.database.sessions.begin() as session:
+        assert revoke_service_tokens(session, WORKER, actor="test") == 1
+    revoked = httpx.get(base + _retrieve_path(node, node.sop_uids[0]), headers=bearer)
+    assert revoked.status_code == 401
+
+    with node.database.sessions() as session:
+        actions = [(e.action, e.actor) for e in session.scalars(
+            select(AuditEvent).where(AuditEvent.action.in_(
+                ["instances_fetched", "service_token_refused", "service_token_issued",
+                 "service_tokens_revoked"])).order_by(AuditEvent.id))]
+        stored = session.scalars(select(ServiceToken)).one()
+    assert actions == [
+        ("service_token_issued", "test"), ("instances_fetched", WORKER),
+        ("instances_fetched", WORKER), ("service_token_refused", "-"),
+        ("service_tokens_revoked", "test"), ("service_token_refused", "-"),
+    ]
+    assert stored.token_hash != token and token not in stored.token_hash
+    assert stored.last_used_at is not None and stored.revoked_at is not None
+
+
+def test_a_person_account_gets_no_service_token(running_node: RunningNode) -> None:
+    from node.states import Role
+    from node.users import UserError, create_user
+
+    with running_node.database.sessions.begin() as session:
+        create_user(session, "dr.who", "correct horse battery", role=Role.RADIOLOGIST,
+                    display_name="Who^Doctor")
+    with running_node.database.sessions() as session, \
+            pytest.raises(UserError, match="radiologist account, not a worker"):
+        issue_service_token(session, "dr.who")
+
+
+def test_fetcher_refuses_a_file_that_is_not_the_instance_asked_for(
+        tmp_path: Path, running_node: RunningNode) -> None:
+    node = running_node
+    first, second = node.sop_uids
+    with node.database.sessions.begin() as session:
+        rows = {i.sop_instance_uid: i for i in session.scalars(select(Instance))}
+        rows[first].path = rows[second].path  # the index points at the wrong file
+    fetcher = HttpInstances(node.web.url, node.token(), attempts=1, scratch_dir=tmp_path)
+    ref = InstanceRef(first, node.series_uid, "")
+    with pytest.raises(InstanceFetchError, match="different instance"), \
+            fetcher.local_copies(node.study_uid, [ref]):
+        pass
+    assert list(tmp_path.glob("radnode-job-*")) == []

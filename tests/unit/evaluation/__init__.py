@@ -1,0 +1,1 @@
+"""Tests of the report labeler and the evaluation harness."""

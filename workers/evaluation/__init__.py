@@ -1,0 +1,1 @@
+"""Report quality: the CheXpert-style labeler, text metrics and the evaluation harness."""

@@ -1,0 +1,1 @@
+"""Phrase tables of the report labeler, kept as data (TOML) next to this module."""
