@@ -137,13 +137,27 @@ class InstanceSource(enum.Enum):
     """The node's WADO-RS service, with the worker's bearer token."""
 
 
+class DecodeEngineMode(enum.Enum):
+    """Whether a drafting worker generates through the batching decode engine."""
+
+    AUTO = "auto"
+    """On a GPU; ``model.generate`` on a CPU."""
+    ON = "on"
+    """Always (the same code path on a CPU, slower there)."""
+    OFF = "off"
+    """Always ``model.generate`` (one draft's rows batched, no sharing across drafts)."""
+
+
 class WorkerSettings(_Section):
     """The drafting worker process (one per GPU)."""
 
     concurrency: int = Field(4, ge=1)
-    """Draft tasks a worker runs at once; they share one loaded model."""
+    """Draft tasks a worker runs at once; they share one loaded model, and with the decode
+    engine one batch: this is the engine's number of slots."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda:N``."""
+    decode_engine: DecodeEngineMode = DecodeEngineMode.AUTO
+    """``auto``: the continuous-batching decode engine on a GPU; ``on``; ``off``."""
     instance_source: InstanceSource = InstanceSource.SHARED
     """``shared``: read instances from ``storage.root`` (the node's folder, shared with
     other hosts); ``http``: fetch them from the node over WADO-RS into a temporary

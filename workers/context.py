@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import InstanceSource, Settings, load_settings
+from node.config import DecodeEngineMode, InstanceSource, Settings, load_settings
 from node.jobs.bundle_identity import read_bundle_identity
 from node.reports.sr_content import ModelProvenance
 from node.runtime import Database
@@ -36,6 +36,13 @@ def resolve_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def engine_wanted(mode: DecodeEngineMode, device: str) -> bool:
+    """Whether to generate through the decode engine on ``device`` (already resolved)."""
+    if mode is DecodeEngineMode.AUTO:
+        return device.startswith("cuda")
+    return mode is DecodeEngineMode.ON
+
+
 class BundleDrafter:
     """Load a model bundle on first use and draft studies with it (thread-safe).
 
@@ -45,15 +52,26 @@ class BundleDrafter:
         The bundle folder.
     device
         ``auto``, ``cpu`` or ``cuda[:N]``.
+    generation_overrides
+        The site's generation values (``[model]``), over the bundle's.
+    seed
+        Sampling seed.
+    decode_engine
+        Whether to generate through the decode engine (see :func:`engine_wanted`).
+    engine_batch
+        The engine's slots (the worker's concurrent drafts).
     """
 
     def __init__(self, bundle_dir: Path, device: str = "auto",
                  generation_overrides: dict[str, float | int] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, *, decode_engine: DecodeEngineMode = DecodeEngineMode.AUTO,
+                 engine_batch: int = 4) -> None:
         self.bundle_dir = bundle_dir
         self.device = device
         self.generation_overrides = generation_overrides or {}
         self.seed = seed
+        self.decode_engine = decode_engine
+        self.engine_batch = engine_batch
         self._bundle: Any = None
 
     def bundle(self) -> Any:
@@ -63,8 +81,11 @@ class BundleDrafter:
                 if self._bundle is None:
                     from workers.inference.bundle import load_bundle
 
-                    self._bundle = load_bundle(self.bundle_dir,
-                                               device=resolve_device(self.device))
+                    device = resolve_device(self.device)
+                    self._bundle = load_bundle(
+                        self.bundle_dir, device=device,
+                        decode_engine=engine_wanted(self.decode_engine, device),
+                        engine_batch=self.engine_batch)
         return self._bundle
 
     def __call__(self, paths: Sequence[Path], indication: str | None) -> DraftLike:
@@ -116,7 +137,9 @@ def build_job_context(
         store=store,
         drafter=drafter or BundleDrafter(settings.model.bundle, settings.worker.device,
                                          settings.model.generation_overrides(),
-                                         settings.model.seed),
+                                         settings.model.seed,
+                                         decode_engine=settings.worker.decode_engine,
+                                         engine_batch=settings.worker.concurrency),
         model=ModelProvenance(name=identity.name[:64], version=identity.version[:64],
                               manufacturer="radnode", device_uid=identity.device_uid,
                               synthetic=identity.synthetic),

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from node.config import CONFIG_ENV_VAR, ConfigError, InstanceSource, load_settings
+from node.config import (
+    CONFIG_ENV_VAR,
+    ConfigError,
+    DecodeEngineMode,
+    InstanceSource,
+    load_settings,
+)
 from tests.conftest import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "deploy" / "radnode.example.toml"
@@ -73,3 +79,17 @@ def test_example_configuration_with_a_remote_worker(tmp_path: Path,
     assert settings.worker.bearer_token() == "rnw_example"
     assert [(d.ae_title, d.auto_export) for d in settings.destinations] == [
         ("PACS", True), ("VIEWER1", False)]
+
+
+def test_decode_engine_follows_the_device_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.context import engine_wanted
+
+    mode = load_settings().worker.decode_engine
+    assert mode is DecodeEngineMode.AUTO
+    assert engine_wanted(mode, "cuda:0") and not engine_wanted(mode, "cpu")
+    monkeypatch.setenv("RADNODE_WORKER__DECODE_ENGINE", "on")
+    assert engine_wanted(load_settings().worker.decode_engine, "cpu")
+    assert not engine_wanted(DecodeEngineMode.OFF, "cuda")
+    monkeypatch.setenv("RADNODE_WORKER__DECODE_ENGINE", "fast")
+    with pytest.raises(ConfigError, match="decode_engine"):
+        load_settings()

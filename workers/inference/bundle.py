@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -62,6 +62,9 @@ from workers.inference.manifest import (
 from workers.inference.onnx_export import export_encoder_onnx, max_abs_error, parity_inputs
 from workers.inference.prompts import render_prompt, split_prompt
 from workers.inference.runtime import CPU, ProviderEntry, select_providers
+
+if TYPE_CHECKING:
+    from workers.inference.engine_generation import EngineGenerator
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +261,7 @@ class LoadedBundle:
         model: Any,
         tokenizer: Any,
         device: torch.device,
+        engine: EngineGenerator | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -265,6 +269,7 @@ class LoadedBundle:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
+        self.engine = engine
 
     @property
     def encoder_backend(self) -> Literal["onnx", "torch"]:
@@ -284,6 +289,7 @@ class LoadedBundle:
             "device_uid": m.device_uid,
             "output_sections": m.output_sections,
             "encoder_backend": self.encoder_backend,
+            "decode_engine": self.engine is not None,
         }
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
@@ -356,7 +362,11 @@ class LoadedBundle:
         seed: int | None = None,
         max_new_tokens: int | None = None,
     ) -> list[GenerationResult]:
-        """Generate for several images at once (left-padded batch).
+        """Generate for several images at once.
+
+        With the decode engine the rows join the engine's running batch (with the rows of
+        every other draft in the process); without it they decode as one left-padded
+        batch through ``model.generate``.
 
         Parameters
         ----------
@@ -371,6 +381,14 @@ class LoadedBundle:
         if len(indications) != len(rows):
             raise ValueError("need one indication (or None) per image")
         prompts = [self.prompt_tokens(ind) for ind in indications]
+        spec = generation or self.manifest.generation
+        if self.engine is not None and all(
+            self.engine.fits(p.length(self.manifest.num_image_tokens)) for p in prompts
+        ):
+            embedding = self.model.get_input_embeddings()
+            spliced = [build_inputs_embeds(embedding, p, torch.from_numpy(r))[0]
+                       for p, r in zip(prompts, rows, strict=True)]
+            return self.engine.generate(spliced, spec, seed=seed, max_new_tokens=max_new_tokens)
         embeds, mask = build_batch_inputs_embeds(
             self.model.get_input_embeddings(), prompts, [torch.from_numpy(r) for r in rows]
         )
@@ -379,7 +397,7 @@ class LoadedBundle:
             self.tokenizer,
             embeds,
             mask,
-            generation or self.manifest.generation,
+            spec,
             seed=seed,
             max_new_tokens=max_new_tokens,
         )
@@ -422,6 +440,8 @@ def load_bundle(
     llm_dtype: str | None = None,
     providers: Sequence[ProviderEntry] | None = None,
     trt_cache_dir: Path | None = None,
+    decode_engine: bool = False,
+    engine_batch: int = 8,
 ) -> LoadedBundle:
     """Load a bundle for drafting.
 
@@ -440,6 +460,18 @@ def load_bundle(
     trt_cache_dir
         TensorRT engine cache (used only when TensorRT is available); default
         :func:`default_trt_cache`. Kept outside the bundle so verification stays clean.
+    decode_engine
+        Generate through the continuous-batching decode engine
+        (:mod:`workers.inference.engine`) instead of ``model.generate``; needs a LLaMA-family
+        LLM.
+    engine_batch
+        The engine's slots: sequences decoded together.
+
+    Raises
+    ------
+    BundleError
+        When a file is missing, the LLM does not fit the projector, or the engine is asked
+        for a model it cannot run.
 
     Returns
     -------
@@ -456,7 +488,13 @@ def load_bundle(
             )
         if providers is None:
             providers = select_providers(trt_cache_dir=trt_cache_dir or default_trt_cache(manifest))
-        encoder: OnnxImageEncoder | ImageEncoder = OnnxImageEncoder(onnx_path, providers=providers)
+        if torch_device.type == "cuda" and _cpu_only(providers):
+            log.info("onnxruntime has no GPU provider here: image encoder runs in torch on %s",
+                     torch_device)
+            encoder_backend = "torch"
+    encoder: OnnxImageEncoder | ImageEncoder
+    if encoder_backend == "onnx":
+        encoder = OnnxImageEncoder(path / ENCODER_ONNX_FILENAME, providers=providers)
     elif encoder_backend == "torch":
         encoder = load_encoder_weights(
             path / ENCODER_WEIGHTS_FILENAME, manifest.vision, manifest.projector
@@ -476,7 +514,24 @@ def load_bundle(
         raise BundleError(
             f"LLM hidden size {hidden} != projector out_dim {manifest.projector.out_dim}"
         )
-    return LoadedBundle(path, manifest, encoder, model, tokenizer, torch_device)
+    engine = None
+    if decode_engine:
+        from workers.inference.engine import UnsupportedModelError
+        from workers.inference.engine_generation import EngineGenerator
+
+        try:
+            engine = EngineGenerator(model, tokenizer, max_batch=engine_batch,
+                                     num_image_tokens=manifest.num_image_tokens,
+                                     max_new_tokens=manifest.generation.max_new_tokens)
+        except UnsupportedModelError as exc:
+            raise BundleError(f"the decode engine cannot run this LLM: {exc}") from exc
+        log.info("decode engine ready", extra={"engine": engine.describe()})
+    return LoadedBundle(path, manifest, encoder, model, tokenizer, torch_device, engine)
+
+
+def _cpu_only(providers: Sequence[ProviderEntry]) -> bool:
+    names = [p if isinstance(p, str) else p[0] for p in providers]
+    return all(name == CPU for name in names)
 
 
 @dataclass

@@ -55,7 +55,8 @@ class ImageEncoder(nn.Module):
         """Run on a numpy batch (B, C, H, W) and return float32 numpy (B, T, D)."""
         param = next(self.parameters())
         tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-        out = self(tensor.to(device=param.device, dtype=param.dtype))
+        with torch.inference_mode():
+            out = self(tensor.to(device=param.device, dtype=param.dtype))
         result: np.ndarray = out.float().cpu().numpy()
         return result
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from node.config import load_settings
+from node.config import DecodeEngineMode, load_settings
 from tests.conftest import DEMO_BUNDLE_DIR
 from workers.context import BundleDrafter
 from workers.inference.synth.studies import write_demo_studies
@@ -30,3 +31,19 @@ def test_drafter_applies_the_site_token_limit(tmp_path: Path) -> None:
     limited = BundleDrafter(DEMO_BUNDLE_DIR, "cpu", {"max_new_tokens": 4})([study.frontal], None)
     assert full.to_json_dict()["tokens"]["generated"] > 4
     assert limited.to_json_dict()["tokens"]["generated"] <= 4
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_decode_engine_drafts_what_transformers_drafts(tmp_path: Path) -> None:
+    """Concurrent drafts through the engine equal one-at-a-time ``model.generate`` drafts."""
+    studies = write_demo_studies(tmp_path, count=4, seed=11, with_lateral=False)
+    plain = BundleDrafter(DEMO_BUNDLE_DIR, "cpu", decode_engine=DecodeEngineMode.OFF)
+    batched = BundleDrafter(DEMO_BUNDLE_DIR, "cpu", decode_engine=DecodeEngineMode.ON,
+                            engine_batch=3)
+    expected = [plain([s.frontal], None).raw_text for s in studies]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        drafted = list(pool.map(lambda s: batched([s.frontal], None).raw_text, studies))
+    assert batched.bundle().engine is not None and plain.bundle().engine is None
+    assert drafted == expected
+    assert all(text.strip() for text in drafted)
+    assert batched.bundle().engine.engine.stats.requests == len(studies)
