@@ -10,7 +10,7 @@ from workers.context import process_job_context
 from workers.jobs import run_draft_job
 
 
-@shared_task(name="radnode.draft", bind=True, acks_late=True, max_retries=None)
+@shared_task(name="radnode.draft", bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
 def draft(self: Any, job_id: int) -> None:
     """Draft the report for job ``job_id`` (idempotent under redelivery)."""
     retry_in = run_draft_job(process_job_context(), job_id)

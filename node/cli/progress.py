@@ -36,7 +36,7 @@ class FractionProgress:
 
 def step_progress(title: str) -> tuple[Callable[[int, int, float], None], Callable[[], None]]:
     """A bar for callbacks of the form ``(step, total_steps, loss)``; returns (callback, close)."""
-    bar: list[tqdm] = []  # type: ignore[type-arg]
+    bar: list[tqdm] = []
 
     def update(step: int, total: int, loss: float) -> None:
         if not bar:

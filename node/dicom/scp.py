@@ -16,7 +16,7 @@ from typing import Any, cast
 from pydicom import uid as dicom_uid
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -88,11 +88,11 @@ class LayerKernels:
     @classmethod
     def fused(cls) -> LayerKernels:
         """Each piece compiled into one kernel with ``torch.compile`` (GPU)."""
-        def make(fn: Callable[..., object]) -> Callable[..., object]:
+        def make(fn: Callable[..., object]) -> Any:
             return torch.compile(fn, dynamic=False, fullgraph=True)
 
-        return cls(make(rms_norm), make(add_rms_norm), make(rotate),  # type: ignore[arg-type]
-                   make(silu_mul), compiled=True)
+        return cls(make(rms_norm), make(add_rms_norm), make(rotate), make(silu_mul),
+                   compiled=True)
 
 
 class StaticKVCache:
@@ -170,7 +170,7 @@ def prefill(
     h = kernels.rms_norm(x, weights.layers[0].input_norm, eps)
     for index, layer in enumerate(weights.layers):
         qkv = F.linear(h, layer.qkv)
-        q, k, v = qkv.split((shape.q_width, shape.kv_width, shape.kv_width), dim=-1)
+        q, k, v = torch.split(qkv, [shape.q_width, shape.kv_width, shape.kv_width], dim=-1)
         q = q.view(length, shape.num_heads, shape.head_dim)
         k = k.view(length, shape.num_kv_heads, shape.head_dim)
         v = v.view(length, shape.num_kv_heads, shape.head_dim)
@@ -236,7 +236,7 @@ def decode(
     h = kernels.rms_norm(x, weights.layers[0].input_norm, eps)
     for index, layer in enumerate(weights.layers):
         qkv = F.linear(h, layer.qkv)
-        q, k, v = qkv.split((shape.q_width, shape.kv_width, shape.kv_width), dim=-1)
+        q, k, v = torch.split(qkv, [shape.q_width, shape.kv_width, shape.kv_width], dim=-1)
         q = q.view(n, shape.num_heads, shape.head_dim)
         k = k.view(n, shape.num_kv_heads, shape.head_dim)
         v = v.view(n, shape.num_kv_heads, shape.head_dim)

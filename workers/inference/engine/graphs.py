@@ -55,7 +55,7 @@ class StepRunner:
         if not self.use_graphs:
             return
         pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream()
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for bucket in self.buckets:

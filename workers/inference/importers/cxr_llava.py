@@ -115,7 +115,7 @@ def openclip_spec_from_config(
         final_norm=not clip_cfg.get("final_ln_after_pool", False),
         layerscale=clip_cfg.get("ls_init_value") is not None,
         norm_eps=float(norm_kwargs.get("eps", 1e-5)),
-        activation=activation,  # type: ignore[arg-type]
+        activation=activation,
         no_ln_pre=bool(clip_cfg.get("no_ln_pre", False)),
     )
 

@@ -267,7 +267,7 @@ def preprocess_from_openclip(config: dict[str, Any], size: int) -> PreprocessSpe
     return PreprocessSpec(
         channels=3,
         size=size,
-        resample=interpolation,  # type: ignore[arg-type]
+        resample=interpolation,
         mean=[float(v) for v in block.get("mean", CLIP_MEAN)],
         std=[float(v) for v in block.get("std", CLIP_STD)],
     )
@@ -406,7 +406,7 @@ def import_llava_rad(
     if mm_hidden != vision.width:
         raise CheckpointFormatError(f"mm_hidden_size {mm_hidden} != tower width {vision.width}")
     hidden = int(base_config["hidden_size"])
-    projector = ProjectorSpec(kind=projector_kind, in_dim=vision.width, out_dim=hidden)  # type: ignore[arg-type]
+    projector = ProjectorSpec(kind=projector_kind, in_dim=vision.width, out_dim=hidden)
 
     report(progress, "loading projector", 0.1)
     projector_state = load_projector_state(
