@@ -112,7 +112,7 @@ def _eval(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``eval`` to the ``radnode`` parser."""
     parser = commands.add_parser(
-        "eval", help="score generated reports (clinical F1, ROUGE-L, BLEU) with 95% intervals",
+        "eval", help="score generated reports (clinical F1, ROUGE-L, BLEU) with 95%% intervals",
         description="Score predictions against references: jsonl with id, reference and "
                     "prediction, or draft a folder of studies first with --draft-from.")
     parser.add_argument("predictions", nargs="?", type=Path, metavar="PRED.jsonl")
