@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from node.config import load_settings
 from node.logs import configure_logging
@@ -20,6 +21,9 @@ def _worker(args: argparse.Namespace) -> int:
     app = create_celery_app(settings.broker)
     queues = [settings.broker.draft_queue]
     concurrency = args.concurrency or settings.worker.concurrency
+    # The job context reads its settings again in this process: the decode engine gets one
+    # slot per task thread.
+    os.environ["RADNODE_WORKER__CONCURRENCY"] = str(concurrency)
     argv = [
         "worker",
         f"--queues={','.join(queues)}",
