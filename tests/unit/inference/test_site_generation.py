@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from node.config import DecodeEngineMode, load_settings
-from tests.conftest import DEMO_BUNDLE_DIR
+from tests.conftest import DEMO_BUNDLE_DIR, REPO_ROOT
 from workers.context import BundleDrafter
 from workers.inference.synth.studies import write_demo_studies
 
@@ -47,3 +50,17 @@ def test_decode_engine_drafts_what_transformers_drafts(tmp_path: Path) -> None:
     assert drafted == expected
     assert all(text.strip() for text in drafted)
     assert batched.bundle().engine.engine.stats.requests == len(studies)
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_engine_parity_check_passes_on_the_cpu(tmp_path: Path) -> None:
+    """The device parity script (bench/engine_parity.py) runs and agrees on the CPU."""
+    out = tmp_path / "parity.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "engine_parity.py"), str(DEMO_BUNDLE_DIR),
+         "--device", "cpu", "--images", "6", "--slots", "3", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["identical"] == report["images"] == 6
+    assert report["encoder_backend"] == "onnx"
