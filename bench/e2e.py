@@ -14,7 +14,8 @@ report was committed.
 
 Usage::
 
-    .venv/bin/python bench/e2e.py [--studies 50] [--burst 50] [--json OUT]
+    .venv/bin/python bench/e2e.py [--studies 50] [--burst 50] [--concurrency 1]
+        [--decode-engine auto|on|off] [--json OUT]
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=50, help="throughput burst size")
     parser.add_argument("--bundle", type=Path, default=REPO_ROOT / "var/models/demo")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--concurrency", type=int, default=1, help="the worker's task threads")
+    parser.add_argument("--decode-engine", choices=("auto", "on", "off"), default="auto",
+                        help="[worker] decode_engine of the worker (auto: off on a CPU)")
     args = parser.parse_args()
 
     schema = f"bench_{uuid.uuid4().hex[:10]}"
@@ -104,9 +108,9 @@ def main() -> int:
     env = {**os.environ, "RADNODE_DATABASE__URL": db_url, "RADNODE_BROKER__URL": REDIS_URL,
            "RADNODE_STORAGE__ROOT": str(work / "storage"),
            "RADNODE_MODEL__BUNDLE": str(args.bundle), "RADNODE_WORKER__DEVICE": "cpu",
-           "RADNODE_LOGGING__LEVEL": "WARNING"}
+           "RADNODE_LOGGING__LEVEL": "WARNING", "RADNODE_WORKER__DECODE_ENGINE": args.decode_engine}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "node.cli.main", "worker", "--concurrency", "1"],
+        [sys.executable, "-m", "node.cli.main", "worker", "--concurrency", str(args.concurrency)],
         env=env, stdout=subprocess.DEVNULL, stderr=(work / "worker.log").open("wb"),
     )
     port, ae = services.listener.port, settings.dicom.ae_title
@@ -152,7 +156,8 @@ def main() -> int:
         "burst_send_s": (sent - started).total_seconds(),
         "burst_span_s": span,
         "studies_per_hour": 3600 * args.burst / span,
-        "worker_concurrency": 1,
+        "worker_concurrency": args.concurrency,
+        "decode_engine": args.decode_engine,
         "device": "cpu",
     }
     print(json.dumps(result, indent=2))
