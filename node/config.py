@@ -360,7 +360,8 @@ class QualitySettings(_Section):
     """
 
     urgent_observations: list[str] = Field(default_factory=lambda: ["Pneumothorax"])
-    """CheXpert observations that, found present in a draft, flag the study urgent."""
+    """CheXpert observations that flag the study urgent when a draft labels them positive
+    (flag e.g. ``"pneumothorax"``) or uncertain (``"possible pneumothorax"``)."""
     agreement_window_days: float = Field(30.0, gt=0)
     agreement_threshold: float = Field(0.8, ge=0, le=1)
     agreement_min_reports: int = Field(20, ge=1)

@@ -52,7 +52,8 @@ def _draft_records(args: argparse.Namespace, settings: Settings) -> list[Any]:
     return records
 
 
-def _chexprompt(records: list[Any], settings: Settings, resamples: int) -> dict[str, Any]:
+def _chexprompt(records: list[Any], settings: Settings, resamples: int,
+                seed: int) -> dict[str, Any]:
     from workers.evaluation.chexprompt import ChatEndpoint, ChexpromptError, run_chexprompt
 
     config = settings.evaluation
@@ -62,7 +63,8 @@ def _chexprompt(records: list[Any], settings: Settings, resamples: int) -> dict[
     pairs = [(r.record_id, r.reference, r.prediction) for r in records]
     try:
         with FractionProgress("CheXprompt") as bar:
-            result = run_chexprompt(pairs, endpoint, progress=bar.update, resamples=resamples)
+            result = run_chexprompt(pairs, endpoint, progress=bar.update, resamples=resamples,
+                                    seed=seed)
     except ChexpromptError as exc:
         return {"error": str(exc)}
     return result.to_json()
@@ -94,7 +96,8 @@ def _eval(args: argparse.Namespace) -> int:
     result["uncertain_as"] = policy.value
     status = 0
     if settings.evaluation.chexprompt_url and not args.no_chexprompt:
-        result["chexprompt"] = _chexprompt(records, settings, args.resamples)
+        result["chexprompt"] = _chexprompt(records, settings, args.resamples,
+                                           args.bootstrap_seed)
         if "error" in result["chexprompt"]:
             print(f"radnode eval: CheXprompt failed: {result['chexprompt']['error']}",
                   file=sys.stderr)
