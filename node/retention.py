@@ -6,7 +6,9 @@ A study's image files are removed when all of these hold:
   written);
 * that report has at least one export and every one of its exports is SENT;
 * no drafting job of the study is QUEUED, RUNNING or RETRYING;
-* ``keep_images_days`` have passed since the later of the signature and the last delivery.
+* ``keep_images_days`` have passed since the later of the signature and the last delivery,
+  and since the image was received (an image that arrives for a study already signed is
+  kept for the full period too).
 
 Only image files go. Report SRs (the node's own, and SR instances it received), every
 database row and the audit trail stay; each removed instance is marked with ``purged_at``,
@@ -112,11 +114,17 @@ def eligible_since(session: Session, study: Study) -> dt.datetime | None:
     return max([report.signed_at, *(e.sent_at for e in exports if e.sent_at is not None)])
 
 
-def _stored_images(session: Session, study_id: int) -> list[Instance]:
+def _stored_images(session: Session, study_id: int, cutoff: dt.datetime) -> list[Instance]:
+    """The study's image files received by ``cutoff`` and not removed yet.
+
+    An image received later (e.g. for a study already signed) waits ``keep_images_days``
+    from its own arrival.
+    """
     return list(session.scalars(
         select(Instance).where(
             Instance.study_id == study_id,
             Instance.purged_at.is_(None),
+            Instance.received_at <= cutoff,
             ~Instance.sop_class_uid.startswith(SR_SOP_CLASS_PREFIX),
             ~exists().where(Report.sr_path == Instance.path),
         ).order_by(Instance.id)
@@ -144,10 +152,12 @@ class RetentionService:
         self._periodic = PeriodicThread("retention", settings.period_seconds, self._periodic_pass)
 
     def _candidates(self, session: Session, cutoff: dt.datetime) -> list[int]:
-        """Signed studies that still hold image files and had a report delivered before
-        ``cutoff``, oldest signature first (each is checked in full afterwards)."""
+        """Signed studies that still hold image files received before ``cutoff`` and had a
+        report delivered before it, oldest signature first (each is checked in full
+        afterwards)."""
         still_stored = exists().where(
             Instance.study_id == Study.id, Instance.purged_at.is_(None),
+            Instance.received_at <= cutoff,
             ~Instance.sop_class_uid.startswith(SR_SOP_CLASS_PREFIX))
         delivered = exists().where(
             Report.study_id == Study.id, Report.signed_at <= cutoff,
@@ -203,7 +213,7 @@ class RetentionService:
             since = eligible_since(session, study)
             if since is None or since > cutoff:
                 return None
-            images = _stored_images(session, study.id)
+            images = _stored_images(session, study.id, cutoff)
             if not images:
                 return None
             purged = PurgedStudy(study.id, study.study_instance_uid, len(images),

@@ -15,7 +15,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")  # no leading zeros
+#: Digits and dots only: path-safe. Components with leading zeros (which PS3.5 forbids, but
+#: older devices send) are accepted, so that studies stored under such UIDs stay reachable.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 class StorageFullError(OSError):
@@ -23,8 +25,12 @@ class StorageFullError(OSError):
 
 
 def is_valid_uid(value: str) -> bool:
-    """Return whether ``value`` is a syntactically valid DICOM UID (PS3.5 9.1)."""
-    return 0 < len(value) <= 64 and bool(_UID.match(value))
+    """Return whether ``value`` is usable as a DICOM UID here: 1 to 64 digits and dots.
+
+    Components with leading zeros are accepted (older devices send them); nothing but
+    digits and single dots between them is, which keeps every UID path-safe.
+    """
+    return 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -122,7 +122,8 @@ def _claim(ctx: JobContext, job_id: int, now: dt.datetime) -> _Claim | None:
             InstanceRef(sop, series, path)
             for sop, series, path in session.execute(
                 select(Instance.sop_instance_uid, Instance.series_instance_uid, Instance.path)
-                .where(Instance.study_id == study.id).order_by(Instance.id)
+                .where(Instance.study_id == study.id, Instance.purged_at.is_(None))
+                .order_by(Instance.id)
             )
         ]
         return _Claim(job.id, study.id, job.attempts, study.study_instance_uid, instances,

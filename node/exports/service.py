@@ -5,7 +5,8 @@ the (report, destination) pair is unique). :class:`ExportService` delivers due
 rows in passes:
 
 0. **store** — write the draft SRs that workers without the storage folder handed over
-   in their report rows (:mod:`node.reports.handover`);
+   in their report rows (:mod:`node.reports.handover`); a failure there is logged and
+   the pass goes on;
 1. **claim** — in a short transaction, lock due PENDING/RETRYING rows (``FOR
    UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises
    writers), count the attempt and push ``next_attempt_at`` past a claim lease,
@@ -267,7 +268,7 @@ class ExportService:
             never claim the same row at once.
         """
         clock: Callable[[], dt.datetime] = (lambda: now) if now is not None else utcnow
-        store_handed_over_srs(self.sessions, self.store)
+        self._store_handed_over()
         claims = self._claim_due(clock())
         if not claims:
             return []
@@ -283,6 +284,14 @@ class ExportService:
                                for g in groups.values()]:
                     future.result()
         return [claim.export_id for claim in claims]
+
+    def _store_handed_over(self) -> None:
+        """Store the handed-over draft SRs; a failure there is logged, never fatal to the pass."""
+        try:
+            store_handed_over_srs(self.sessions, self.store)
+        except Exception as exc:  # the exports already due must still go out
+            log_event(logger, logging.ERROR, "handed_over_srs_failed",
+                      error=type(exc).__name__)
 
     def _claim_due(self, now: dt.datetime) -> list[_Claim]:
         lease_until = now + dt.timedelta(seconds=self.settings.claim_seconds)

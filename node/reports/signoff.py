@@ -20,6 +20,7 @@ radiologists signing at once make exactly one final report; the loser gets
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import logging
@@ -28,6 +29,8 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -61,6 +64,14 @@ UNKNOWN_ORGANIZATION = "Unknown organization"
 MAX_REASON_LENGTH = 1000
 
 _SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+#: Patient attributes (group 0010) travel from a predecessor SR to its successor.
+_PATIENT_GROUP = 0x0010
+#: Study attributes that travel from a predecessor SR to its successor.
+_STUDY_KEYWORDS = frozenset({
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+    "IssuerOfAccessionNumberSequence", "ReferringPhysicianName", "StudyDescription",
+    "ProcedureCodeSequence", "ReferencedStudySequence",
+})
 
 
 class SignoffError(ValueError):
@@ -131,16 +142,51 @@ def _content(findings: str, impression: str, previous: ReportContent | None) -> 
         raise SignoffError(str(exc)) from exc
 
 
-def _evidence(session: Session, store: InstanceStore, study: Study) -> list[Dataset]:
+def _evidence(session: Session, store: InstanceStore, study: Study,
+              predecessor: Dataset) -> list[Dataset]:
+    """The source images the new version references.
+
+    The headers of the study's stored images; once the retention clean-up has removed them
+    all, the images the predecessor SR references, described from that SR.
+    """
     paths = session.scalars(
-        select(Instance.path).where(Instance.study_id == study.id).order_by(Instance.id)
+        select(Instance.path)
+        .where(Instance.study_id == study.id, Instance.purged_at.is_(None))
+        .order_by(Instance.id)
     ).all()
     headers: list[Dataset] = [dcmread(store.absolute(p), stop_before_pixels=True)
                               for p in paths]
     headers = [h for h in headers if not str(h.SOPClassUID).startswith(_SR_SOP_CLASS_PREFIX)]
-    if not headers:
+    if headers:
+        return headers
+    referenced = _evidence_of(predecessor)
+    if not referenced:
         raise SignoffError("the study's images are not stored; the report cannot reference them")
-    return headers
+    return referenced
+
+
+def _evidence_of(predecessor: Dataset) -> list[Dataset]:
+    """Stand-ins for the images ``predecessor`` references as current evidence.
+
+    Each carries the referenced SOP class, instance and series, and the patient and study
+    attributes of the predecessor (which it took from those images).
+    """
+    shared = Dataset()
+    for element in predecessor:
+        if element.tag.group == _PATIENT_GROUP or element.keyword in _STUDY_KEYWORDS:
+            shared.add(copy.deepcopy(element))
+    stand_ins: list[Dataset] = []
+    for study_item in predecessor.get("CurrentRequestedProcedureEvidenceSequence", []):
+        if str(study_item.get("StudyInstanceUID", "")) != str(predecessor.StudyInstanceUID):
+            continue
+        for series_item in study_item.get("ReferencedSeriesSequence", []):
+            for sop_item in series_item.get("ReferencedSOPSequence", []):
+                stand_in = copy.deepcopy(shared)
+                stand_in.SOPClassUID = sop_item.ReferencedSOPClassUID
+                stand_in.SOPInstanceUID = sop_item.ReferencedSOPInstanceUID
+                stand_in.SeriesInstanceUID = series_item.SeriesInstanceUID
+                stand_ins.append(stand_in)
+    return stand_ins
 
 
 def _is_synthetic(ds: Dataset) -> bool:
@@ -177,9 +223,16 @@ def _model_of(report: Report, predecessor: Dataset) -> ModelProvenance:
 
 
 def _read_predecessor(store: InstanceStore, report: Report) -> Dataset:
-    if report.sr_path is None:
+    """The SR of ``report``: its file, or the bytes a worker handed over and the node has
+    not stored yet (:mod:`node.reports.handover`)."""
+    if report.sr_path is not None:
+        return dcmread(store.absolute(report.sr_path))
+    if report.pending_sr_data is None:
         raise SignoffError("the report has no SR file to supersede")
-    return dcmread(store.absolute(report.sr_path))
+    try:
+        return dcmread(DicomBytesIO(report.pending_sr_data))
+    except InvalidDicomError as exc:
+        raise SignoffError("the report's SR cannot be read") from exc
 
 
 def _audit(session: Session, now: dt.datetime, user: User, action: str, report: Report,
@@ -213,7 +266,7 @@ def _write_version(
     if amendment and previous is not None and (
             (previous.findings, previous.impression) == (content.findings, content.impression)):
         raise SignoffError("the amendment changes nothing")
-    evidence = _evidence(session, store, study)
+    evidence = _evidence(session, store, study, predecessor_ds)
     model = _model_of(predecessor, predecessor_ds)
     verifier = verifier_of(user)
     series_uid = final_series_uid(study.study_instance_uid)

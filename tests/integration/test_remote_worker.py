@@ -8,6 +8,8 @@ on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import errno
+import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,22 +17,29 @@ from pathlib import Path
 import httpx
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from node.config import InstanceSource, Settings
-from node.db.models import AuditEvent, Instance, Job, Report, ServiceToken, Study
+from node.config import Destination, ExportSettings, InstanceSource, Settings
+from node.db.models import AuditEvent, Export, Instance, Job, Report, ServiceToken, Study
+from node.db.types import utcnow
+from node.dicom.export import Sendable, SendResult
 from node.dicom.ingest import InstanceIngestor
+from node.exports.service import ExportService, queue_exports
 from node.jobs.bundle_identity import read_bundle_identity
+from node.reports import handover
 from node.reports.handover import store_handed_over_srs
 from node.runtime import Database
-from node.states import JobState, ReportState, StudyState
-from node.storage import InstanceStore
+from node.states import ExportState, JobState, ReportState, StudyState
+from node.storage import InstanceStore, StorageFullError
 from node.web import create_app
 from node.web.server import WebServer
 from node.web.service_auth import issue_service_token, revoke_service_tokens
 from tests.conftest import DEMO_BUNDLE_DIR, free_port, make_settings
 from tests.dicom_factory import make_cxr_dataset, write_dataset
 from tests.integration.qr_archive import ingest_files
+from tests.integration.web_seed import seed_drafted_study, seed_study
 from workers.context import BundleDrafter, build_job_context
 from workers.errors import InstanceFetchError
 from workers.heartbeat import JOBS_IN_FLIGHT
@@ -38,6 +47,7 @@ from workers.instance_source import HttpInstances, InstanceRef
 from workers.jobs import DraftLike, run_draft_job
 
 WORKER = "gpu-host-1"
+PACS = Destination(ae_title="PACS", host="127.0.0.1", port=4242)
 
 
 @dataclass
@@ -57,7 +67,8 @@ class RunningNode:
         identity = read_bundle_identity(DEMO_BUNDLE_DIR)
         assert identity is not None
         with self.database.sessions.begin() as session:
-            study = session.scalars(select(Study)).one()
+            study = session.scalars(select(Study).where(
+                Study.study_instance_uid == self.study_uid)).one()
             study.state = StudyState.QUEUED
             job = Job(study_id=study.id, model_version=identity.job_key, state=JobState.QUEUED)
             session.add(job)
@@ -269,3 +280,168 @@ def test_fetcher_refuses_a_file_that_is_not_the_instance_asked_for(
             fetcher.local_copies(node.study_uid, [ref]):
         pass
     assert list(tmp_path.glob("radnode-job-*")) == []
+
+
+# -- handed-over SRs that cannot be stored --------------------------------------------------
+
+
+class AcceptingSender:
+    """A destination that accepts every instance; remembers the SOP Instance UIDs sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def __call__(self, destination: Destination, items: Sequence[Sendable], *,
+                 calling_ae: str, timeout: float,
+                 ssl_context: ssl.SSLContext | None = None) -> list[SendResult]:
+        results = []
+        for item in items:
+            header = (item if isinstance(item, Dataset)
+                      else dcmread(item, stop_before_pixels=True))
+            self.sent.append(str(header.SOPInstanceUID))
+            results.append(SendResult(str(header.SOPInstanceUID), str(header.SOPClassUID),
+                                      str(header.file_meta.TransferSyntaxUID), 0x0000))
+        return results
+
+
+def _export_service(node: RunningNode, sender: AcceptingSender) -> ExportService:
+    return ExportService(ExportSettings(), [PACS], node.database.sessions, node.store,
+                         calling_ae="RADNODE", sender=sender)
+
+
+def _queued_export(node: RunningNode) -> tuple[int, str]:
+    """A drafted study whose draft SR is stored, with a PENDING export to PACS."""
+    seeded = seed_drafted_study(node.database, node.store, patient_id="PID-0002",
+                                accession="ACC0002", seed=3)
+    with node.database.sessions.begin() as session:
+        report = session.get_one(Report, seeded.report_id)
+        [export] = queue_exports(session, report, [PACS])
+        return export.id, str(report.sop_instance_uid)
+
+
+def _handed_over(node: RunningNode, data: bytes, *, sop_uid: str | None = None) -> tuple[int, int]:
+    """A study drafted by a remote worker whose handed-over SR is ``data``;
+    return (job id, report id)."""
+    study = seed_study(node.database, patient_name="ROE^RICHARD", patient_id="PID-0003",
+                       accession="ACC0003", state=StudyState.DRAFTED)
+    with node.database.sessions.begin() as session:
+        job = Job(study_id=study.id, model_version="remote-model", state=JobState.SUCCEEDED,
+                  attempts=1)
+        session.add(job)
+        session.flush()
+        report = Report(study_id=study.id, job_id=job.id, state=ReportState.DRAFT,
+                        findings="No acute findings.", impression="Normal chest.",
+                        sop_instance_uid=sop_uid or str(generate_uid()), pending_sr_data=data)
+        session.add(report)
+        session.flush()
+        queue_exports(session, report, [PACS])
+        return job.id, report.id
+
+
+def _drafted_remotely(tmp_path: Path, node: RunningNode) -> int:
+    """Draft the node's study on a remote worker; return the report id (SR not stored)."""
+    settings = worker_settings(tmp_path, node, node.token())
+    ctx = build_job_context(settings, sessions=node.database.sessions,
+                            drafter=RecordingDrafter())
+    job_id = node.job_for_study()
+    assert run_draft_job(ctx, job_id) is None
+    with node.database.sessions() as session:
+        return session.scalars(select(Report.id).where(Report.job_id == job_id)).one()
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_corrupt_handed_over_sr_is_failed_visibly_and_the_rest_go_on(
+        tmp_path: Path, running_node: RunningNode) -> None:
+    """Bytes that are not DICOM fail their job for the triage page and leave the queue;
+    the export pass still stores the other SRs and delivers what is due."""
+    node = running_node
+    export_id, sent_uid = _queued_export(node)
+    bad_job, bad_report = _handed_over(node, b"not a DICOM file at all")
+    good_report = _drafted_remotely(tmp_path, node)
+    sender = AcceptingSender()
+
+    claimed = _export_service(node, sender).deliver_due()
+
+    assert export_id in claimed and sent_uid in sender.sent
+    with node.database.sessions() as session:
+        assert session.get_one(Export, export_id).state is ExportState.SENT
+        good = session.get_one(Report, good_report)
+        assert good.sr_path is not None and good.pending_sr_data is None
+        assert session.get(Report, bad_report) is None  # out of the queue, exports with it
+        assert session.scalars(select(Export).where(Export.report_id == bad_report)).all() == []
+        job = session.get_one(Job, bad_job)
+        assert job.state is JobState.FAILED and job.error_class == "UnusableSR"
+        assert "InvalidDicomError" in (job.error_message or "")
+        assert session.get_one(Study, job.study_id).state is StudyState.FAILED
+        [event] = session.scalars(select(AuditEvent).where(
+            AuditEvent.action == "handed_over_sr_rejected")).all()
+        assert event.object_id == str(bad_report) and event.study_id == job.study_id
+    assert store_handed_over_srs(node.database.sessions, node.store) == 0
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_full_storage_keeps_the_sr_queued_without_stopping_exports(
+        tmp_path: Path, running_node: RunningNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full volume is transient: the SR waits for a later pass, the due export is sent."""
+    node = running_node
+    export_id, _ = _queued_export(node)
+    report_id = _drafted_remotely(tmp_path, node)
+
+    def full(relative_path: str, data: bytes) -> Path:
+        raise StorageFullError(errno.ENOSPC, "storage volume is full")
+
+    monkeypatch.setattr(node.store, "write", full)
+    assert _export_service(node, AcceptingSender()).deliver_due() == [export_id]
+    with node.database.sessions() as session:
+        report = session.get_one(Report, report_id)
+        assert report.sr_path is None and report.pending_sr_data is not None
+        assert session.get_one(Export, export_id).state is ExportState.SENT
+
+    monkeypatch.undo()
+    assert store_handed_over_srs(node.database.sessions, node.store) == 1
+    with node.database.sessions() as session:
+        assert session.get_one(Report, report_id).sr_path is not None
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_mismatched_handed_over_srs_do_not_block_later_ones(
+        tmp_path: Path, running_node: RunningNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SR naming another SOP instance leaves the queue, so a full batch of them cannot
+    hold back the SRs queued after them."""
+    node = running_node
+    monkeypatch.setattr(handover, "BATCH_SIZE", 1)
+    seeded = seed_drafted_study(node.database, node.store, patient_id="PID-0004", seed=4)
+    with node.database.sessions() as session:
+        other_sr = node.store.absolute(
+            session.get_one(Report, seeded.report_id).sr_path or "").read_bytes()
+    bad_job, bad_report = _handed_over(node, other_sr)  # the SR of another report
+    good_report = _drafted_remotely(tmp_path, node)
+
+    assert store_handed_over_srs(node.database.sessions, node.store) == 0
+    assert store_handed_over_srs(node.database.sessions, node.store) == 1
+    with node.database.sessions() as session:
+        assert session.get(Report, bad_report) is None
+        assert session.get_one(Job, bad_job).state is JobState.FAILED
+        assert session.get_one(Report, good_report).sr_path is not None
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_purged_instances_are_not_handed_to_a_drafting_job(
+        tmp_path: Path, running_node: RunningNode) -> None:
+    """An instance whose file the retention clean-up removed is not in the job's list."""
+    node = running_node
+    kept, purged = node.sop_uids
+    with node.database.sessions.begin() as session:
+        row = session.scalars(select(Instance).where(Instance.sop_instance_uid == purged)).one()
+        node.store.remove(row.path)
+        row.purged_at = utcnow()
+    recording = RecordingDrafter()
+    ctx = build_job_context(worker_settings(tmp_path, node, node.token()),
+                            sessions=node.database.sessions, drafter=recording)
+    job_id = node.job_for_study()
+
+    assert run_draft_job(ctx, job_id) is None
+
+    assert recording.sop_uids == [[kept]]
+    with node.database.sessions() as session:
+        assert session.get_one(Job, job_id).state is JobState.SUCCEEDED

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from node.cli.main import main
 from node.config import RetentionSettings
-from node.db.models import Export, Instance, Job, Report
+from node.db.models import Export, Instance, Job, Report, Study
 from node.db.types import utcnow
 from node.retention import RetentionService
 from node.states import ExportState, JobState
@@ -31,6 +31,7 @@ from tests.integration.web_seed import (
     fast_password_hashing,
     seed_drafted_study,
     seed_user,
+    store_instances,
 )
 
 DAY = dt.timedelta(days=1)
@@ -224,3 +225,27 @@ def test_retention_command_dry_run_changes_nothing(
     assert main(["retention", "run"]) == 0
     assert "removed 1 image(s) of 1 studies" in capsys.readouterr().out
     assert not any(p.exists() for p in _image_files(web, seeded))
+
+
+def test_an_image_received_after_sign_off_is_kept_for_the_full_period(web: WebEnv) -> None:
+    """An image that arrives for a signed study waits ``keep_images_days`` from its own
+    arrival; the earlier images go on time."""
+    seeded = seed_drafted_study(web.database, web.store)
+    delivered_at = utcnow()
+    _deliver(web, _sign(web, seeded), delivered_at)
+    with web.database.sessions() as session:
+        study = session.get_one(Study, seeded.study_id)
+    [late_id] = store_instances(web.database, web.store, study, 1, seed=9, rows=64)
+    with web.database.sessions.begin() as session:
+        session.get_one(Instance, late_id).received_at = delivered_at + 5 * DAY
+    service = _service(web, keep_days=7)
+
+    done = service.run(now=delivered_at + 8 * DAY)
+
+    assert [(s.study_id, s.instances) for s in done.studies] == [(seeded.study_id, 1)]
+    with web.database.sessions() as session:
+        late = session.get_one(Instance, late_id)
+        assert late.purged_at is None and web.store.absolute(late.path).is_file()
+    assert service.run(now=delivered_at + 11 * DAY).studies == ()
+    later = service.run(now=delivered_at + 13 * DAY)
+    assert [(s.study_id, s.instances) for s in later.studies] == [(seeded.study_id, 1)]

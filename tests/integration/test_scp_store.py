@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from fastapi.testclient import TestClient
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from node.db.models import AuditEvent, Instance, Study
 from node.runtime import NodeServices
 from node.states import StudyState
+from node.web import create_app
+from node.web.service_auth import issue_service_token
 from tests.dicom_factory import (
     DCMTK_SYNTAX_UIDS,
     DX_FOR_PRESENTATION,
@@ -327,3 +330,35 @@ def test_studies_command_lists_states(node: NodeServices, tmp_path: Path) -> Non
     valid_states = {state.name for state in StudyState}
     assert all(row["state"] in valid_states for row in rows.values())
     assert rows[study_uid]["state"] == "RECEIVING"  # two images wait for the quiet period
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_leading_zero_uids_are_stored_and_served(tmp_path: Path, database_url: str) -> None:
+    """Older devices send UID components with leading zeros: such an instance is stored
+    (Success), found under its storage path and retrieved over WADO-RS."""
+    study_uid, series_uid, sop_uid = ("1.2.826.0.1.3680043.8.498.0123",
+                                      "1.2.826.0.1.3680043.8.498.0123.01",
+                                      "1.2.826.0.1.3680043.8.498.0123.01.001")
+    ds = make_cxr_dataset(rows=64, cols=64, study_uid=study_uid, series_uid=series_uid,
+                          sop_uid=sop_uid)
+    settings = receiver_settings(tmp_path, database_url, assembly={"quiet_seconds": 600},
+                                 web={"secret_key": "k" * 48})
+    with running_node(settings) as services:
+        result = exchange(services.listener.port, [ds], sop_classes=[str(ds.SOPClassUID)])
+        assert result.established and result.statuses == [0x0000]
+
+        row = _instance_row(services, sop_uid)
+        assert row is not None
+        assert row.path == services.store.relative_path(study_uid, series_uid, sop_uid,
+                                                        row.sha256)
+        assert pydicom.dcmread(services.store.absolute(row.path)).SOPInstanceUID == sop_uid
+
+        with services.database.sessions.begin() as session:
+            token = issue_service_token(session, "gpu-host-1", actor="test")
+        app = create_app(settings, services.database, services.store)
+        with TestClient(app, base_url="http://radnode.test") as client:
+            response = client.get(
+                f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}",
+                headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+        assert sop_uid.encode() in response.content

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import highdicom as hd
 import pytest
+from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 
 from node.config import Destination, Settings
-from node.db.models import AuditEvent, Export, Report, Study, User
+from node.db.models import AuditEvent, Export, Instance, Report, Study, User
 from node.reports import read_report_content
+from node.reports.handover import store_handed_over_srs
 from node.reports.signoff import (
     FINAL_SERIES_NUMBER,
     AlreadySigned,
@@ -221,3 +223,59 @@ def test_reject_keeps_the_study_drafted(database: Database, store: InstanceStore
     with database.sessions.begin() as session, pytest.raises(AlreadySigned):
         reject_draft(session, seeded.report_id, session.get_one(User, radiologist), "again")
     _sign(database, store, seeded.report_id, radiologist)
+
+
+def _evidence_uids(sr: Dataset) -> set[str]:
+    return {str(sop.ReferencedSOPInstanceUID)
+            for study in sr.CurrentRequestedProcedureEvidenceSequence
+            for series in study.ReferencedSeriesSequence
+            for sop in series.ReferencedSOPSequence}
+
+
+def test_a_draft_is_signed_before_its_handed_over_sr_is_stored(
+        database: Database, store: InstanceStore) -> None:
+    """A remote worker's draft SR still waiting in the report row is the predecessor."""
+    seeded = seed_drafted_study(database, store)
+    radiologist = seed_user(database, "mcurie")
+    with database.sessions.begin() as session:
+        draft = session.get_one(Report, seeded.report_id)
+        path = store.absolute(draft.sr_path or "")
+        draft.pending_sr_data, draft.sr_path = path.read_bytes(), None
+        path.unlink()
+        draft_uid = draft.sop_instance_uid
+
+    final_id = _sign(database, store, seeded.report_id, radiologist)
+
+    with database.sessions() as session:
+        final = session.get_one(Report, final_id)
+        sr = hd.sr.srread(store.absolute(final.sr_path or ""))
+    reference = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert reference.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == draft_uid
+    assert store_handed_over_srs(database.sessions, store) == 1  # stored afterwards
+
+
+def test_a_report_is_amended_after_its_images_were_removed(
+        database: Database, store: InstanceStore) -> None:
+    """Once retention removed the images, the amendment references what its predecessor
+    referenced, with the patient and study of the predecessor."""
+    seeded = seed_drafted_study(database, store, images=2)
+    radiologist = seed_user(database, "mcurie")
+    first = _sign(database, store, seeded.report_id, radiologist)
+    with database.sessions.begin() as session:
+        for instance in session.scalars(select(Instance).where(
+                Instance.id.in_(seeded.instance_ids))):
+            store.remove(instance.path)
+            instance.purged_at = SIGNED_AT
+        signed = hd.sr.srread(store.absolute(session.get_one(Report, first).sr_path or ""))
+
+    with database.sessions.begin() as session:
+        amended = amend_report(session, store, first, session.get_one(User, radiologist),
+                               "Edited findings.", "Moderate left pleural effusion.",
+                               now=SIGNED_AT + dt.timedelta(hours=2))
+        sr = hd.sr.srread(store.absolute(amended.sr_path or ""))
+
+    assert len(_evidence_uids(sr)) == 2 and _evidence_uids(sr) == _evidence_uids(signed)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                    "StudyInstanceUID", "AccessionNumber", "StudyDate", "StudyTime"):
+        assert sr.get(keyword) == signed.get(keyword), keyword
+    assert sr.VerificationFlag == "VERIFIED"
