@@ -185,3 +185,12 @@ def test_benchmark_smoke_run_passes() -> None:
                             capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "engine greedy == transformers greedy" in result.stderr
+
+
+def test_engine_recovers_after_an_error_in_its_thread(model: Any, engine: Any) -> None:
+    """A request that breaks the forward pass fails alone; the next one is served."""
+    wrong_width = torch.randn(12, HIDDEN // 2)
+    with pytest.raises(RuntimeError):
+        engine.generate([DecodeRequest(wrong_width, 4)])
+    prompt = prompts([15], seed=4)[0]
+    assert engine.generate([DecodeRequest(prompt, 6)])[0].token_ids == reference(model, prompt, 6)

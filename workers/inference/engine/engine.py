@@ -253,6 +253,9 @@ class DecodeEngine:
             raise ValueError(
                 f"prompt of {prompt} tokens does not fit a {self.max_seq_len}-token cache")
         future: Future[DecodeOutput] = Future()
+        # Queued under the lock: an engine thread that fails takes the lock to fail what is
+        # queued and to step down, so a request is either failed with it or served by the
+        # next thread, never left in a queue nobody reads.
         with self._lock:
             if self._closed:
                 raise RuntimeError("the decode engine is closed")
@@ -260,7 +263,7 @@ class DecodeEngine:
                 self._thread = threading.Thread(target=self._loop, name="decode-engine",
                                                 daemon=True)
                 self._thread.start()
-        self._queue.put(_Running(request, future, time.perf_counter()))
+            self._queue.put(_Running(request, future, time.perf_counter()))
         return future
 
     def generate(self, requests: Sequence[DecodeRequest]) -> list[DecodeOutput]:
@@ -291,8 +294,8 @@ class DecodeEngine:
                     pass
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
             log.exception("decode engine stopped on an error")
-            self._fail_all(exc)
             with self._lock:
+                self._fail_all(exc)
                 self._thread = None
             return
         self._fail_all(RuntimeError("the decode engine is closed"))
