@@ -7,7 +7,7 @@ PYTHON    ?= python3
 PY        := $(VENV)/bin/python
 RADNODE   := $(VENV)/bin/radnode
 DEMO_MODEL := var/models/demo/manifest.json
-APT_PACKAGES := dcmtk dicom3tools orthanc chromium chromium-driver
+APT_PACKAGES := dcmtk dicom3tools orthanc chromium chromium-driver docker-compose systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test install system-deps demo-model lint typecheck bench clean
@@ -20,10 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[cpu,test]"
 	touch $@
 
-# Debian tools the integration tests drive: DCMTK, dicom3tools, Orthanc, Chromium.
+# Debian tools the integration tests drive: DCMTK, dicom3tools, Orthanc, Chromium, and the
+# validators of the deployment files (docker-compose, systemd-analyze).
 system-deps:
 	@missing=""; \
-	for tool in storescu dciodvfy Orthanc chromium; do \
+	for tool in storescu dciodvfy Orthanc chromium docker-compose systemd-analyze; do \
 	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
 	done; \
 	if [ -n "$$missing" ]; then \
