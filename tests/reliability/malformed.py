@@ -55,7 +55,7 @@ OTHER_SOP_CLASSES = (
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                        b"UR", b"UT", b"UV"})
 _UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-_INVALID_UIDS = ("", "1.2.abc", "01.2.3", "1..2", "../../etc", "1." + "2" * 70, "1.2.3.")
+_INVALID_UIDS = ("", "1.2.abc", "1.2.-3", "1..2", "../../etc", "1." + "2" * 70, "1.2.3.")
 _DELIMITERS = (
     struct.pack("<HHI", 0xFFFE, 0xE00D, 0),  # item delimitation
     struct.pack("<HHI", 0xFFFE, 0xE0DD, 0),  # sequence delimitation
