@@ -180,6 +180,18 @@ class WorkerSettings(_Section):
     stale_after_seconds: float = Field(60.0, gt=0)
     """A worker with no beat for this long is shown as stale."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_shared_storage_key(cls, data: object) -> object:
+        """Read ``shared_storage = true`` of earlier configuration files as the default
+        source; ``false`` names no source, so it is refused with what to write instead."""
+        if isinstance(data, dict) and "shared_storage" in data:
+            data = dict(data)
+            if data.pop("shared_storage") not in (True, "true", "True", "1", 1):
+                raise ValueError('shared_storage = false is replaced by instance_source = '
+                                 '"http" (with node_url and a token)')
+        return data
+
     @field_validator("node_url")
     @classmethod
     def _check_node_url(cls, value: str) -> str:

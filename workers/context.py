@@ -85,7 +85,9 @@ class BundleDrafter:
                     self._bundle = load_bundle(
                         self.bundle_dir, device=device,
                         decode_engine=engine_wanted(self.decode_engine, device),
-                        engine_batch=self.engine_batch)
+                        engine_batch=self.engine_batch,
+                        engine_max_new_tokens=int(
+                            self.generation_overrides.get("max_new_tokens", 0)) or None)
         return self._bundle
 
     def __call__(self, paths: Sequence[Path], indication: str | None) -> DraftLike:

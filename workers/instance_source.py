@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from pydicom import dcmread
@@ -133,6 +133,15 @@ def multipart_parts(body: bytes, content_type: str) -> list[tuple[dict[str, str]
     return parts
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Answer a redirect with its own status instead of following it: urllib would send the
+    bearer token on to wherever the redirect points."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> None:
+        return None
+
+
 class HttpInstances:
     """Fetch a study's instances from the node's WADO-RS service into a per-job folder.
 
@@ -171,7 +180,7 @@ class HttpInstances:
         self.retry_pause_seconds = retry_pause_seconds
         self.scratch_dir = scratch_dir
         self._opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=ssl_context))
+            urllib.request.HTTPSHandler(context=ssl_context), _RefuseRedirects())
 
     def instance_url(self, study_uid: str, item: InstanceRef) -> str:
         """The WADO-RS address of one instance."""

@@ -112,7 +112,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     retention_actions = retention.add_subparsers(dest="retention_command", required=True,
                                                  metavar="ACTION")
     run = retention_actions.add_parser(
-        "run", help="remove the images of signed and delivered studies past keep_images_days")
+        "run", help="remove the images of signed and delivered studies past keep_images_days "
+                    "(runs now, also when [retention] enabled = false)")
     run.add_argument("--dry-run", action="store_true",
                      help="list what would be removed; change nothing")
     run.add_argument("--json", action="store_true", help="print JSON")

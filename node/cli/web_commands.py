@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -78,6 +79,14 @@ def _user_token(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     database = Database.from_settings(settings, migrate=settings.database.migrate_on_start)
+    output = None
+    if args.output and not args.revoke:
+        # The file is made first, so that a token is only issued where it can be written.
+        try:
+            output = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            print(f"radnode: cannot create {args.output}: {exc.strerror}", file=sys.stderr)
+            return 2
     try:
         with database.sessions.begin() as session:
             if args.revoke:
@@ -86,11 +95,14 @@ def _user_token(args: argparse.Namespace) -> int:
                 return 0
             token = issue_service_token(session, args.username)
     except UserError as exc:
+        if output is not None:
+            os.close(output)
+            args.output.unlink()
         print(f"radnode: {exc}", file=sys.stderr)
         return 2
-    if args.output:
-        args.output.touch(mode=0o600, exist_ok=False)
-        args.output.write_text(token + "\n", encoding="ascii")
+    if output is not None:
+        with os.fdopen(output, "w", encoding="ascii") as handle:
+            handle.write(token + "\n")
         print(f"token of worker account {args.username} written to {args.output}")
     else:
         print(token)

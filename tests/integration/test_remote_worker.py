@@ -9,7 +9,9 @@ on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import errno
+import http.server
 import ssl
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -445,3 +447,65 @@ def test_purged_instances_are_not_handed_to_a_drafting_job(
     assert recording.sop_uids == [[kept]]
     with node.database.sessions() as session:
         assert session.get_one(Job, job_id).state is JobState.SUCCEEDED
+
+
+# -- the token's own safety ------------------------------------------------------------------
+
+
+def test_token_command_issues_no_token_it_cannot_write(
+        tmp_path: Path, running_node: RunningNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.cli.main import main
+    from node.web.service_auth import authenticate_service
+
+    monkeypatch.setenv("RADNODE_DATABASE__URL", running_node.settings.database.url)
+    existing = tmp_path / "existing.token"
+    existing.write_text("kept\n")
+    assert main(["user", "token", WORKER, "--output", str(existing)]) == 2
+    assert existing.read_text() == "kept\n"
+    with running_node.database.sessions() as session:
+        assert session.scalars(select(ServiceToken)).all() == []
+
+    fresh = tmp_path / "fresh.token"
+    assert main(["user", "token", WORKER, "--output", str(fresh)]) == 0
+    assert fresh.stat().st_mode & 0o777 == 0o600
+    with running_node.database.sessions.begin() as session:
+        assert authenticate_service(session, fresh.read_text().strip(), utcnow()) is not None
+
+
+def test_fetcher_does_not_follow_a_redirect_with_its_token(tmp_path: Path) -> None:
+    seen: list[str | None] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    elsewhere = http.server.HTTPServer(("127.0.0.1", 0), Elsewhere)
+
+    class Redirecting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_port}/x")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    node = http.server.HTTPServer(("127.0.0.1", 0), Redirecting)
+    for server in (elsewhere, node):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fetcher = HttpInstances(f"http://127.0.0.1:{node.server_port}", "secret-token",
+                                attempts=1, scratch_dir=tmp_path)
+        ref = InstanceRef("1.2.3.4", "1.2.3.4.5", "")
+        with pytest.raises(InstanceFetchError, match="302"), \
+                fetcher.local_copies("1.2.3", [ref]):
+            pass
+    finally:
+        node.shutdown()
+        elsewhere.shutdown()
+    assert seen == []

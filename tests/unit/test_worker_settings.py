@@ -93,3 +93,10 @@ def test_decode_engine_follows_the_device_unless_set(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("RADNODE_WORKER__DECODE_ENGINE", "fast")
     with pytest.raises(ConfigError, match="decode_engine"):
         load_settings()
+
+
+def test_earlier_shared_storage_key_still_loads() -> None:
+    assert load_settings(worker={"shared_storage": True}).worker.instance_source \
+        is InstanceSource.SHARED
+    with pytest.raises(ConfigError, match='instance_source = "http"'):
+        load_settings(worker={"shared_storage": False})

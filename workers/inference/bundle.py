@@ -442,6 +442,7 @@ def load_bundle(
     trt_cache_dir: Path | None = None,
     decode_engine: bool = False,
     engine_batch: int = 8,
+    engine_max_new_tokens: int | None = None,
 ) -> LoadedBundle:
     """Load a bundle for drafting.
 
@@ -466,6 +467,9 @@ def load_bundle(
         LLM.
     engine_batch
         The engine's slots: sequences decoded together.
+    engine_max_new_tokens
+        Longest output the engine is sized for when a site allows more than the bundle's
+        ``max_new_tokens``.
 
     Raises
     ------
@@ -522,7 +526,8 @@ def load_bundle(
         try:
             engine = EngineGenerator(model, tokenizer, max_batch=engine_batch,
                                      num_image_tokens=manifest.num_image_tokens,
-                                     max_new_tokens=manifest.generation.max_new_tokens)
+                                     max_new_tokens=max(manifest.generation.max_new_tokens,
+                                                        engine_max_new_tokens or 0))
         except UnsupportedModelError as exc:
             raise BundleError(f"the decode engine cannot run this LLM: {exc}") from exc
         log.info("decode engine ready", extra={"engine": engine.describe()})

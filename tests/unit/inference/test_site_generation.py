@@ -64,3 +64,15 @@ def test_engine_parity_check_passes_on_the_cpu(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["identical"] == report["images"] == 6
     assert report["encoder_backend"] == "onnx"
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_site_token_limit_above_the_bundles_reaches_the_engine() -> None:
+    """A site allowing more new tokens than the bundle sizes the engine for them."""
+    manifest_limit = BundleDrafter(DEMO_BUNDLE_DIR, "cpu").bundle().manifest.generation
+    wider = BundleDrafter(DEMO_BUNDLE_DIR, "cpu",
+                          {"max_new_tokens": manifest_limit.max_new_tokens + 64},
+                          decode_engine=DecodeEngineMode.ON)
+    engine = wider.bundle().engine
+    assert engine is not None
+    assert engine.engine.max_new_tokens == manifest_limit.max_new_tokens + 64
