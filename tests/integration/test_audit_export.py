@@ -6,7 +6,6 @@ import csv
 import datetime as dt
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,24 +17,18 @@ from tests.integration.web_seed import (
     HTML,
     WebEnv,
     audit_events,
-    build_web_env,
-    fast_password_hashing,
     seed_user,
 )
 
 T0 = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture(autouse=True)
-def _fast_hashing() -> Iterator[None]:
-    with fast_password_hashing():
-        yield
+pytestmark = pytest.mark.usefixtures("fast_hashing")
 
 
 @pytest.fixture
-def web(tmp_path: Path, database_url: str) -> Iterator[WebEnv]:
-    env = build_web_env(tmp_path, database_url)
-    with env.database.sessions.begin() as session:
+def web(web: WebEnv) -> WebEnv:
+    with web.database.sessions.begin() as session:
         for day, (actor, action) in enumerate([
             ("ae:CR_ROOM1", "instance_received"), ("mcurie", "study_viewed"),
             ("=HYPERLINK(\"x\")", "login_failed"), ("mcurie", "report_signed"),
@@ -43,8 +36,7 @@ def web(tmp_path: Path, database_url: str) -> Iterator[WebEnv]:
             session.add(AuditEvent(at=T0 + dt.timedelta(days=day), actor=actor, action=action,
                                    object_type="study", object_id=str(day), study_id=None,
                                    details={"day": day}))
-    yield env
-    env.close()
+    return web
 
 
 @pytest.fixture

@@ -22,16 +22,11 @@ from tests.integration.web_seed import (
     WebEnv,
     audit_events,
     build_web_env,
-    fast_password_hashing,
     form_csrf,
     seed_user,
 )
 
-
-@pytest.fixture(autouse=True)
-def _fast_hashing() -> Iterator[None]:
-    with fast_password_hashing():
-        yield
+pytestmark = pytest.mark.usefixtures("fast_hashing")
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,6 @@ from tests.integration.web_seed import (
     SeededStudy,
     WebEnv,
     audit_events,
-    build_web_env,
-    fast_password_hashing,
     seed_drafted_study,
     seed_user,
     store_instances,
@@ -37,18 +34,13 @@ from tests.integration.web_seed import (
 DAY = dt.timedelta(days=1)
 
 
-@pytest.fixture(autouse=True)
-def _fast_hashing() -> Iterator[None]:
-    with fast_password_hashing():
-        yield
+pytestmark = pytest.mark.usefixtures("fast_hashing")
 
 
 @pytest.fixture
-def web(tmp_path: Path, database_url: str) -> Iterator[WebEnv]:
-    env = build_web_env(tmp_path, database_url)
-    seed_user(env.database, "mcurie")
-    yield env
-    env.close()
+def web(web: WebEnv) -> WebEnv:
+    seed_user(web.database, "mcurie")
+    return web
 
 
 def _service(web: WebEnv, keep_days: float = 7, **values: object) -> RetentionService:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from tests.integration.web_seed import (
     WebEnv,
     audit_events,
     build_web_env,
-    fast_password_hashing,
     seed_drafted_study,
     seed_failed_export,
     seed_failed_job,
@@ -28,18 +26,7 @@ from tests.integration.web_seed import (
     user_by_name,
 )
 
-
-@pytest.fixture(autouse=True)
-def _fast_hashing() -> Iterator[None]:
-    with fast_password_hashing():
-        yield
-
-
-@pytest.fixture
-def web(tmp_path: Path, database_url: str) -> Iterator[WebEnv]:
-    env = build_web_env(tmp_path, database_url)
-    yield env
-    env.close()
+pytestmark = pytest.mark.usefixtures("fast_hashing")
 
 
 @pytest.fixture

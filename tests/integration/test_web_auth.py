@@ -27,7 +27,6 @@ from tests.integration.web_seed import (
     WebEnv,
     audit_events,
     build_web_env,
-    fast_password_hashing,
     form_csrf,
     seed_drafted_study,
     seed_failed_export,
@@ -35,11 +34,7 @@ from tests.integration.web_seed import (
     seed_user,
 )
 
-
-@pytest.fixture(autouse=True)
-def _fast_hashing() -> Iterator[None]:
-    with fast_password_hashing():
-        yield
+pytestmark = pytest.mark.usefixtures("fast_hashing")
 
 @pytest.fixture
 def web(tmp_path: Path, database_url: str) -> Iterator[WebEnv]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import highdicom as hd
 import pytest
@@ -20,25 +18,12 @@ from tests.integration.web_seed import (
     HTML,
     WebEnv,
     audit_events,
-    build_web_env,
-    fast_password_hashing,
     seed_drafted_study,
     seed_study,
     seed_user,
 )
 
-
-@pytest.fixture(autouse=True)
-def _fast_hashing() -> Iterator[None]:
-    with fast_password_hashing():
-        yield
-
-
-@pytest.fixture
-def web(tmp_path: Path, database_url: str) -> Iterator[WebEnv]:
-    env = build_web_env(tmp_path, database_url)
-    yield env
-    env.close()
+pytestmark = pytest.mark.usefixtures("fast_hashing")
 
 
 def _rows(html: str) -> list[str]:
