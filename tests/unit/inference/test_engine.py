@@ -187,10 +187,27 @@ def test_benchmark_smoke_run_passes() -> None:
     assert "engine greedy == transformers greedy" in result.stderr
 
 
-def test_engine_recovers_after_an_error_in_its_thread(model: Any, engine: Any) -> None:
-    """A request that breaks the forward pass fails alone; the next one is served."""
-    wrong_width = torch.randn(12, HIDDEN // 2)
-    with pytest.raises(RuntimeError):
-        engine.generate([DecodeRequest(wrong_width, 4)])
+def test_engine_recovers_after_an_error_in_its_thread(
+        model: Any, engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure inside the engine thread fails the waiting requests (none is left hanging)
+    and the next request starts a new thread."""
+    import workers.inference.engine.engine as engine_module
+
+    real_prefill = engine_module.prefill
+
+    def broken_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(engine_module, "prefill", real_prefill)
+        raise RuntimeError("device fault")
+
+    monkeypatch.setattr(engine_module, "prefill", broken_once)
     prompt = prompts([15], seed=4)[0]
-    assert engine.generate([DecodeRequest(prompt, 6)])[0].token_ids == reference(model, prompt, 6)
+    first = engine.submit(DecodeRequest(prompt, 6))
+    with pytest.raises(RuntimeError, match="device fault"):
+        first.result(timeout=30)
+    again = engine.submit(DecodeRequest(prompt, 6))
+    assert again.result(timeout=30).token_ids == reference(model, prompt, 6)
+
+
+def test_a_prompt_of_the_wrong_width_is_refused_at_once(engine: Any) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        engine.submit(DecodeRequest(torch.randn(12, HIDDEN // 2), 4))

@@ -249,6 +249,10 @@ class DecodeEngine:
             After :meth:`close`.
         """
         prompt = int(request.inputs_embeds.shape[0])
+        width = self.weights.shape.hidden
+        if int(request.inputs_embeds.shape[1]) != width:
+            raise ValueError(f"inputs_embeds must be (T, {width}), "
+                             f"got {tuple(request.inputs_embeds.shape)}")
         if prompt >= self.max_seq_len:
             raise ValueError(
                 f"prompt of {prompt} tokens does not fit a {self.max_seq_len}-token cache")
@@ -341,6 +345,12 @@ class DecodeEngine:
             except torch.OutOfMemoryError as exc:
                 self.table.release(slot)
                 running.future.set_exception(exc)
+            except BaseException:
+                # Back among the pending, so that the engine thread fails it with the
+                # others as it steps down (under the lock a new request waits on).
+                self.table.release(slot)
+                self._pending.insert(0, running)
+                raise
 
     def _start(self, slot: int, running: _Running) -> None:
         request = running.request
