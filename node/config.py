@@ -273,6 +273,9 @@ class AssemblySettings(_Section):
 
     quiet_seconds: float = Field(10.0, ge=0)
     early_stable_single_image: bool = True
+    early_stable_after_seconds: float = Field(2.0, ge=0)
+    """A single CR/DX image is complete once it has been alone this long: time for the next
+    image of a study still being sent (in the same association) to arrive."""
     poll_seconds: float = Field(0.5, gt=0)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
 

@@ -60,6 +60,9 @@ class AssemblyService:
             return True
         if not self.settings.early_stable_single_image or len(study.instances) != 1:
             return False
+        alone_since = now - dt.timedelta(seconds=self.settings.early_stable_after_seconds)
+        if study.last_received_at > alone_since:
+            return False
         modalities = {m.upper() for m in self.settings.selection.modalities}
         return (study.instances[0].modality or "").upper() in modalities
 
@@ -71,10 +74,11 @@ class AssemblyService:
         ids = set(session.scalars(quiet))
         if self.settings.early_stable_single_image:
             modalities = [m.upper() for m in self.settings.selection.modalities]
+            alone_since = now - dt.timedelta(seconds=self.settings.early_stable_after_seconds)
             single = (
                 select(Study.id)
                 .join(Instance, Instance.study_id == Study.id)
-                .where(Study.state == StudyState.RECEIVING)
+                .where(Study.state == StudyState.RECEIVING, Study.last_received_at <= alone_since)
                 .group_by(Study.id)
                 .having(func.count(Instance.id) == 1)
                 .having(func.max(func.upper(Instance.modality)).in_(modalities))

@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from node.assembly.service import AssemblyService
-from node.config import Settings
+from node.config import AssemblySettings, Settings
 from node.db.models import AuditEvent, Study
 from node.runtime import Database, NodeServices
 from node.states import IgnoreReason, StudyState
@@ -25,6 +25,8 @@ from tests.dicom_factory import (
 from tests.integration.dicom_net import exchange, receiver_settings, running_node, wait_for
 
 QUIET = 10.0
+ALONE = dt.timedelta(seconds=AssemblySettings().early_stable_after_seconds)
+"""How long a single radiograph waits alone before early stability."""
 SOP_CLASSES = (DX_FOR_PRESENTATION, CR_IMAGE_STORAGE, SECONDARY_CAPTURE)
 
 
@@ -103,14 +105,35 @@ def test_quiet_period_slides_with_each_instance(
 def test_single_radiograph_is_stable_at_once(
     receiver: NodeServices, assembly: AssemblyService, modality: str
 ) -> None:
-    """A single CR or DX image is complete on arrival (early stability)."""
+    """A single CR or DX image is complete once it has been alone for
+    ``early_stable_after_seconds``, long before the quiet period (early stability)."""
     uid = generate_uid()
     _send(receiver, _chest(uid, modality=modality))
     arrived = _study(receiver, uid).last_received_at
-    assert assembly.tick(now=arrived) == [_study(receiver, uid).id]
+    assert dt.timedelta(seconds=QUIET) > ALONE
+    assert assembly.tick(now=arrived) == []
+    assert assembly.tick(now=arrived + ALONE) == [_study(receiver, uid).id]
     study = _study(receiver, uid)
     assert study.state is StudyState.STABLE
     assert study.state_reason == "1 frontal of 1 chest images"
+
+
+def test_an_image_sent_right_after_the_first_keeps_the_study_open(
+    receiver: NodeServices, assembly: AssemblyService
+) -> None:
+    """A study still being sent is not closed on its first image: the lateral that follows
+    within ``early_stable_after_seconds`` makes it a two-image study that waits."""
+    uid = generate_uid()
+    _send(receiver, _chest(uid, 1, view_position="LL"))
+    first = _study(receiver, uid).last_received_at
+    half = dt.timedelta(seconds=assembly.settings.early_stable_after_seconds / 2)
+    assert assembly.tick(now=first + half) == []
+    _send(receiver, _chest(uid, 2))
+    last = _study(receiver, uid).last_received_at
+    assert assembly.tick(now=last + 2 * half) == []
+    assert _study(receiver, uid).state is StudyState.RECEIVING
+    assert assembly.tick(now=last + dt.timedelta(seconds=QUIET)) == [_study(receiver, uid).id]
+    assert _study(receiver, uid).state is StudyState.STABLE
 
 
 def test_early_stability_can_be_turned_off(receiver: NodeServices, settings: Settings) -> None:
@@ -183,7 +206,7 @@ def test_late_instance_reopens_stable_study(
     """An instance arriving after completion reopens the study, which completes again."""
     uid = generate_uid()
     _send(receiver, _chest(uid, 1))
-    assembly.tick(now=_study(receiver, uid).last_received_at)
+    assembly.tick(now=_study(receiver, uid).last_received_at + ALONE)
     assert _study(receiver, uid).state is StudyState.STABLE
 
     _send(receiver, _chest(uid, 2, view_position="LL"))
@@ -205,7 +228,7 @@ def test_late_instance_reopens_ignored_study(
     """A frontal view arriving after a lateral-only study was ignored gets it drafted."""
     uid = generate_uid()
     _send(receiver, _chest(uid, 1, view_position="LL"))
-    assembly.tick(now=_study(receiver, uid).last_received_at)
+    assembly.tick(now=_study(receiver, uid).last_received_at + ALONE)
     assert _study(receiver, uid).state is StudyState.IGNORED
     _send(receiver, _chest(uid, 2, view_position="PA"))
     last = _study(receiver, uid).last_received_at

@@ -141,6 +141,8 @@ def test_four_senders_while_drafting(tmp_path: Path, database_url: str) -> None:
         # The node writes its own file meta; the dataset is the one sent, byte for byte.
         assert read_part10(stored)[1] == read_part10(by_uid[uid])[1]
     assert reports == dict.fromkeys(chest, 1)
+    # Each study streams in one association without pauses: none is closed early.
+    assert late == 0, f"{late} instances arrived after their study was closed"
     record_figures(f"load_{database_url.split(':')[0].split('+')[0]}", {
         "senders": SENDERS,
         "instances_sent": len(sent),
