@@ -86,6 +86,7 @@ class BundleDrafter:
                         self.bundle_dir, device=device,
                         decode_engine=engine_wanted(self.decode_engine, device),
                         engine_batch=self.engine_batch,
+                        engine_required=self.decode_engine is DecodeEngineMode.ON,
                         engine_max_new_tokens=int(
                             self.generation_overrides.get("max_new_tokens", 0)) or None)
         return self._bundle

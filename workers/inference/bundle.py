@@ -443,6 +443,7 @@ def load_bundle(
     decode_engine: bool = False,
     engine_batch: int = 8,
     engine_max_new_tokens: int | None = None,
+    engine_required: bool = True,
 ) -> LoadedBundle:
     """Load a bundle for drafting.
 
@@ -470,6 +471,9 @@ def load_bundle(
     engine_max_new_tokens
         Longest output the engine is sized for when a site allows more than the bundle's
         ``max_new_tokens``.
+    engine_required
+        With ``False``, an LLM the engine cannot run is loaded for ``model.generate`` (with
+        a warning) instead of raising.
 
     Raises
     ------
@@ -529,8 +533,11 @@ def load_bundle(
                                      max_new_tokens=max(manifest.generation.max_new_tokens,
                                                         engine_max_new_tokens or 0))
         except UnsupportedModelError as exc:
-            raise BundleError(f"the decode engine cannot run this LLM: {exc}") from exc
-        log.info("decode engine ready", extra={"engine": engine.describe()})
+            if engine_required:
+                raise BundleError(f"the decode engine cannot run this LLM: {exc}") from exc
+            log.warning("decode engine not used: %s; drafting with model.generate", exc)
+        else:
+            log.info("decode engine ready", extra={"engine": engine.describe()})
     return LoadedBundle(path, manifest, encoder, model, tokenizer, torch_device, engine)
 
 

@@ -76,3 +76,19 @@ def test_site_token_limit_above_the_bundles_reaches_the_engine() -> None:
     engine = wider.bundle().engine
     assert engine is not None
     assert engine.engine.max_new_tokens == manifest_limit.max_new_tokens + 64
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_an_llm_the_engine_cannot_run_is_refused_only_when_the_engine_is_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``on`` refuses such a bundle; ``auto`` drafts it with ``model.generate``."""
+    from workers.inference import bundle as bundle_module
+    from workers.inference.engine import weights
+
+    monkeypatch.setattr(weights, "unsupported_reason", lambda model: "a decoder of another kind")
+    with pytest.raises(bundle_module.BundleError, match="another kind"):
+        bundle_module.load_bundle(DEMO_BUNDLE_DIR, decode_engine=True)
+    loaded = bundle_module.load_bundle(DEMO_BUNDLE_DIR, decode_engine=True,
+                                       engine_required=False)
+    assert loaded.engine is None
