@@ -30,15 +30,9 @@ def read_part10(path: Path) -> tuple[FileMetaDataset, bytes]:
     return split_part10(path.read_bytes())
 
 
-def write_raw_part10(
-    path: Path,
-    dataset_bytes: bytes,
-    *,
-    sop_class_uid: str,
-    sop_instance_uid: str,
-    transfer_syntax_uid: str,
-) -> Path:
-    """Write a Part 10 file whose dataset is exactly ``dataset_bytes`` (valid or not)."""
+def part10(dataset_bytes: bytes, *, sop_class_uid: str, sop_instance_uid: str,
+           transfer_syntax_uid: str) -> bytes:
+    """Wrap dataset bytes (valid or not) in a preamble and File Meta Information."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class_uid
     meta.MediaStorageSOPInstanceUID = sop_instance_uid
@@ -48,7 +42,21 @@ def write_raw_part10(
     buffer.is_little_endian = True
     buffer.is_implicit_VR = False
     write_file_meta_info(buffer, meta, enforce_standard=True)
-    path.write_bytes(b"\x00" * 128 + b"DICM" + buffer.getvalue() + dataset_bytes)
+    return b"\x00" * 128 + b"DICM" + buffer.getvalue() + dataset_bytes
+
+
+def write_raw_part10(
+    path: Path,
+    dataset_bytes: bytes,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+) -> Path:
+    """Write a Part 10 file whose dataset is exactly ``dataset_bytes`` (valid or not)."""
+    path.write_bytes(part10(dataset_bytes, sop_class_uid=sop_class_uid,
+                            sop_instance_uid=sop_instance_uid,
+                            transfer_syntax_uid=transfer_syntax_uid))
     return path
 
 

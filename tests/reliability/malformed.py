@@ -22,12 +22,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import data_element_generator
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import write_dataset
 from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -36,6 +35,7 @@ from pydicom.uid import (
 
 from node.dicom.statuses import StoreStatus
 from tests.dicom_factory import CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, make_cxr_dataset
+from tests.integration.dicom_files import part10
 
 CANNOT_UNDERSTAND = int(StoreStatus.CANNOT_UNDERSTAND)
 DOES_NOT_MATCH = int(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
@@ -117,21 +117,6 @@ def _encode(ds: Dataset, *, implicit: bool) -> bytes:
     buffer.is_implicit_VR = implicit
     write_dataset(buffer, ds)
     return buffer.getvalue()
-
-
-def part10(dataset_bytes: bytes, *, sop_class_uid: str, sop_instance_uid: str,
-           transfer_syntax_uid: str) -> bytes:
-    """Wrap dataset bytes (valid or not) in a preamble and File Meta Information."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax_uid
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return b"\x00" * 128 + b"DICM" + buffer.getvalue() + dataset_bytes
 
 
 def top_level_elements(body: bytes, *, implicit: bool) -> list[_Element]:

@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from node.dicom.statuses import StoreStatus
 from node.runtime import NodeServices
 from tests.dicom_factory import make_cxr_dataset
+from tests.integration.dicom_files import part10
 from tests.integration.dicom_net import receiver_settings, running_node
 from tests.reliability.hostile_scu import (
     ABORTED,
@@ -33,7 +34,7 @@ from tests.reliability.hostile_scu import (
     stored_instance_uids,
     write_instances,
 )
-from tests.reliability.malformed import Defect, MalformedGenerator, _encode, part10
+from tests.reliability.malformed import Defect, MalformedGenerator, _encode
 
 pytestmark = [
     pytest.mark.reliability,
