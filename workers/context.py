@@ -97,10 +97,7 @@ class BundleDrafter:
         if not paths:
             raise PermanentJobError("the study has no stored instances")
         bundle = self.bundle()
-        generation = bundle.manifest.generation
-        if self.generation_overrides:
-            generation = type(generation)(**{**generation.model_dump(),
-                                              **self.generation_overrides})
+        generation = bundle.manifest.generation.with_overrides(self.generation_overrides)
         result: DraftLike = draft_study(list(paths), bundle, indication=indication,
                                         generation=generation, seed=self.seed)
         return result

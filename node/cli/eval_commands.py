@@ -19,7 +19,6 @@ def _draft_records(args: argparse.Namespace, settings: Settings) -> list[Any]:
     from workers.context import resolve_device
     from workers.evaluation.drafted import (
         draft_folder,
-        generation_with,
         parse_generation_overrides,
         read_references,
     )
@@ -33,7 +32,7 @@ def _draft_records(args: argparse.Namespace, settings: Settings) -> list[Any]:
     references = read_references(args.references)
     bundle = load_bundle(args.bundle or settings.model.bundle,
                          device=resolve_device(args.device))
-    generation = generation_with(bundle.manifest.generation, overrides)
+    generation = bundle.manifest.generation.with_overrides(overrides)
     seed = settings.model.seed if args.seed is None else args.seed
     print(f"drafting {len(references)} studies with {bundle.manifest.name} "
           f"{bundle.manifest.version} (temperature {generation.temperature}, top_p "

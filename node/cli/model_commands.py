@@ -75,28 +75,14 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def collect_dicom_files(paths: list[Path]) -> list[Path]:
-    """Expand folders into the DICOM Part 10 files they hold (by the ``DICM`` marker)."""
-    found: list[Path] = []
-    for path in paths:
-        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for candidate in candidates:
-            with candidate.open("rb") as handle:
-                handle.seek(128)
-                if handle.read(4) == b"DICM":
-                    found.append(candidate)
-    return found
-
-
 def _draft(args: argparse.Namespace) -> int:
     from workers.context import resolve_device
     from workers.inference.bundle import load_bundle
-    from workers.inference.drafting import draft_study
-    from workers.inference.manifest import GenerationSpec
+    from workers.inference.drafting import dicom_files_in, draft_study
 
     settings = load_settings()
     bundle_dir = args.bundle or settings.model.bundle
-    paths = collect_dicom_files(args.paths)
+    paths = dicom_files_in(args.paths)
     if not paths:
         print("radnode draft: no DICOM files found", file=sys.stderr)
         return 2
@@ -105,8 +91,7 @@ def _draft(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"temperature": args.temperature, "top_p": args.top_p,
                                    "max_new_tokens": args.max_new_tokens}.items()
                  if v is not None}
-    if overrides:
-        generation = GenerationSpec(**{**generation.model_dump(), **overrides})
+    generation = generation.with_overrides(overrides)
     result = draft_study(paths, bundle, generation=generation, seed=args.seed)
     print(json.dumps(result.to_json_dict(), indent=2))
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from workers.evaluation.harness import EvalRecord, PredictionsError
 from workers.inference.bundle import LoadedBundle
-from workers.inference.drafting import DraftResult, draft_study
+from workers.inference.drafting import DraftResult, dicom_files_in, draft_study
 from workers.inference.manifest import GenerationSpec
 
 GENERATION_KEYS: dict[str, type[int] | type[float]] = {
@@ -55,11 +55,6 @@ def parse_generation_overrides(text: str) -> dict[str, float | int]:
     return overrides
 
 
-def generation_with(base: GenerationSpec, overrides: Mapping[str, float | int]) -> GenerationSpec:
-    """The bundle's generation spec with ``overrides`` applied and validated."""
-    return GenerationSpec(**{**base.model_dump(), **overrides})
-
-
 def read_references(path: Path) -> dict[str, str]:
     """Read ``{"id", "reference"}`` jsonl into id → reference report.
 
@@ -86,17 +81,11 @@ def read_references(path: Path) -> dict[str, str]:
     return references
 
 
-def _is_dicom(path: Path) -> bool:
-    with path.open("rb") as handle:
-        handle.seek(128)
-        return handle.read(4) == b"DICM"
-
-
 def study_folders(root: Path) -> dict[str, list[Path]]:
     """Sub-folders of ``root`` holding DICOM Part 10 files: folder name → files."""
     studies: dict[str, list[Path]] = {}
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        files = [p for p in sorted(folder.rglob("*")) if p.is_file() and _is_dicom(p)]
+        files = dicom_files_in([folder])
         if files:
             studies[folder.name] = files
     return studies
@@ -154,5 +143,5 @@ def draft_folder(root: Path, references: Mapping[str, str], bundle: LoadedBundle
     return records
 
 
-__all__ = ["GENERATION_KEYS", "draft_folder", "generation_with", "parse_generation_overrides",
+__all__ = ["GENERATION_KEYS", "draft_folder", "parse_generation_overrides",
            "read_references", "report_text", "study_folders"]

@@ -158,6 +158,19 @@ def split_report_sections(text: str, output_sections: str) -> tuple[str, str]:
     return findings_part.strip(), impression_part.strip()
 
 
+def dicom_files_in(paths: Sequence[Path]) -> list[Path]:
+    """Expand files and folders into the DICOM Part 10 files they hold (``DICM`` marker)."""
+    found: list[Path] = []
+    for path in paths:
+        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for candidate in candidates:
+            with candidate.open("rb") as handle:
+                handle.seek(128)
+                if handle.read(4) == b"DICM":
+                    found.append(candidate)
+    return found
+
+
 def _attribute_text(ds: Dataset, path: str) -> str | None:
     keyword, _, inner = path.partition(".")
     value = ds.get(keyword)
@@ -333,6 +346,7 @@ __all__ = [
     "DraftResult",
     "DraftTimings",
     "DraftTokens",
+    "dicom_files_in",
     "INDICATION_ATTRIBUTES",
     "ImageUsed",
     "ModelUsed",

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -161,6 +162,10 @@ class GenerationSpec(_Spec):
     def greedy(self) -> bool:
         """Whether decoding is greedy (no sampling)."""
         return self.temperature <= 0.0
+
+    def with_overrides(self, overrides: Mapping[str, float | int]) -> GenerationSpec:
+        """This spec with ``overrides`` (field name → value) applied and validated."""
+        return GenerationSpec(**{**self.model_dump(), **overrides})
 
 
 class BundleManifest(BaseModel):
