@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -23,6 +22,7 @@ from node.db.types import utcnow
 from node.states import StudyState
 from node.web.charts import bar_chart, latency_histogram, share_bar
 from node.web.deps import AdminDep, get_context, render
+from node.web.prometheus import add_family
 from node.web.quality_view import agreement_metric_lines, agreement_panel
 from node.web.stats import (
     LatencySummary,
@@ -82,22 +82,13 @@ def monitoring(request: Request, viewer: AdminDep) -> Response:
     })
 
 
-def _metric(lines: list[str], name: str, kind: str, help_text: str,
-            samples: Iterable[tuple[str, float]]) -> None:
-    lines.append(f"# HELP {name} {help_text}")
-    lines.append(f"# TYPE {name} {kind}")
-    for labels, value in samples:
-        lines.append(f"{name}{labels} {value:.6g}" if isinstance(value, float)
-                     else f"{name}{labels} {value}")
-
-
 def _summary(lines: list[str], name: str, help_text: str, summary: LatencySummary) -> None:
     samples: list[tuple[str, float]] = []
     for quantile, value in (("0.5", summary.p50), ("0.9", summary.p90),
                             ("0.99", summary.p99)):
         samples.append((f'{{quantile="{quantile}"}}', float("nan") if value is None
                         else float(value)))
-    _metric(lines, name, "summary", help_text, samples)
+    add_family(lines, name, "summary", help_text, samples)
     lines.append(f"{name}_sum {summary.total:.6g}")
     lines.append(f"{name}_count {summary.count}")
 
@@ -119,19 +110,19 @@ def metrics(request: Request) -> Response:
     lines: list[str] = []
     for name, what in (("studies", "Studies"), ("jobs", "Drafting jobs"),
                        ("exports", "Report exports"), ("reports", "Report versions")):
-        _metric(lines, f"radnode_{name}", "gauge", f"{what} by state.",
+        add_family(lines, f"radnode_{name}", "gauge", f"{what} by state.",
                 [(f'{{state="{state}"}}', count) for state, count in counts[name].items()])
-    _metric(lines, "radnode_jobs_running", "gauge", "Drafting jobs running now.",
+    add_family(lines, "radnode_jobs_running", "gauge", "Drafting jobs running now.",
             [("", workers.running)])
     oldest = ((now - workers.oldest_waiting).total_seconds()
               if workers.oldest_waiting is not None else 0.0)
-    _metric(lines, "radnode_job_oldest_waiting_seconds", "gauge",
+    add_family(lines, "radnode_job_oldest_waiting_seconds", "gauge",
             "Age of the oldest queued or retrying drafting job.", [("", float(max(oldest, 0)))])
-    _metric(lines, "radnode_storage_free_bytes", "gauge", "Free bytes on the storage volume.",
+    add_family(lines, "radnode_storage_free_bytes", "gauge", "Free bytes on the storage volume.",
             [("", capacity.free_bytes)])
-    _metric(lines, "radnode_storage_total_bytes", "gauge", "Size of the storage volume.",
+    add_family(lines, "radnode_storage_total_bytes", "gauge", "Size of the storage volume.",
             [("", capacity.total_bytes)])
-    _metric(lines, "radnode_storage_accepting", "gauge",
+    add_family(lines, "radnode_storage_accepting", "gauge",
             "1 when storage is under its watermarks and accepts new instances.",
             [("", int(capacity.accepting))])
     _summary(lines, "radnode_draft_latency_seconds",

@@ -27,18 +27,10 @@ from node.quality.records import (
     latest_model,
     window_stats,
 )
+from node.web.prometheus import add_family, label_set
 
 #: Colour classes of the chart's lines (``.series.s0`` ... in app.css), used in turn.
 SERIES_CLASSES = 7
-
-
-def _label_value(value: str) -> str:
-    """A Prometheus label value, escaped."""
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float | None) -> str:
-    return "NaN" if value is None else f"{value:.6g}"
 
 
 def agreement_metric_lines(session: Session, settings: Settings,
@@ -66,18 +58,12 @@ def agreement_metric_lines(session: Session, settings: Settings,
     ]
     lines: list[str] = []
     for name, help_text, value_of in gauges:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} gauge")
-        for window in windows:
-            labels = (f'{{observation="{_label_value(window.observation.value)}",'
-                      f'model="{_label_value(window.model.name)}",'
-                      f'model_version="{_label_value(window.model.version)}"}}')
-            value = value_of(window)
-            lines.append(f"{name}{labels} "
-                         f"{value if isinstance(value, int) else _number(value)}")
-    lines.append("# HELP radnode_observation_agreement_threshold Alert threshold of agreement.")
-    lines.append("# TYPE radnode_observation_agreement_threshold gauge")
-    lines.append(f"radnode_observation_agreement_threshold {quality.agreement_threshold:.6g}")
+        add_family(lines, name, "gauge", help_text, [
+            (label_set(observation=w.observation.value, model=w.model.name,
+                       model_version=w.model.version), value_of(w))
+            for w in windows])
+    add_family(lines, "radnode_observation_agreement_threshold", "gauge",
+               "Alert threshold of agreement.", [("", float(quality.agreement_threshold))])
     return lines
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from node.config import Settings
 from node.db.models import WorkerHeartbeat
 from node.web.charts import share_bar
+from node.web.prometheus import add_family, label_set
 
 
 @dataclass(frozen=True)
@@ -83,39 +84,27 @@ def worker_panel(session: Session, settings: Settings, now: dt.datetime) -> Work
     return WorkerPanel(rows, stale_after)
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def worker_metric_lines(session: Session, settings: Settings, now: dt.datetime) -> list[str]:
     """Prometheus lines: workers alive and stale, and per alive worker its GPU memory and
     jobs in flight."""
     panel = worker_panel(session, settings, now)
-    lines = [
-        "# HELP radnode_workers_alive Drafting worker processes with a recent heartbeat.",
-        "# TYPE radnode_workers_alive gauge",
-        f"radnode_workers_alive {panel.alive}",
-        "# HELP radnode_workers_stale Drafting workers whose heartbeat is overdue.",
-        "# TYPE radnode_workers_stale gauge",
-        f"radnode_workers_stale {panel.stale}",
-        "# HELP radnode_worker_gpu_memory_bytes GPU memory of an alive worker's device "
-        "(used: by every process on the GPU).",
-        "# TYPE radnode_worker_gpu_memory_bytes gauge",
-    ]
     alive = [row for row in panel.rows if row.alive]
-    for row in alive:
-        labels = (f'worker="{_label(row.name)}",host="{_label(row.host)}",'
-                  f'device="{_label(row.device)}"')
-        for kind, value in (("used", row.memory_used_bytes),
-                            ("total", row.memory_total_bytes)):
-            if value is not None:
-                lines.append(f'radnode_worker_gpu_memory_bytes{{{labels},kind="{kind}"}} {value}')
-    lines += [
-        "# HELP radnode_worker_jobs_in_flight Drafting jobs an alive worker is running.",
-        "# TYPE radnode_worker_jobs_in_flight gauge",
-    ]
-    lines += [f'radnode_worker_jobs_in_flight{{worker="{_label(row.name)}",'
-              f'host="{_label(row.host)}"}} {row.jobs_in_flight}' for row in alive]
+    lines: list[str] = []
+    add_family(lines, "radnode_workers_alive", "gauge",
+               "Drafting worker processes with a recent heartbeat.", [("", panel.alive)])
+    add_family(lines, "radnode_workers_stale", "gauge",
+               "Drafting workers whose heartbeat is overdue.", [("", panel.stale)])
+    add_family(lines, "radnode_worker_gpu_memory_bytes", "gauge",
+               "GPU memory of an alive worker's device (used: by every process on the GPU).",
+               [(label_set(worker=row.name, host=row.host, device=row.device, kind=kind), value)
+                for row in alive
+                for kind, value in (("used", row.memory_used_bytes),
+                                    ("total", row.memory_total_bytes))
+                if value is not None])
+    add_family(lines, "radnode_worker_jobs_in_flight", "gauge",
+               "Drafting jobs an alive worker is running.",
+               [(label_set(worker=row.name, host=row.host), row.jobs_in_flight)
+                for row in alive])
     return lines
 
 
