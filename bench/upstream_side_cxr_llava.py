@@ -183,7 +183,7 @@ def run(module: Any, folder: Path, out: Path) -> None:
         if precision == "fp32":
             model = model.float()
         record.update(_stages(module, model, precision, arrays))
-    np.savez(out / "upstream.npz", **arrays)
+    np.savez(out / "upstream.npz", **arrays)  # type: ignore[arg-type]  # (numpy stub)
     (out / "upstream.json").write_text(json.dumps(record, indent=2))
 
 

@@ -92,7 +92,7 @@ def test_cxr_llava_bundles_crop_by_floor_also_when_written_before_the_setting(
 def _processor(folder: Path, *, dummy_prefix: bool) -> Any:
     from sentencepiece import sentencepiece_model_pb2
 
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]
     proto.ParseFromString((folder / "tokenizer.model").read_bytes())
     proto.normalizer_spec.add_dummy_prefix = dummy_prefix
     return sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
