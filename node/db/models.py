@@ -23,8 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from node.db.types import UTCDateTime, utcnow
+from node.observations import Mention, Observation
 from node.states import ExportState, JobState, ReportState, Role, StudyState
-from workers.evaluation.observations import Mention, Observation
 
 UID = String(64)
 AE_TITLE = String(16)
