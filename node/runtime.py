@@ -7,13 +7,9 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
-
 from node.assembly.service import AssemblyService
 from node.config import Settings
-from node.db.engine import create_db_engine, create_session_factory
-from node.db.migrate import upgrade
+from node.db.engine import Database
 from node.dicom.ingest import InstanceIngestor
 from node.dicom.qr import QueryRetrieveService
 from node.dicom.scp import DicomListener
@@ -30,22 +26,6 @@ if TYPE_CHECKING:
     from workers.jobs import JobContext
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Database:
-    """An engine and its session factory."""
-
-    engine: Engine
-    sessions: sessionmaker[Session]
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, migrate: bool = False) -> Database:
-        """Connect (and optionally migrate) the configured database."""
-        engine = create_db_engine(settings.database.url, echo=settings.database.echo)
-        if migrate:
-            upgrade(engine)
-        return cls(engine, create_session_factory(engine))
 
 
 def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
