@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def embedded_worker_name(settings: Settings) -> str:
+    """The heartbeat name of this node's embedded worker, unique per node on a host.
+
+    Parameters
+    ----------
+    settings
+        The node's settings: its DICOM port tells two nodes on one host apart.
+
+    Returns
+    -------
+    str
+        ``embedded@HOST:PORT``; with port 0 (a port the system picks) the process id
+        and a random suffix stand in for the port, ``embedded@HOST:PID-XXXXXXXX``.
+    """
+    host = socket.gethostname()
+    if settings.dicom.port:
+        return f"embedded@{host}:{settings.dicom.port}"
+    return f"embedded@{host}:{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
     """Celery over Redis when a broker is configured, else an in-process worker."""
     if settings.broker.url:
@@ -45,7 +67,7 @@ def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
 
     identity = read_bundle_identity(settings.model.bundle)
     heartbeat = HeartbeatWriter(
-        database.sessions, worker_name=f"embedded@{socket.gethostname()}",
+        database.sessions, worker_name=embedded_worker_name(settings),
         requested_device=settings.worker.device,
         model_name=identity.name if identity else None,
         model_version=identity.version if identity else None,
