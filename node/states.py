@@ -73,3 +73,4 @@ class IgnoreReason(enum.Enum):
     NOT_CHEST = "body part is not the chest"
     NO_FRONTAL_VIEW = "no frontal (PA/AP) view"
     NO_IMAGES = "no image instances"
+    DERIVED_ONLY = "only secondary captures or derived images"

@@ -14,6 +14,10 @@ from workers.inference.frontal import View, classify_view
 _NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.",
                            "1.2.840.10008.5.1.4.1.1.104.", "1.2.840.10008.5.1.4.1.1.9.")
 
+#: Secondary Capture Image Storage and its multi-frame variants
+#: (1.2.840.10008.5.1.4.1.1.7 and 1.2.840.10008.5.1.4.1.1.7.1 … .7.4).
+_SECONDARY_CAPTURE_SOP = "1.2.840.10008.5.1.4.1.1.7"
+
 @dataclass(frozen=True)
 class InstanceFacts:
     """The header facts selection looks at (from the ``instances`` table)."""
@@ -23,6 +27,27 @@ class InstanceFacts:
     body_part: str | None
     view_position: str | None
     series_description: str | None
+    image_type: str | None = None
+    conversion_type: str | None = None
+
+
+def is_derived(facts: InstanceFacts) -> bool:
+    """Whether an instance is a secondary capture or a derived image, not an acquisition.
+
+    A secondary capture SOP class, an Image Type whose first value is ``DERIVED`` or
+    whose second is ``SECONDARY``, or any Conversion Type (screenshots, scanned film,
+    workstation captures) mark an image a radiologist did not acquire on the patient,
+    whatever Modality it is labelled with.
+    """
+    sop = facts.sop_class_uid
+    if sop == _SECONDARY_CAPTURE_SOP or sop.startswith(_SECONDARY_CAPTURE_SOP + "."):
+        return True
+    if (facts.conversion_type or "").strip():
+        return True
+    values = [v.strip().upper() for v in (facts.image_type or "").split("\\")]
+    return (len(values) > 0 and values[0] == "DERIVED") or (
+        len(values) > 1 and values[1] == "SECONDARY"
+    )
 
 
 @dataclass(frozen=True)
@@ -70,15 +95,21 @@ def decide(instances: Sequence[InstanceFacts], rules: SelectionSettings) -> Sele
     SelectionDecision
         ``draft=True`` when at least one CR/DX chest image with a frontal view
         (or, if allowed, an unknown view) is present; laterals stay as evidence.
+        Secondary captures and derived images never count (see :func:`is_derived`).
     """
     images = [f for f in instances if not f.sop_class_uid.startswith(_NON_IMAGE_SOP_PREFIXES)]
     if not images:
         return SelectionDecision(False, IgnoreReason.NO_IMAGES.value, IgnoreReason.NO_IMAGES)
     modalities = {m.upper() for m in rules.modalities}
-    radiographs = [f for f in images if (f.modality or "").upper() in modalities]
-    if not radiographs:
+    labelled = [f for f in images if (f.modality or "").upper() in modalities]
+    if not labelled:
         return SelectionDecision(
             False, IgnoreReason.NOT_RADIOGRAPHY.value, IgnoreReason.NOT_RADIOGRAPHY
+        )
+    radiographs = [f for f in labelled if not is_derived(f)]
+    if not radiographs:
+        return SelectionDecision(
+            False, IgnoreReason.DERIVED_ONLY.value, IgnoreReason.DERIVED_ONLY
         )
     body_parts = {b.upper() for b in rules.body_parts}
     chest = [

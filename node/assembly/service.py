@@ -118,7 +118,7 @@ class AssemblyService:
                 return False  # an instance arrived since the study was found due
             facts = [
                 InstanceFacts(i.sop_class_uid, i.modality, i.body_part, i.view_position,
-                              i.series_description)
+                              i.series_description, i.image_type, i.conversion_type)
                 for i in study.instances
             ]
             decision = decide(facts, self.settings.selection)

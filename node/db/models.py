@@ -104,6 +104,8 @@ class Instance(Base):
     view_position: Mapped[str | None] = mapped_column(String(16))
     image_laterality: Mapped[str | None] = mapped_column(String(16))
     series_description: Mapped[str | None] = mapped_column(String(64))
+    image_type: Mapped[str | None] = mapped_column(String(64))
+    conversion_type: Mapped[str | None] = mapped_column(String(16))
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
     rows: Mapped[int | None] = mapped_column(Integer)
     columns: Mapped[int | None] = mapped_column(Integer)

@@ -45,6 +45,8 @@ class InstanceHeader:
     view_position: str | None
     image_laterality: str | None
     series_description: str | None
+    image_type: str | None
+    conversion_type: str | None
     rows: int | None
     columns: int | None
     patient: dict[str, str | None]
@@ -173,6 +175,8 @@ def parse_header(encoded: bytes) -> InstanceHeader:
             view_position=_text(ds, "ViewPosition", 16),
             image_laterality=_text(ds, "ImageLaterality", 16),
             series_description=_text(ds, "SeriesDescription", 64),
+            image_type=_text(ds, "ImageType", 64),
+            conversion_type=_text(ds, "ConversionType", 16),
             rows=_int(ds, "Rows"),
             columns=_int(ds, "Columns"),
             patient={

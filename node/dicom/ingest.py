@@ -277,6 +277,8 @@ class InstanceIngestor:
             instance.view_position = header.view_position
             instance.image_laterality = header.image_laterality
             instance.series_description = header.series_description
+            instance.image_type = header.image_type
+            instance.conversion_type = header.conversion_type
             instance.transfer_syntax_uid = header.transfer_syntax_uid
             instance.rows = header.rows
             instance.columns = header.columns

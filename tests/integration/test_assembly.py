@@ -200,6 +200,32 @@ def test_ct_study_is_ignored_after_quiet_period(
     assert study.state_reason == IgnoreReason.NOT_RADIOGRAPHY.value
 
 
+def test_secondary_capture_labelled_dx_is_ignored_with_reason(
+    receiver: NodeServices, assembly: AssemblyService
+) -> None:
+    """An RGB workstation screenshot labelled DX chest PA is IGNORED as derived, not drafted."""
+    uid = generate_uid()
+    screenshot = _chest(uid, modality="OT", view_position="PA")
+    screenshot.Modality = "DX"
+    screenshot.ConversionType = "WSD"
+    screenshot.ImageType = ["DERIVED", "SECONDARY"]
+    screenshot.SamplesPerPixel = 3
+    screenshot.PhotometricInterpretation = "RGB"
+    screenshot.PlanarConfiguration = 0
+    screenshot.BitsAllocated = screenshot.BitsStored = 8
+    screenshot.HighBit = 7
+    screenshot.PixelData = bytes(16 * 16 * 3)
+    assert screenshot.SOPClassUID == SECONDARY_CAPTURE
+    _send(receiver, screenshot)
+    arrived = _study(receiver, uid).last_received_at
+    assembly.tick(now=arrived + dt.timedelta(seconds=QUIET))
+    study = _study(receiver, uid)
+    assert study.state is StudyState.IGNORED
+    assert study.state_reason == IgnoreReason.DERIVED_ONLY.value
+    assert study.instances[0].conversion_type == "WSD"
+    assert study.instances[0].image_type == "DERIVED\\SECONDARY"
+
+
 def test_late_instance_reopens_stable_study(
     receiver: NodeServices, assembly: AssemblyService
 ) -> None:

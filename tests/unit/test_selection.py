@@ -27,9 +27,12 @@ def facts(
     body_part: str | None = "CHEST",
     view: str | None = "PA",
     description: str | None = None,
+    image_type: str | None = "ORIGINAL\\PRIMARY",
+    conversion_type: str | None = None,
 ) -> InstanceFacts:
     """Header facts of one instance (a DX chest PA unless told otherwise)."""
-    return InstanceFacts(sop_class, modality, body_part, view, description)
+    return InstanceFacts(sop_class, modality, body_part, view, description, image_type,
+                         conversion_type)
 
 
 @pytest.mark.parametrize("modality,sop_class", [("DX", DX), ("CR", CR), ("dx", DX)])
@@ -192,3 +195,46 @@ def test_frontal_views_setting_limits_which_projections_are_drafted() -> None:
     assert ap_study.ignore_reason is IgnoreReason.NO_FRONTAL_VIEW
     assert decide([facts(view="PA")], pa_only).draft is True
     assert decide([facts(view="AP")], RULES).draft is True
+
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+MULTIFRAME_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
+
+
+@pytest.mark.parametrize(
+    "derived",
+    [
+        {"sop_class": SECONDARY_CAPTURE, "conversion_type": "WSD"},
+        {"sop_class": SECONDARY_CAPTURE, "image_type": "ORIGINAL\\PRIMARY"},
+        {"sop_class": MULTIFRAME_TRUE_COLOR_SC},
+        {"image_type": "DERIVED\\PRIMARY"},
+        {"image_type": "ORIGINAL\\SECONDARY"},
+        {"image_type": "derived\\secondary\\AXIAL"},
+        {"conversion_type": "DF"},
+    ],
+)
+def test_derived_images_labelled_dx_are_ignored_with_their_reason(
+    derived: dict[str, str]
+) -> None:
+    """A screenshot or derived image labelled DX chest PA is never drafted."""
+    decision = decide([facts(**derived)], RULES)  # type: ignore[arg-type]
+    assert decision.draft is False
+    assert decision.ignore_reason is IgnoreReason.DERIVED_ONLY
+    assert decision.reason == IgnoreReason.DERIVED_ONLY.value
+
+
+def test_an_acquired_frontal_beside_a_screenshot_is_drafted_alone() -> None:
+    """The derived image does not count; the acquired frontal still qualifies."""
+    decision = decide(
+        [facts(sop_class=SECONDARY_CAPTURE, conversion_type="WSD"), facts(view="LL")], RULES
+    )
+    assert decision.ignore_reason is IgnoreReason.NO_FRONTAL_VIEW
+    decision = decide([facts(sop_class=SECONDARY_CAPTURE, conversion_type="WSD"), facts()],
+                      RULES)
+    assert decision.draft is True
+    assert decision.reason == "1 frontal of 1 chest images"
+
+
+def test_a_missing_image_type_is_not_taken_for_derived() -> None:
+    """Rows indexed without Image Type (older rows) still qualify as acquired."""
+    assert decide([facts(image_type=None)], RULES).draft is True
