@@ -13,9 +13,11 @@ instances of their own series.
   ``settings.destinations``; any other Move Destination is answered 0xA801.
 
 Each instance travels in its stored transfer syntax when the peer accepted it, converted
-between Explicit and Implicit VR Little Endian, or decompressed when only uncompressed
-syntaxes were accepted. An instance that cannot be read or sent counts as a failed
-sub-operation; the others are still sent.
+between Explicit and Implicit VR Little Endian, decompressed when only uncompressed
+syntaxes were accepted, or losslessly encoded when only such a syntax was (see
+:mod:`node.dicom.retrieve_transfer`, which also lets a C-GET requestor's order of
+transfer syntaxes decide, and names the C-MOVE requestor as Move Originator). An
+instance that cannot be read or sent counts as a failed sub-operation; the others are still sent.
 
 Handlers speak DICOM statuses and never raise into pynetdicom. Logs carry AE titles,
 levels and counts; retrievals are recorded as audit events per study.
@@ -67,6 +69,7 @@ from node.dicom.qr_keys import (
     match_dataset,
 )
 from node.dicom.qr_query import find, find_objects
+from node.dicom.retrieve_transfer import fit_to_syntaxes, originate_from, prefer_requestor_syntaxes
 from node.logs import log_event
 from node.storage import InstanceStore
 
@@ -101,7 +104,6 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 
-Handler = Callable[[Any], Iterator[Any]]
 
 
 class _Refusal(Exception):
@@ -267,12 +269,13 @@ class QueryRetrieveService:
         for sop_class in QUERY_RETRIEVE_SOP_CLASSES:
             ae.add_supported_context(sop_class)
 
-    def handlers(self) -> list[tuple[Any, Handler]]:
+    def handlers(self) -> list[tuple[Any, Callable[[Any], Any]]]:
         """The pynetdicom event handlers, for ``AE.start_server(evt_handlers=...)``."""
         return [
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_REQUESTED, prefer_requestor_syntaxes),
         ]
 
     # -- C-FIND -----------------------------------------------------------------------------
@@ -355,13 +358,13 @@ class QueryRetrieveService:
                       destination_ae=destination_ae, status=f"0x{refusal.status:04X}",
                       reason=refusal.reason)
             yield destination.host, destination.port, self._association_options(
-                destination, [], [])
+                destination, [], [], calling_ae)
             yield 1
             yield refusal.status, _failed_list()
             return
         established: list[Association] = []
         yield destination.host, destination.port, self._association_options(
-            destination, plan, established)
+            destination, plan, established, calling_ae)
         log_event(logger, logging.INFO, "move_started", calling_ae=calling_ae,
                   destination_ae=destination_ae, instances=len(plan))
         yield len(plan)
@@ -379,10 +382,15 @@ class QueryRetrieveService:
         destination: Destination,
         plan: Sequence[StoredObject],
         established: list[Association],
+        requestor_ae: str,
     ) -> dict[str, Any]:
-        """``AE.associate`` keyword arguments for the C-MOVE sub-operations."""
+        """``AE.associate`` keyword arguments for the C-MOVE sub-operations.
+
+        The sub-operations name ``requestor_ae`` as their Move Originator.
+        """
 
         def _on_established(event: Any) -> None:
+            originate_from(event.assoc, requestor_ae)
             established.append(event.assoc)
 
         options: dict[str, Any] = {
@@ -476,25 +484,18 @@ class QueryRetrieveService:
             log_event(logger, logging.ERROR, "retrieve_unreadable",
                       sop_instance_uid=item.sop_instance_uid, error=type(exc).__name__)
             return _unsendable(item)
-        if syntax in accepted:
-            return dataset
-        uncompressed = [ts for ts in accepted if not ts.is_compressed]
-        if not syntax.is_compressed and any(
-            ts.is_little_endian == syntax.is_little_endian for ts in uncompressed
-        ):
-            return dataset  # pynetdicom converts between Explicit and Implicit VR
-        if syntax.is_compressed and any(ts in UNCOMPRESSED_LITTLE_ENDIAN for ts in accepted):
-            try:
-                dataset.decompress(generate_instance_uid=False)
-            except Exception as exc:
-                log_event(logger, logging.WARNING, "retrieve_decompress_failed",
-                          sop_instance_uid=item.sop_instance_uid,
-                          transfer_syntax_uid=str(syntax), error=type(exc).__name__)
-                return _unsendable(item)
-            return dataset
-        log_event(logger, logging.WARNING, "retrieve_no_context",
-                  sop_instance_uid=item.sop_instance_uid, transfer_syntax_uid=str(syntax))
-        return _unsendable(item)
+        try:
+            fitted = fit_to_syntaxes(dataset, accepted)
+        except Exception as exc:
+            log_event(logger, logging.WARNING, "retrieve_transcode_failed",
+                      sop_instance_uid=item.sop_instance_uid,
+                      transfer_syntax_uid=str(syntax), error=type(exc).__name__)
+            return _unsendable(item)
+        if fitted is None:
+            log_event(logger, logging.WARNING, "retrieve_no_context",
+                      sop_instance_uid=item.sop_instance_uid, transfer_syntax_uid=str(syntax))
+            return _unsendable(item)
+        return fitted
 
 
 def _calling_ae(event: Any) -> str:

@@ -13,11 +13,16 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import JPEGLSLossless
+from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
 from node.db.models import AuditEvent, Export, Report
@@ -50,6 +55,8 @@ pytestmark = [
 ]
 
 MOVE_AE = "MOVEDEST"
+RECORDER_AE = "RECORDER"
+"""A pynetdicom Storage SCP destination that records each C-STORE's Move Originator."""
 
 
 @dataclass
@@ -60,6 +67,8 @@ class Archive:
     port: int
     content: ArchiveContent
     move_folder: Path
+    originators: list[tuple[str, str, int | None]]
+    """(SOP Instance UID, Move Originator AE Title, Move Originator Message ID) received."""
 
     def stored(self, sop_uid: str) -> Path:
         """The node's file of an instance or report SR."""
@@ -78,6 +87,8 @@ def archive(request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     folder = tmp_path_factory.mktemp(f"qr-{request.param}")
     move_port = free_port()
+    recorder_port = free_port()
+    originators: list[tuple[str, str, int | None]] = []
     move_folder = folder / "moved"
     move_folder.mkdir()
     with database_url_for(request.param, folder) as url, pytest.MonkeyPatch.context() as env:
@@ -86,8 +97,11 @@ def archive(request: pytest.FixtureRequest,
         settings = receiver_settings(
             folder, url,
             destinations=[{"ae_title": MOVE_AE, "host": "127.0.0.1", "port": move_port,
+                           "auto_export": False},
+                          {"ae_title": RECORDER_AE, "host": "127.0.0.1", "port": recorder_port,
                            "auto_export": False}],
         )
+        recorder = _recording_store_scp(recorder_port, originators)
         content = build_files(folder / "files")
         storescp = subprocess.Popen(
             [str(dcmtk_tool("storescp")), "-aet", MOVE_AE, "+B", "-od", str(move_folder),
@@ -102,10 +116,32 @@ def archive(request: pytest.FixtureRequest,
                 sent = exchange(port, all_files(content), sop_classes=sop_classes)
                 assert sent.statuses == [0] * len(all_files(content))
                 finish_archive(node.database.sessions, node.store, content)
-                yield Archive(node, port, content, move_folder)
+                yield Archive(node, port, content, move_folder, originators)
         finally:
+            recorder.shutdown()
             storescp.terminate()
             storescp.wait(timeout=10)
+
+
+def _recording_store_scp(
+    port: int, originators: list[tuple[str, str, int | None]]
+) -> ThreadedAssociationServer:
+    """Start a Storage SCP that records the Move Originator of every C-STORE request."""
+
+    def on_store(event: Any) -> int:
+        request = event.request
+        ae_title = request.MoveOriginatorApplicationEntityTitle
+        originators.append((
+            str(request.AffectedSOPInstanceUID),
+            "" if ae_title is None else str(ae_title).strip(),
+            request.MoveOriginatorMessageID,
+        ))
+        return 0x0000
+
+    ae = AE(ae_title=RECORDER_AE)
+    ae.supported_contexts = StoragePresentationContexts
+    return ae.start_server(("127.0.0.1", port), block=False,
+                           evt_handlers=[(evt.EVT_C_STORE, on_store)])
 
 
 # -- running DCMTK ---------------------------------------------------------------------------
@@ -333,6 +369,40 @@ def test_get_decompresses_for_a_requestor_of_uncompressed_data(archive: Archive,
     np.testing.assert_array_equal(got.pixel_array, original.pixel_array)
 
 
+def test_get_keeps_the_stored_syntax_for_a_requestor_that_accepts_it(archive: Archive,
+                                                                      tmp_path: Path) -> None:
+    """``getscu +xt`` accepts JPEG-LS lossless: the instance comes back as stored, unchanged."""
+    a2 = archive.content.studies["A2"]
+    received, output = getscu(archive, tmp_path, "IMAGE", {
+        "StudyInstanceUID": a2.uid, "SeriesInstanceUID": a2.series_uid,
+        "SOPInstanceUID": a2.sop_uids[0],
+    }, "+xt")
+    assert list(received) == [a2.sop_uids[0]], output
+    stored = archive.stored(a2.sop_uids[0])
+    got = pydicom.dcmread(received[a2.sop_uids[0]])
+    original = pydicom.dcmread(stored)
+    assert original.file_meta.TransferSyntaxUID == JPEGLSLossless
+    assert got.file_meta.TransferSyntaxUID == JPEGLSLossless
+    assert got.PixelData == original.PixelData
+    assert dataset_bytes(received[a2.sop_uids[0]]) == dataset_bytes(stored)
+
+
+def test_get_for_a_jpeg_ls_requestor_sends_uncompressed_instances_and_the_sr_too(
+        archive: Archive, tmp_path: Path) -> None:
+    """``getscu +xt`` on a study stored uncompressed: images encoded losslessly, SR intact."""
+    a1 = archive.content.studies["A1"]
+    received, output = getscu(archive, tmp_path, "STUDY", {"StudyInstanceUID": a1.uid}, "+xt")
+    assert "Number of Completed Suboperations : 3" in output, output
+    for sop_uid in a1.sop_uids:
+        got = pydicom.dcmread(received[sop_uid])
+        original = pydicom.dcmread(archive.stored(sop_uid))
+        assert got.file_meta.TransferSyntaxUID == JPEGLSLossless
+        np.testing.assert_array_equal(got.pixel_array, original.pixel_array)
+    sr = pydicom.dcmread(received[archive.content.report_sop_uid])
+    stored_sr = pydicom.dcmread(archive.stored(archive.content.report_sop_uid))
+    assert sr.ContentSequence == stored_sr.ContentSequence
+
+
 def test_get_counts_a_lost_file_as_a_failed_suboperation(archive: Archive,
                                                           tmp_path: Path) -> None:
     c1 = archive.content.studies["C1"]
@@ -408,3 +478,29 @@ def test_move_without_the_unique_key_is_refused(archive: Archive) -> None:
                      {"StudyInstanceUID": a1.uid, "SeriesInstanceUID": a1.series_uid})
     output = result.stdout + result.stderr
     assert "DoesNotMatchSOPClass" in output, output
+
+
+def test_move_suboperations_name_the_requestor_as_move_originator(archive: Archive) -> None:
+    """Each C-STORE of a C-MOVE carries the requestor's AE title and the C-MOVE's Message ID."""
+    b1 = archive.content.studies["B1"]
+    result = movescu(archive, RECORDER_AE, "STUDY", {"StudyInstanceUID": b1.uid})
+    assert "Received Final Move Response (Success)" in result.stdout + result.stderr
+    from_movescu = [entry for entry in archive.originators if entry[0] in b1.sop_uids]
+    assert [entry[1] for entry in from_movescu] == ["MOVESCU"] * len(b1.sop_uids)
+    archive.originators.clear()
+
+    requestor = AE(ae_title="VIEWER7")
+    requestor.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = requestor.associate("127.0.0.1", archive.port, ae_title="RADNODE")
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = b1.uid
+    try:
+        statuses = [status.Status for status, _ in assoc.send_c_move(
+            identifier, RECORDER_AE, StudyRootQueryRetrieveInformationModelMove, msg_id=4321)]
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0x0000
+    assert sorted(archive.originators) == sorted(
+        (uid, "VIEWER7", 4321) for uid in b1.sop_uids)
