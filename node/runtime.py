@@ -20,6 +20,7 @@ from node.jobs.bundle_identity import read_bundle_identity
 from node.jobs.queue import CeleryWorkQueue, EmbeddedWorkQueue, WorkQueue
 from node.jobs.scheduler import DraftScheduler, Reconciler
 from node.logs import log_event
+from node.reports.sr_index import backfill_report_sr_index
 from node.retention import RetentionService
 from node.storage import InstanceStore
 
@@ -132,6 +133,9 @@ class NodeServices:
         swept = self.store.sweep_temporaries()
         if swept:
             log_event(logger, logging.WARNING, "partial_writes_removed", count=swept)
+        indexed = backfill_report_sr_index(self.database.sessions, self.store)
+        if indexed:
+            log_event(logger, logging.INFO, "report_srs_indexed", count=indexed)
         self.reconciler.start(requeue_all_waiting=not self.settings.broker.url)
         self._started.append("reconciler")
         self.listener.start()

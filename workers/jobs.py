@@ -156,6 +156,7 @@ def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, sr: Stored
                 sop_instance_uid=sr.sop_instance_uid,
                 series_instance_uid=sr.series_instance_uid, sr_path=sr.path,
                 pending_sr_data=sr.data,
+                **(sr.index.columns() if sr.index is not None else {}),
                 labels=labelling.labels_json(),
             )
             session.add(report)

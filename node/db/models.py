@@ -185,6 +185,14 @@ class Report(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(UID, unique=True)
     series_instance_uid: Mapped[str | None] = mapped_column(UID)
     sr_path: Mapped[str | None] = mapped_column(String(512))
+    # The SR's series and status attributes, for Query/Retrieve (node.reports.sr_index).
+    sr_series_number: Mapped[int | None] = mapped_column(Integer)
+    sr_series_description: Mapped[str | None] = mapped_column(String(64))
+    sr_instance_number: Mapped[int | None] = mapped_column(Integer)
+    sr_completion_flag: Mapped[str | None] = mapped_column(String(16))
+    sr_verification_flag: Mapped[str | None] = mapped_column(String(16))
+    sr_content_date: Mapped[str | None] = mapped_column(String(8))
+    sr_content_time: Mapped[str | None] = mapped_column(String(16))
     """The report's SR file, relative to the storage root (``None`` until written)."""
     pending_sr_data: Mapped[bytes | None] = mapped_column(
         LargeBinary, deferred=True, deferred_raiseload=True)

@@ -122,6 +122,10 @@ SUPPORTED_KEYS: dict[str, KeyDefinition] = {
         ViewPosition=Matching.TEXT,
         ImageLaterality=Matching.TEXT,
         AvailableTransferSyntaxUID=Matching.UID,
+        CompletionFlag=Matching.TEXT,
+        VerificationFlag=Matching.TEXT,
+        ContentDate=Matching.DATE,
+        ContentTime=Matching.TIME,
     ),
 }
 

@@ -204,6 +204,10 @@ _OBJECT_FIELDS: dict[str, str] = {
     "ViewPosition": "view_position",
     "ImageLaterality": "image_laterality",
     "AvailableTransferSyntaxUID": "transfer_syntax_uid",
+    "CompletionFlag": "completion_flag",
+    "VerificationFlag": "verification_flag",
+    "ContentDate": "content_date",
+    "ContentTime": "content_time",
 }
 _SERIES_FIELDS = ("Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined")
 
@@ -232,6 +236,10 @@ def stored_objects() -> Subquery:
         Instance.transfer_syntax_uid.label("transfer_syntax_uid"),
         Instance.path.label("path"),
         literal(False, Boolean).label("is_report"),
+        cast(null(), String).label("completion_flag"),
+        cast(null(), String).label("verification_flag"),
+        cast(null(), String).label("content_date"),
+        cast(null(), String).label("content_time"),
     ).where(Instance.purged_at.is_(None))
     no_text = cast(null(), String)
     no_number = cast(null(), Integer)
@@ -241,10 +249,10 @@ def stored_objects() -> Subquery:
         Report.sop_instance_uid,
         literal(COMPREHENSIVE_SR, String),
         literal("SR", String),
-        no_number,
+        Report.sr_series_number,
+        Report.sr_series_description,
         no_text,
-        no_text,
-        no_number,
+        Report.sr_instance_number,
         no_number,
         no_number,
         no_text,
@@ -252,6 +260,10 @@ def stored_objects() -> Subquery:
         no_text,
         Report.sr_path,
         literal(True, Boolean),
+        Report.sr_completion_flag,
+        Report.sr_verification_flag,
+        Report.sr_content_date,
+        Report.sr_content_time,
     ).where(
         Report.sr_path.is_not(None),
         Report.sop_instance_uid.is_not(None),

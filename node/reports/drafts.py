@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 
 from node.reports.sr_builder import build_draft_sr, sr_to_bytes
 from node.reports.sr_content import ModelProvenance, ReportContent
+from node.reports.sr_index import SrIndex, sr_index_of
 from node.storage import InstanceStore
 
 #: Series number of the node's draft SRs (image series use small numbers).
@@ -30,6 +31,8 @@ class StoredSR:
     data: bytes | None = None
     """The encoded SR of a worker without the node's storage folder: it travels in the
     report row and the node stores it (:mod:`node.reports.handover`)."""
+    index: SrIndex | None = None
+    """The SR's series and status attributes, for the report row."""
 
 
 def draft_uids(study_uid: str, device_uid: str) -> tuple[str, str]:
@@ -83,8 +86,8 @@ def write_draft_sr(
     )
     data = sr_to_bytes(dataset)
     if store is None:
-        return StoredSR(None, sop_uid, series_uid, data)
+        return StoredSR(None, sop_uid, series_uid, data, sr_index_of(dataset))
     relative = store.relative_path(study_uid, series_uid, sop_uid,
                                    hashlib.sha256(data).hexdigest())
     store.write(relative, data)
-    return StoredSR(relative, sop_uid, series_uid)
+    return StoredSR(relative, sop_uid, series_uid, index=sr_index_of(dataset))

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker, undefer
 from node.db.models import AuditEvent, Export, Job, Report, Study
 from node.db.types import utcnow
 from node.logs import log_event
+from node.reports.sr_index import sr_index_of_bytes
 from node.states import ExportState, JobState, StudyState
 from node.storage import InstanceStore, StorageFullError
 
@@ -142,6 +143,8 @@ def _store_one(sessions: sessionmaker[Session], store: InstanceStore, report_id:
             return False
         store.write(checked.relative_path, data)
         report.sr_path = checked.relative_path
+        if report.sr_completion_flag is None:  # a worker of an older release
+            sr_index_of_bytes(data).apply(report)
         report.pending_sr_data = None
     log_event(logger, logging.INFO, "handed_over_sr_stored", report_id=report_id,
               study_id=report.study_id)

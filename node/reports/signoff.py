@@ -50,6 +50,7 @@ from node.reports.sr_content import (
     Verifier,
     read_report_content,
 )
+from node.reports.sr_index import sr_index_of
 from node.reports.sr_template import load_report_template
 from node.states import ReportState, Role, StudyState
 from node.storage import InstanceStore
@@ -292,7 +293,7 @@ def _write_version(
         impression=content.impression, model_name=model.name, model_version=model.version,
         device_uid=model.device_uid, sop_instance_uid=sop_uid, series_instance_uid=series_uid,
         sr_path=relative, predecessor_id=predecessor.id, signed_by_id=user.id, signed_at=now,
-        created_at=now,
+        created_at=now, **sr_index_of(dataset).columns(),
     )
     try:
         with session.begin_nested():

@@ -31,6 +31,7 @@ from node.dicom.ingest import InstanceIngestor, ReceivedInstance
 from node.dicom.statuses import StoreStatus
 from node.reports.drafts import write_draft_sr
 from node.reports.sr_content import ModelProvenance, ReportContent
+from node.reports.sr_index import backfill_report_sr_index
 from node.states import ReportState
 from node.storage import InstanceStore
 from tests.conftest import POSTGRES_ADMIN_URL
@@ -119,7 +120,12 @@ def ingest_files(ingestor: InstanceIngestor, files: list[Path]) -> None:
 def finish_archive(
     sessions: sessionmaker[Session], store: InstanceStore, content: ArchiveContent
 ) -> None:
-    """Add the draft report of A1 and lose the second file of C1."""
+    """Add the draft report of A1 and lose the second file of C1.
+
+    The report row is written as rows from before the SR index existed were (without
+    the SR's series and status attributes); :func:`backfill_report_sr_index`, which the
+    node runs when it starts, then reads them from the stored SR.
+    """
     a1 = content.studies["A1"]
     with sessions.begin() as session:
         rows = session.scalars(
@@ -147,6 +153,7 @@ def finish_archive(
         store.absolute(lost_path).unlink()
         content.lost_sop_uid = lost
         assert session.scalar(select(Study.id).where(Study.study_instance_uid == a1.uid))
+    assert backfill_report_sr_index(sessions, store) == 1
 
 
 def stored_path(sessions: sessionmaker[Session], store: InstanceStore, sop_uid: str) -> Path:

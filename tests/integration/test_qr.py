@@ -28,6 +28,7 @@ from sqlalchemy import select
 from node.db.models import AuditEvent, Export, Report
 from node.dicom.qr_keys import COMPREHENSIVE_SR
 from node.exports import queue_exports
+from node.reports.drafts import DRAFT_SERIES_NUMBER
 from node.runtime import NodeServices
 from tests.conftest import free_port
 from tests.dicom_factory import CR_IMAGE_STORAGE, DX_FOR_PRESENTATION
@@ -310,6 +311,40 @@ def test_find_images_includes_the_draft_sr(archive: Archive, tmp_path: Path) -> 
     })
     assert {str(r.SOPInstanceUID) for r in listed} == {content.report_sop_uid,
                                                        content.studies["B1"].sop_uids[0]}
+
+
+def test_find_tells_the_unverified_draft_by_series_description_and_flags(
+        archive: Archive, tmp_path: Path) -> None:
+    """The node's draft SR is indexed with its series and status attributes, and matched on them."""
+    content = archive.content
+    series, output = findscu(archive, tmp_path / "series", "SERIES", {
+        "StudyInstanceUID": "", "SeriesInstanceUID": "", "SeriesDescription": "*UNVERIFIED*",
+        "SeriesNumber": "", "Modality": "",
+    })
+    assert "Final Find Response (Success)" in output
+    assert [(str(r.SeriesInstanceUID), r.Modality, int(r.SeriesNumber)) for r in series] == [
+        (content.report_series_uid, "SR", DRAFT_SERIES_NUMBER)]
+    assert "UNVERIFIED" in str(series[0].SeriesDescription)
+
+    keys = {"StudyInstanceUID": content.studies["A1"].uid, "SeriesInstanceUID": "",
+            "SOPInstanceUID": "", "InstanceNumber": "", "CompletionFlag": "",
+            "VerificationFlag": "", "ContentDate": "", "ContentTime": ""}
+    drafts, _ = findscu(archive, tmp_path / "unverified", "IMAGE",
+                        {**keys, "VerificationFlag": "UNVERIFIED"})
+    assert [str(r.SOPInstanceUID) for r in drafts] == [content.report_sop_uid]
+    draft = drafts[0]
+    assert (draft.CompletionFlag, draft.VerificationFlag, int(draft.InstanceNumber)) == (
+        "PARTIAL", "UNVERIFIED", 1)
+    stored = pydicom.dcmread(archive.stored(content.report_sop_uid))
+    assert (draft.ContentDate, draft.ContentTime) == (stored.ContentDate, stored.ContentTime)
+    dated, _ = findscu(archive, tmp_path / "dated", "IMAGE",
+                       {**keys, "ContentDate": f"{stored.ContentDate}-"})
+    assert [str(r.SOPInstanceUID) for r in dated] == [content.report_sop_uid]
+    verified, _ = findscu(archive, tmp_path / "verified", "IMAGE",
+                          {**keys, "VerificationFlag": "VERIFIED"})
+    complete, _ = findscu(archive, tmp_path / "complete", "IMAGE",
+                          {**keys, "CompletionFlag": "COMPLETE"})
+    assert verified == [] and complete == []
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
