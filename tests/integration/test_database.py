@@ -324,3 +324,43 @@ def test_a_reports_handed_over_sr_is_loaded_only_when_asked_for(database: Databa
     with database.sessions() as session:
         asked = session.get_one(Report, report_id, options=[undefer(Report.pending_sr_data)])
     assert asked.pending_sr_data == b"SR"
+
+
+def test_report_srs_written_before_the_index_are_indexed_from_their_files(
+    database: Database, tmp_path: Path
+) -> None:
+    """The backfill reads each stored SR once; a lost file leaves its row as it was."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from node.reports.sr_index import backfill_report_sr_index
+    from node.storage import InstanceStore
+
+    store = InstanceStore(tmp_path / "store", min_free_mb=0, max_used_percent=100)
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.3.4.9.1"
+    ds.SeriesNumber, ds.InstanceNumber = 9001, 1
+    ds.SeriesDescription = "AI DRAFT - UNVERIFIED"
+    ds.CompletionFlag, ds.VerificationFlag = "PARTIAL", "UNVERIFIED"
+    ds.ContentDate, ds.ContentTime = "20261205", "063000"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = tmp_path / "sr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    store.write("sr/kept.dcm", path.read_bytes())
+    study_id = _add_study(database)
+    with database.sessions.begin() as session:
+        for sop, sr_path in (("1.2.3.4.9.1", "sr/kept.dcm"), ("1.2.3.4.9.2", "sr/lost.dcm")):
+            session.add(Report(study_id=study_id, state=ReportState.DRAFT,
+                               sop_instance_uid=sop, series_instance_uid="1.2.3.4.9",
+                               sr_path=sr_path))
+    assert backfill_report_sr_index(database.sessions, store) == 1
+    assert backfill_report_sr_index(database.sessions, store) == 0
+    with database.sessions() as session:
+        rows = {r.sr_path: r for r in session.scalars(select(Report))}
+        kept, lost = rows["sr/kept.dcm"], rows["sr/lost.dcm"]
+        assert (kept.sr_series_number, kept.sr_series_description, kept.sr_instance_number,
+                kept.sr_completion_flag, kept.sr_verification_flag, kept.sr_content_date,
+                kept.sr_content_time) == (9001, "AI DRAFT - UNVERIFIED", 1, "PARTIAL",
+                                          "UNVERIFIED", "20261205", "063000")
+        assert lost.sr_completion_flag is None and lost.sr_series_number is None

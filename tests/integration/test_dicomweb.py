@@ -225,6 +225,26 @@ def test_search_for_instances(server: Server) -> None:
     assert all(value(r, "00280010") == 48 for r in everywhere)  # Rows, from includefield=all
 
 
+def test_search_tells_the_unverified_draft_by_description_and_flags(server: Server) -> None:
+    """QIDO-RS matches the draft SR's series description and its status flags."""
+    content = server.content
+    client = server.client()
+    [series] = client.search_for_series(search_filters={"SeriesDescription": "*UNVERIFIED*"})
+    assert value(series, SERIES_UID) == content.report_series_uid
+    assert value(series, "00200011") == 9001  # Series Number of the draft series
+    assert "UNVERIFIED" in value(series, "0008103E")
+    fields = ["CompletionFlag", "VerificationFlag", "ContentDate", "ContentTime"]
+    [draft] = client.search_for_instances(
+        search_filters={"VerificationFlag": "UNVERIFIED", "CompletionFlag": "PARTIAL"},
+        fields=fields)
+    assert value(draft, SOP_UID) == content.report_sop_uid
+    assert value(draft, "00200013") == 1  # Instance Number
+    assert (value(draft, "0040A491"), value(draft, "0040A493")) == ("PARTIAL", "UNVERIFIED")
+    stored = dcmread(server.stored(content.report_sop_uid))
+    assert value(draft, "00080023") == stored.ContentDate
+    assert client.search_for_instances(search_filters={"VerificationFlag": "VERIFIED"}) == []
+
+
 # -- WADO-RS ----------------------------------------------------------------------------------
 
 

@@ -186,6 +186,10 @@ def test_embedded_queue_drafts_and_delivers_the_draft_sr(tmp_path: Path, databas
             sr = dcmread(services.store.absolute(report.sr_path))
             assert sr.SOPInstanceUID == report.sop_instance_uid
             assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "PARTIAL"
+            assert (report.sr_verification_flag, report.sr_completion_flag,
+                    report.sr_series_description, report.sr_series_number,
+                    report.sr_content_date) == ("UNVERIFIED", "PARTIAL", sr.SeriesDescription,
+                                                int(sr.SeriesNumber), sr.ContentDate)
             wait_for(lambda: report.sop_instance_uid in orthanc.sop_instance_uids(),
                      timeout=30, what="the draft SR in Orthanc")
         finally:

@@ -174,6 +174,8 @@ def test_remote_worker_drafts_from_fetched_instances(tmp_path: Path,
         sr = dcmread(node.store.absolute(report.sr_path))
     assert str(sr.SOPInstanceUID) == report.sop_instance_uid
     assert str(sr.StudyInstanceUID) == node.study_uid
+    assert (report.sr_verification_flag, report.sr_series_description) == (
+        "UNVERIFIED", sr.SeriesDescription)
     evidence = {str(sop.ReferencedSOPInstanceUID)
                 for study in sr.CurrentRequestedProcedureEvidenceSequence
                 for series in study.ReferencedSeriesSequence

@@ -130,9 +130,14 @@ def test_sign_writes_the_final_report_and_queues_its_export(web: WebEnv) -> None
         assert (export.destination_ae, export.state) == ("PACS", ExportState.PENDING)
         sr_path = web.store.absolute(final.sr_path or "")
         draft_uid = session.get_one(Report, seeded.report_id).sop_instance_uid
+        indexed = (final.sr_completion_flag, final.sr_verification_flag,
+                   final.sr_series_number, final.sr_series_description,
+                   final.sr_instance_number, final.sr_content_date, final.sr_content_time)
     sr = hd.sr.srread(sr_path)
     assert (sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag) == (
         "COMPLETE", "VERIFIED", "FINAL")
+    assert indexed == ("COMPLETE", "VERIFIED", int(sr.SeriesNumber), sr.SeriesDescription,
+                       1, sr.ContentDate, sr.ContentTime)
     assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Curie^Marie"
     reference = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     assert reference.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == draft_uid
@@ -182,6 +187,10 @@ def test_amend_supersedes_the_signed_report(web: WebEnv) -> None:
         states = dict(session.execute(select(Report.id, Report.state)).all())
         newest = max(states)
     assert states[first] == ReportState.AMENDED and states[newest] == ReportState.FINAL
+    with web.database.sessions() as session:
+        amendment = session.get_one(Report, newest)
+        assert (amendment.sr_verification_flag, amendment.sr_completion_flag,
+                amendment.sr_instance_number) == ("VERIFIED", "COMPLETE", 2)
     assert len(audit_events(web.database, "report_amended")) == 1
     assert web.exporter.notified == 2
     page = web.client.get(f"/studies/{seeded.study_id}", headers=HTML)
