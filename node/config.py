@@ -268,6 +268,20 @@ class SelectionSettings(_Section):
     draft_when_view_unknown: bool = False
 
 
+class ReportsSettings(_Section):
+    """How the node's SRs are written."""
+
+    language: str = "en-US"
+    """RFC 5646 tag declared as the SRs' Language of Content Item and Descendants."""
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        from node.reports.sr_language import language_code
+
+        return language_code(value).value
+
+
 class AssemblySettings(_Section):
     """When a study counts as complete."""
 
@@ -455,6 +469,7 @@ class Settings(BaseSettings):
     destinations: list[Destination] = Field(default_factory=list)
     exports: ExportSettings = Field(default_factory=ExportSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    reports: ReportsSettings = Field(default_factory=ReportsSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)

@@ -146,6 +146,7 @@ def build_job_context(
         policy=settings.jobs,
         destinations=settings.destinations,
         quality=settings.quality,
+        language=settings.reports.language,
         instances=build_instance_provider(settings, store),
     )
 

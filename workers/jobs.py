@@ -71,6 +71,8 @@ class JobContext:
     destinations: Sequence[Destination]
     quality: QualitySettings = field(default_factory=QualitySettings)
     labeler: Labeler | None = None
+    language: str | None = None
+    """RFC 5646 tag of the drafts' language (``[reports] language``)."""
     instances: InstanceProvider | None = None
     """Where instances are read: the storage folder (``None``) or the node over HTTP."""
 
@@ -241,6 +243,7 @@ def run_draft_job(ctx: JobContext, job_id: int) -> float | None:
                               observations=labelling.observations, urgent=labelling.urgent,
                               flags=labelling.flags),
                 ctx.model,
+                language=ctx.language,
             )
     except Exception as exc:
         delay = _record_failure(ctx, claim, exc, utcnow())

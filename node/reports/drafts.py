@@ -13,6 +13,7 @@ from pydicom.uid import generate_uid
 from node.reports.sr_builder import build_draft_sr, sr_to_bytes
 from node.reports.sr_content import ModelProvenance, ReportContent
 from node.reports.sr_index import SrIndex, sr_index_of
+from node.reports.sr_language import template_in_language
 from node.storage import InstanceStore
 
 #: Series number of the node's draft SRs (image series use small numbers).
@@ -51,6 +52,8 @@ def write_draft_sr(
     instance_paths: Sequence[Path],
     content: ReportContent,
     model: ModelProvenance,
+    *,
+    language: str | None = None,
 ) -> StoredSR:
     """Build the draft SR for a study and store it durably.
 
@@ -65,6 +68,9 @@ def write_draft_sr(
         Findings, impression and coded observations.
     model
         The drafting model's provenance.
+    language
+        RFC 5646 tag of the SR's language (``[reports] language``); the template's
+        (en-US) when ``None``.
 
     Returns
     -------
@@ -83,6 +89,7 @@ def write_draft_sr(
         sop_instance_uid=sop_uid,
         series_number=DRAFT_SERIES_NUMBER,
         instance_number=1,
+        template=template_in_language(language),
     )
     data = sr_to_bytes(dataset)
     if store is None:

@@ -51,6 +51,7 @@ from node.reports.sr_content import (
     read_report_content,
 )
 from node.reports.sr_index import sr_index_of
+from node.reports.sr_language import template_in_language
 from node.reports.sr_template import load_report_template
 from node.states import ReportState, Role, StudyState
 from node.storage import InstanceStore
@@ -254,6 +255,7 @@ def _write_version(
     now: dt.datetime,
     *,
     amendment: bool,
+    language: str | None = None,
 ) -> Report:
     """Build, store and record a verified version superseding ``predecessor`` (locked)."""
     study = session.get(Study, predecessor.study_id, with_for_update=True)
@@ -281,6 +283,7 @@ def _write_version(
             evidence, content, model, predecessor_ds, verifier, now.astimezone(),
             amendment=amendment, series_instance_uid=series_uid, sop_instance_uid=sop_uid,
             series_number=FINAL_SERIES_NUMBER, instance_number=earlier + 1,
+            template=template_in_language(language),
         )
     except ValueError as exc:
         raise SignoffError(f"the signed report cannot be built: {exc}") from exc
@@ -322,6 +325,7 @@ def sign_report(
     destinations: Iterable[Destination] = (),
     quality: QualitySettings | None = None,
     labeler: Labeler | None = None,
+    language: str | None = None,
 ) -> Report:
     """Sign a draft: write the verified SR and record the FINAL report.
 
@@ -349,6 +353,8 @@ def sign_report(
         Agreement window, threshold and minimum reports; the defaults when ``None``.
     labeler
         The CheXpert labeler; the node's own by default.
+    language
+        RFC 5646 tag of the SR's language (``[reports] language``); en-US when ``None``.
 
     Returns
     -------
@@ -380,7 +386,7 @@ def sign_report(
     if signed is not None:
         raise AlreadySigned("the study already has a signed report; amend it instead")
     final = _write_version(session, store, draft, user, findings, impression, now,
-                           amendment=False)
+                           amendment=False, language=language)
     queue_exports(session, final, destinations, now=now)
     record_signoff_agreement(session, draft, final, quality or QualitySettings(), labeler)
     edited = (final.findings, final.impression) != (draft.findings.strip(),
@@ -406,6 +412,7 @@ def amend_report(
     *,
     now: dt.datetime | None = None,
     destinations: Iterable[Destination] = (),
+    language: str | None = None,
 ) -> Report:
     """Amend the current final report: a new FINAL version; the old one becomes AMENDED.
 
@@ -434,7 +441,7 @@ def amend_report(
     if current.state != ReportState.FINAL:
         raise SignoffError("only a signed report can be amended; sign the draft instead")
     amended = _write_version(session, store, current, user, findings, impression, now,
-                             amendment=True)
+                             amendment=True, language=language)
     queue_exports(session, amended, destinations, now=now)
     _audit(session, now, user, "report_amended", amended, {
         "amends_report_id": current.id, "sop_instance_uid": amended.sop_instance_uid,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 from highdicom.sr import CodedConcept
@@ -91,6 +91,12 @@ class ReportTemplate:
     coding_schemes: tuple[CodingSchemeSpec, ...]
     observations: tuple[ObservationSpec, ...]
     presence: Mapping[Presence, CodeSpec]
+
+    def in_language(self, language: CodeSpec | None) -> ReportTemplate:
+        """This template declaring ``language`` as the SR's language (itself for ``None``)."""
+        if language is None:
+            return self
+        return replace(self, codes={**self.codes, "language": language})
 
     @property
     def observation_names(self) -> tuple[str, ...]:

@@ -172,10 +172,12 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
             if action == "sign":
                 sign_report(session, ctx.store, report_id, user, form["findings"],
                             form["impression"], destinations=ctx.settings.destinations,
-                            quality=ctx.settings.quality)
+                            quality=ctx.settings.quality,
+                            language=ctx.settings.reports.language)
             elif action == "amend":
                 amend_report(session, ctx.store, report_id, user, form["findings"],
-                             form["impression"], destinations=ctx.settings.destinations)
+                             form["impression"], destinations=ctx.settings.destinations,
+                             language=ctx.settings.reports.language)
             else:
                 reject_draft(session, report_id, user, form["reason"])
     except NotPermitted as exc:

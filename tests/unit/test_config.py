@@ -103,6 +103,8 @@ def test_explicit_overrides_win_over_environment(monkeypatch: pytest.MonkeyPatch
         ("RADNODE_STORAGE__MIN_FREE_MB", "-1", "storage.min_free_mb"),
         ("RADNODE_ASSEMBLY__QUIET_SECONDS", "-5", "assembly.quiet_seconds"),
         ("RADNODE_LOGGING__LEVEL", "CHATTY", "logging.level"),
+        ("RADNODE_REPORTS__LANGUAGE", "klingon", "reports.language"),
+        ("RADNODE_REPORTS__LANGUAGE", "de_DE", "reports.language"),
         ("RADNODE_DICOM__NO_SUCH_KEY", "1", "dicom.no_such_key"),
     ],
 )
@@ -202,3 +204,11 @@ def test_settings_are_immutable() -> None:
     settings = load_settings()
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
         settings.dicom.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("given", "kept"), [("de-DE", "de-DE"), ("fr-fr", "fr-FR"),
+                                              (" en-GB ", "en-GB")])
+def test_report_language_is_kept_in_canonical_case(given: str, kept: str) -> None:
+    """``[reports] language`` takes a supported RFC 5646 tag, whatever its case."""
+    assert load_settings(reports={"language": given}).reports.language == kept
+    assert Settings().reports.language == "en-US"

@@ -7,16 +7,19 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import highdicom as hd
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 
 from node.config import Destination, Settings
 from node.db.models import AuditEvent, Export, Instance, Report, Study, User
 from node.reports import read_report_content
+from node.reports.drafts import write_draft_sr
 from node.reports.handover import store_handed_over_srs
 from node.reports.signoff import (
     FINAL_SERIES_NUMBER,
@@ -28,10 +31,16 @@ from node.reports.signoff import (
     reject_draft,
     sign_report,
 )
+from node.reports.sr_content import ReportContent
 from node.runtime import Database
 from node.states import ExportState, ReportState, Role, StudyState
 from node.storage import InstanceStore
-from tests.integration.web_seed import fast_password_hashing, seed_drafted_study, seed_user
+from tests.integration.web_seed import (
+    MODEL,
+    fast_password_hashing,
+    seed_drafted_study,
+    seed_user,
+)
 
 PACS = Destination(ae_title="PACS", host="127.0.0.1", port=4242)
 SIGNED_AT = dt.datetime(2030, 3, 4, 10, 15, 30, tzinfo=dt.UTC)
@@ -279,3 +288,56 @@ def test_a_report_is_amended_after_its_images_were_removed(
                     "StudyInstanceUID", "AccessionNumber", "StudyDate", "StudyTime"):
         assert sr.get(keyword) == signed.get(keyword), keyword
     assert sr.VerificationFlag == "VERIFIED"
+
+
+def _language(sr: Dataset) -> tuple[str, str, str]:
+    """The SR's Language of Content Item and Descendants: (value, scheme, meaning)."""
+    [item] = [i for i in sr.ContentSequence
+              if i.ConceptNameCodeSequence[0].CodeValue == "121049"]
+    code = item.ConceptCodeSequence[0]
+    return (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning)
+
+
+def test_signed_and_amended_srs_declare_the_configured_language(
+    database: Database, store: InstanceStore
+) -> None:
+    """The final SR and its amendment carry the ``[reports] language`` they were built in."""
+    seeded = seed_drafted_study(database, store)
+    radiologist = seed_user(database, "mcurie")
+    with database.sessions.begin() as session:
+        draft = session.get_one(Report, seeded.report_id)
+        draft_sr = Dataset(hd.sr.srread(store.absolute(draft.sr_path or "")))
+        user = session.get_one(User, radiologist)
+        final_id = sign_report(session, store, seeded.report_id, user, "Befund.",
+                               "Beurteilung.", now=SIGNED_AT, language="de-DE").id
+    assert _language(draft_sr) == ("en-US", "RFC5646", "English (United States)")
+    with database.sessions.begin() as session:
+        user = session.get_one(User, radiologist)
+        amended_id = amend_report(session, store, final_id, user, "Constat.", "Conclusion.",
+                                  now=SIGNED_AT + dt.timedelta(hours=1), language="fr-FR").id
+    with database.sessions() as session:
+        final = hd.sr.srread(store.absolute(session.get_one(Report, final_id).sr_path or ""))
+        amended = hd.sr.srread(
+            store.absolute(session.get_one(Report, amended_id).sr_path or ""))
+    assert _language(final) == ("de-DE", "RFC5646", "German (Germany)")
+    assert _language(amended) == ("fr-FR", "RFC5646", "French (France)")
+    with database.sessions.begin() as session, pytest.raises(ValueError, match="language"):
+        user = session.get_one(User, radiologist)
+        amend_report(session, store, amended_id, user, "x.", "y.",
+                     now=SIGNED_AT + dt.timedelta(hours=2), language="xx-YY")
+
+
+def test_a_draft_declares_the_configured_language(database: Database,
+                                                  store: InstanceStore) -> None:
+    """A draft built with ``language`` says so in its content tree (and still parses)."""
+    seeded = seed_drafted_study(database, store)
+    with database.sessions() as session:
+        paths = [store.absolute(i.path) for i in session.scalars(
+            select(Instance).where(Instance.study_id == seeded.study_id))]
+    stored = write_draft_sr(None, paths, ReportContent(findings="Befund.",
+                                                      impression="Beurteilung."),
+                            MODEL, language="de-DE")
+    assert stored.data is not None
+    sr = dcmread(BytesIO(stored.data))
+    assert _language(sr) == ("de-DE", "RFC5646", "German (Germany)")
+    assert read_report_content(sr).findings == "Befund."
