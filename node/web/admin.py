@@ -26,7 +26,7 @@ from node.db.types import utcnow
 from node.jobs.bundle_identity import read_bundle_identity
 from node.logs import log_event
 from node.states import ExportState, JobState, StudyState
-from node.web.deps import AdminDep, CsrfAdminDep, audit, get_context, render
+from node.web.deps import AdminDep, CsrfAdminDep, RowId, audit, get_context, render
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -112,7 +112,7 @@ def _back(done: str) -> Response:
 
 
 @router.post("/admin/jobs/{job_id}/{action}")
-def job_action(job_id: int, action: str, request: Request,
+def job_action(job_id: RowId, action: str, request: Request,
                viewer: CsrfAdminDep) -> Response:
     """Retry, discard or acknowledge a failed job."""
     if action not in JOB_ACTIONS:
@@ -162,7 +162,7 @@ def job_action(job_id: int, action: str, request: Request,
 
 
 @router.post("/admin/exports/{export_id}/{action}")
-def export_action(export_id: int, action: str, request: Request,
+def export_action(export_id: RowId, action: str, request: Request,
                   viewer: CsrfAdminDep) -> Response:
     """Retry, discard or acknowledge a failed or retrying export."""
     if action not in EXPORT_ACTIONS:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Form, Path, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 
 #: ``last_seen_at`` is written at most this often per login.
 TOUCH_INTERVAL = dt.timedelta(seconds=60)
+
+#: The largest row id (a signed 64-bit integer); larger ids in a URL or form answer 400.
+MAX_ROW_ID = 2**63 - 1
+
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+"""A route parameter: a database row id taken from the URL path."""
+FormRowId = Annotated[int, Form(ge=1, le=MAX_ROW_ID)]
+"""A form field: a database row id."""
 
 
 class LoginRequired(Exception):
@@ -235,7 +243,10 @@ __all__ = [
     "CsrfUserDep",
     "UserDep",
     "Forbidden",
+    "FormRowId",
     "LoginRequired",
+    "MAX_ROW_ID",
+    "RowId",
     "Viewer",
     "WebContext",
     "audit",

@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 
+#: The largest ``limit`` or ``offset`` accepted (a signed 64-bit integer); larger: 400.
+MAX_QUERY_NUMBER = 2**63 - 1
 #: The most matches one search returns; ask for the rest with ``offset``.
 MAX_RESULTS = 1000
 #: Binary values longer than this (bytes) are left out of metadata.
@@ -123,6 +125,8 @@ def _non_negative(name: str, value: str) -> int:
         raise HTTPException(400, f"{name} must be a whole number") from None
     if number < 0:
         raise HTTPException(400, f"{name} must not be negative")
+    if number > MAX_QUERY_NUMBER:
+        raise HTTPException(400, f"{name} is out of range")
     return number
 
 

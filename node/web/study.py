@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -31,6 +32,8 @@ from node.states import ReportState
 from node.web.deps import (
     CsrfUserDep,
     Forbidden,
+    FormRowId,
+    RowId,
     UserDep,
     Viewer,
     audit,
@@ -42,6 +45,8 @@ from node.web.imaging import ImageDecodeError, WindowInfo
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
+#: The largest window centre or width accepted from the query string (beyond any pixel range).
+MAX_WINDOW_VALUE = 1e9
 _SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 DONE_MESSAGES = {
     "signed": "Report signed. The verified report is queued for delivery.",
@@ -114,14 +119,14 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
 
 
 @router.get("/studies/{study_id}")
-def study_view(study_id: int, request: Request,
+def study_view(study_id: RowId, request: Request,
                viewer: UserDep) -> Response:
     """The study page."""
     return _study_page(request, viewer, study_id)
 
 
 @router.get("/studies/{study_id}/image/{instance_id}.png")
-def study_image(study_id: int, instance_id: int, request: Request,
+def study_image(study_id: RowId, instance_id: RowId, request: Request,
                 viewer: UserDep) -> Response:
     """An image of the study as PNG; ``wc`` and ``ww`` choose the window."""
     ctx = get_context(request)
@@ -152,9 +157,12 @@ def _number(value: str | None) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError as exc:
         raise ValueError("window centre and width must be numbers") from exc
+    if not math.isfinite(number) or abs(number) > MAX_WINDOW_VALUE:
+        raise ValueError("window centre and width are out of range")
+    return number
 
 
 def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
@@ -192,8 +200,8 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
 
 
 @router.post("/studies/{study_id}/sign")
-def sign(study_id: int, request: Request, viewer: CsrfUserDep,
-         report_id: Annotated[int, Form()], findings: Annotated[str, Form()] = "",
+def sign(study_id: RowId, request: Request, viewer: CsrfUserDep,
+         report_id: FormRowId, findings: Annotated[str, Form()] = "",
          impression: Annotated[str, Form()] = "") -> Response:
     """Sign the draft with the text as edited."""
     return _signoff(request, viewer, study_id, report_id, "sign",
@@ -201,8 +209,8 @@ def sign(study_id: int, request: Request, viewer: CsrfUserDep,
 
 
 @router.post("/studies/{study_id}/amend")
-def amend(study_id: int, request: Request, viewer: CsrfUserDep,
-          report_id: Annotated[int, Form()], findings: Annotated[str, Form()] = "",
+def amend(study_id: RowId, request: Request, viewer: CsrfUserDep,
+          report_id: FormRowId, findings: Annotated[str, Form()] = "",
           impression: Annotated[str, Form()] = "") -> Response:
     """Sign an amendment of the current final report."""
     return _signoff(request, viewer, study_id, report_id, "amend",
@@ -210,8 +218,8 @@ def amend(study_id: int, request: Request, viewer: CsrfUserDep,
 
 
 @router.post("/studies/{study_id}/reject")
-def reject(study_id: int, request: Request, viewer: CsrfUserDep,
-           report_id: Annotated[int, Form()], reason: Annotated[str, Form()] = "") -> Response:
+def reject(study_id: RowId, request: Request, viewer: CsrfUserDep,
+           report_id: FormRowId, reason: Annotated[str, Form()] = "") -> Response:
     """Reject the draft with a reason."""
     return _signoff(request, viewer, study_id, report_id, "reject",
                     {"reason": reason, "mode": "reject"})

@@ -102,10 +102,12 @@ def worklist_query(filters: WorklistFilters) -> Select[Study]:
             and_(Report.state == ReportState.DRAFT, Report.rejected_at.is_not(None)))
         query = query.where(Study.id.in_(rejected))
     if filters.text:
-        pattern = f"%{filters.text.lower()}%"
-        query = query.where(or_(func.lower(Study.patient_name).like(pattern),
-                                func.lower(Study.patient_id).like(pattern),
-                                func.lower(Study.accession_number).like(pattern)))
+        # A literal substring: ``%`` and ``_`` typed by the user match only themselves.
+        needle = filters.text.lower()
+        query = query.where(or_(
+            func.lower(Study.patient_name).contains(needle, autoescape=True),
+            func.lower(Study.patient_id).contains(needle, autoescape=True),
+            func.lower(Study.accession_number).contains(needle, autoescape=True)))
     return query.order_by(Study.urgent.desc(), Study.first_received_at.asc(),
                           Study.id.asc()).limit(WORKLIST_LIMIT)
 
