@@ -269,19 +269,23 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
-class LoginFailure(Base):
-    """A failed login, counted by every web process to throttle guessing.
+class LoginAttemptWindow(Base):
+    """Failed logins of one throttle key in its current window: one row per key, a counter.
 
-    ``key_hash`` is the SHA-256 of the lower-cased username and the client address.
+    ``key_hash`` is the SHA-256 of the key: the lower-cased username with the client
+    address, or the client address alone. An attempt is counted *before* its password is
+    checked (a conditional update), so concurrent attempts cannot pass the limit; rows of
+    windows that have ended are deleted as new attempts arrive.
     """
 
-    __tablename__ = "login_failures"
+    __tablename__ = "login_attempt_windows"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key_hash: Mapped[str] = mapped_column(String(64))
-    failed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-
-    __table_args__ = (Index(None, "key_hash", "failed_at"),)
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    """Attempts counted in the window (a success takes its own back)."""
+    refusals: Mapped[int] = mapped_column(Integer, default=0)
+    """Attempts refused in the window because the limit was reached."""
 
 
 class WebSession(Base):

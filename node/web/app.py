@@ -32,8 +32,9 @@ from node.web.deps import Forbidden, LoginRequired, WebContext, render
 from node.web.dicomweb import build_dicomweb_router
 from node.web.formatting import install_filters
 from node.web.imaging import ImageRenderer
-from node.web.security import CookieSigner, LoginThrottle, resolve_secret_key
+from node.web.security import CookieSigner, resolve_secret_key
 from node.web.service_auth import ServiceTokenRefused, require_instance_reader
+from node.web.throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from node.exports.service import ExportService
@@ -136,7 +137,8 @@ def create_app(
         work_queue=work_queue,
         signer=CookieSigner(resolve_secret_key(settings.web)),
         throttle=LoginThrottle(database.sessions, settings.web.login_max_failures,
-                               settings.web.login_window_seconds),
+                               settings.web.login_window_seconds,
+                               settings.web.login_max_failures_per_address),
         templates=templates, renderer=ImageRenderer(store),
     )
     app = FastAPI(title="radnode", docs_url=None, redoc_url=None, openapi_url=None)

@@ -31,7 +31,8 @@ from node.db.types import utcnow
 from node.states import Role
 from node.storage import InstanceStore
 from node.web.imaging import ImageRenderer
-from node.web.security import SESSION_COOKIE, CookieSigner, LoginThrottle, token_hash
+from node.web.security import SESSION_COOKIE, CookieSigner, token_hash
+from node.web.throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from node.exports.service import ExportService
