@@ -10,9 +10,9 @@ open: :func:`find_login_candidate` reads the user row (and closes its transactio
 :func:`check_password` verifies the hash with no transaction open, and the caller records
 the outcome in a short transaction. An unknown, inactive or service (worker) account is
 verified against a dummy hash, so it takes the same hash work as a real user and response
-times tell nothing about which usernames exist or what they are. At most
-:data:`VERIFY_SLOTS` verifications run at once in a process, so a flood of logins cannot
-take every core from the DICOM receiver.
+times tell nothing about which usernames exist or what they are. Verification runs on
+:data:`VERIFY_SLOTS` threads at the lowest CPU priority, so a flood of logins cannot take
+the cores from the DICOM receiver.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -40,8 +41,19 @@ MIN_PASSWORD_LENGTH = 10
 MIN_PASSWORD_SCORE = 3
 """Lowest zxcvbn score (0-4) accepted: 3 means about 10^8 guesses or more."""
 VERIFY_SLOTS = max(1, (os.cpu_count() or 2) // 2)
-"""Password verifications allowed at once per process (half the cores, at least one)."""
-_verify_slots = threading.BoundedSemaphore(VERIFY_SLOTS)
+"""Password verifications run at once per process (half the cores, at least one)."""
+VERIFY_NICENESS = 19
+"""CPU niceness of the verifying threads: the lowest priority, below image reception."""
+
+
+def _lower_priority() -> None:
+    """Run this thread (and the hashing threads it starts) at the lowest CPU priority."""
+    with contextlib.suppress(AttributeError, OSError):  # per-thread niceness: Linux
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), VERIFY_NICENESS)
+
+
+_verifier = ThreadPoolExecutor(max_workers=VERIFY_SLOTS, thread_name_prefix="verify",
+                               initializer=_lower_priority)
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HASHER = PasswordHasher()
@@ -231,19 +243,23 @@ def check_password(candidate: LoginCandidate | None, password: str) -> PasswordC
     """Verify ``password`` (never call this inside a database transaction).
 
     Without a candidate the password is verified against a dummy hash, so the work and
-    time are those of a real user with a wrong password. At most :data:`VERIFY_SLOTS`
-    verifications run at once.
+    time are those of a real user with a wrong password. The work runs on at most
+    :data:`VERIFY_SLOTS` threads at the lowest CPU priority (:data:`VERIFY_NICENESS`), so
+    a flood of logins waits for the CPU rather than taking it from image reception.
     """
-    hasher = _HASHER
+    return _verifier.submit(_check, _HASHER, candidate, password).result()
+
+
+def _check(hasher: PasswordHasher, candidate: LoginCandidate | None,
+           password: str) -> PasswordCheck:
     stored = candidate.password_hash if candidate is not None else _dummy_hash()
-    with _verify_slots:
-        try:
-            hasher.verify(stored, password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return PasswordCheck(False)
-        if candidate is None:
-            return PasswordCheck(False)
-        new_hash = hasher.hash(password) if hasher.check_needs_rehash(stored) else None
+    try:
+        hasher.verify(stored, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return PasswordCheck(False)
+    if candidate is None:
+        return PasswordCheck(False)
+    new_hash = hasher.hash(password) if hasher.check_needs_rehash(stored) else None
     return PasswordCheck(True, new_hash)
 
 
@@ -265,6 +281,7 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
 __all__ = [
     "MIN_PASSWORD_LENGTH",
     "MIN_PASSWORD_SCORE",
+    "VERIFY_NICENESS",
     "VERIFY_SLOTS",
     "LoginCandidate",
     "PasswordCheck",
