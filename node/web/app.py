@@ -30,6 +30,7 @@ from node.storage import InstanceStore
 from node.web import admin, audit, auth, metrics, study, worklist
 from node.web.deps import Forbidden, LoginRequired, WebContext, render
 from node.web.dicomweb import build_dicomweb_router
+from node.web.errors import STORAGE_FULL_MESSAGE, database_full
 from node.web.formatting import install_filters
 from node.web.imaging import ImageRenderer
 from node.web.security import CookieSigner, resolve_secret_key
@@ -188,12 +189,14 @@ def create_app(
         # The engine hides statement parameters; log only the error class and route.
         route = request.scope.get("route")
         refused = isinstance(exc, DataError)
+        full = database_full(exc)
         log_event(logger, logging.WARNING if refused else logging.ERROR, "database_error",
                   error=type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__,
-                  route=getattr(route, "name", "?"), method=request.method)
+                  route=getattr(route, "name", "?"), method=request.method, disk_full=full)
         status = 400 if refused else 503
         message = ("The request contains a value the database cannot store or search for."
-                   if refused else "The database cannot answer right now. Try again shortly.")
+                   if refused else STORAGE_FULL_MESSAGE if full
+                   else "The database cannot answer right now. Try again shortly.")
         if _wants_html(request) or request.method == "POST":
             return render_error(request, "Bad request" if refused else "Unavailable",
                                 message, status)

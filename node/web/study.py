@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from node.db.models import Export, Instance, Report, Study, User
 from node.jobs.bundle_identity import BundleIdentity, read_bundle_identity
+from node.logs import log_event
 from node.reports.signoff import (
     AlreadySigned,
     NotPermitted,
@@ -29,6 +32,7 @@ from node.reports.signoff import (
     sign_report,
 )
 from node.states import ReportState
+from node.storage import StorageFullError
 from node.web.deps import (
     CsrfUserDep,
     Forbidden,
@@ -36,10 +40,11 @@ from node.web.deps import (
     RowId,
     UserDep,
     Viewer,
-    audit,
+    audit_view,
     get_context,
     render,
 )
+from node.web.errors import STORAGE_FULL_MESSAGE, database_full
 from node.web.imaging import ImageDecodeError, WindowInfo
 
 logger = logging.getLogger(__name__)
@@ -74,7 +79,7 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
                 error: str | None = None, form: dict[str, str] | None = None,
                 status_code: int = 200) -> Response:
     ctx = get_context(request)
-    with ctx.database.sessions.begin() as session:
+    with ctx.database.sessions() as session:
         study = session.get(Study, study_id)
         if study is None:
             raise HTTPException(404, "no such study")
@@ -90,7 +95,7 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         exports = list(session.scalars(
             select(Export).where(Export.report_id == current.id).order_by(Export.id))
         ) if current is not None else []
-        audit(session, viewer, "study_viewed", "study", study.id, study_id=study.id)
+    audit_view(ctx.database, viewer, "study_viewed", "study", study.id, study_id=study.id)
     images: list[ImageView] = []
     for instance in instances:
         if instance.purged_at is not None:
@@ -193,6 +198,19 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
     except SignoffError as exc:
         return _study_page(request, viewer, study_id, error=str(exc), form=form,
                            status_code=400)
+    except (OSError, DBAPIError) as exc:
+        # Nothing was committed: the draft stands and the typed text is shown again.
+        if isinstance(exc, DBAPIError) and not database_full(exc):
+            raise
+        log_event(logger, logging.ERROR, "signoff_not_saved", study_id=study_id,
+                  report_id=report_id, action=action, error=type(exc).__name__)
+        full = isinstance(exc, DBAPIError) or exc.errno in (errno.ENOSPC, errno.EDQUOT) \
+            or isinstance(exc, StorageFullError)
+        reason = STORAGE_FULL_MESSAGE if full else (
+            "The report could not be written to storage.")
+        return _study_page(request, viewer, study_id, form=form, status_code=503,
+                           error=f"Not saved: {reason} Your text is kept below; copy it "
+                                 "or try again once the problem is solved.")
     if action != "reject" and ctx.exporter is not None:
         ctx.exporter.notify()
     done = {"sign": "signed", "amend": "amended", "reject": "rejected"}[action]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from node.db.models import Instance, Report, Study
 from node.db.types import utcnow
 from node.states import ReportState, StudyState
-from node.web.deps import UserDep, audit, get_context, render
+from node.web.deps import UserDep, audit_view, get_context, render
 
 router = APIRouter()
 
@@ -144,11 +144,11 @@ def worklist(request: Request, viewer: UserDep) -> Response:
     """The worklist page."""
     ctx = get_context(request)
     filters = WorklistFilters.from_query(request.query_params)
-    with ctx.database.sessions.begin() as session:
+    with ctx.database.sessions() as session:
         rows = worklist_rows(session, filters)
         counts = state_counts(session)
-        audit(session, viewer, "worklist_viewed", "worklist",
-              details={"state": filters.state, "rows": len(rows)})
+    audit_view(ctx.database, viewer, "worklist_viewed", "worklist",
+               details={"state": filters.state, "rows": len(rows)})
     return render(request, "worklist.html", {
         "rows": rows, "counts": counts, "filters": filters, "states": list(StudyState),
         "now": utcnow(), "limit": WORKLIST_LIMIT, "nav": "worklist",
