@@ -47,7 +47,7 @@ from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.dicom.qr_keys import (
@@ -251,6 +251,10 @@ class _DicomWeb:
                 matches = find(session, query)
         except QueryError as exc:
             raise HTTPException(400, str(exc)) from exc
+        except DataError as exc:  # a value the database refuses (a NUL byte)
+            log_event(logger, logging.WARNING, "dicomweb_value_refused",
+                      error=type(exc.orig or exc).__name__)
+            raise HTTPException(400, "a search value the database cannot compare") from exc
         except SQLAlchemyError as exc:
             log_event(logger, logging.ERROR, "dicomweb_database_error",
                       error=type(exc).__name__)
