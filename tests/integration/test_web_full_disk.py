@@ -116,7 +116,7 @@ def test_reading_goes_on_and_signing_says_why_not(volume: Path, database_url: st
                 Report.study_id == seeded.study_id).order_by(Report.id.desc())).first()
             assert report is not None and report.state == ReportState.DRAFT
             assert report.id == seeded.report_id
-        assert env.store.absolute(report.sr_path).is_file()
+        assert report.sr_path is not None and env.store.absolute(report.sr_path).is_file()
 
         ready = env.client.get("/readyz")
         assert ready.status_code == 503
