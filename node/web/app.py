@@ -38,9 +38,9 @@ from node.web.service_auth import ServiceTokenRefused, require_instance_reader
 from node.web.throttle import LoginThrottle
 
 if TYPE_CHECKING:
+    from node.db.engine import Database
     from node.exports.service import ExportService
     from node.jobs.queue import WorkQueue
-    from node.runtime import Database
 
 logger = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from node.web.security import SESSION_COOKIE, CookieSigner, token_hash
 from node.web.throttle import LoginThrottle
 
 if TYPE_CHECKING:
+    from node.db.engine import Database
     from node.exports.service import ExportService
     from node.jobs.queue import WorkQueue
-    from node.runtime import Database
 
 logger = logging.getLogger(__name__)
 
