@@ -37,7 +37,7 @@ from node.web.deps import (
 from node.web.security import LOGIN_COOKIE, LOGIN_COOKIE_MAX_AGE, SESSION_COOKIE, token_hash
 
 if TYPE_CHECKING:
-    from node.runtime import Database
+    from node.db.engine import Database
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
