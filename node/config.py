@@ -376,7 +376,11 @@ class QualitySettings(_Section):
 
     urgent_observations: list[str] = Field(default_factory=lambda: ["Pneumothorax"])
     """CheXpert observations that flag the study urgent when a draft labels them positive
-    (flag e.g. ``"pneumothorax"``) or uncertain (``"possible pneumothorax"``)."""
+    (flag e.g. ``"pneumothorax"``)."""
+    urgent_uncertain: bool = False
+    """Also flag an urgent observation the draft is uncertain about (``"possible
+    pneumothorax"``); off by default, since hedged mentions ("cannot exclude a small
+    pneumothorax") are mostly absent and would crowd the worklist."""
     agreement_window_days: float = Field(30.0, gt=0)
     agreement_threshold: float = Field(0.8, ge=0, le=1)
     agreement_min_reports: int = Field(20, ge=1)

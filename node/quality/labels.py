@@ -71,8 +71,9 @@ def coded_observations(labels: ReportLabels) -> dict[str, Presence]:
             for observation, mention in labels.mentioned().items()}
 
 
-def urgent_flags(labels: ReportLabels, urgent_observations: Sequence[str]) -> list[str]:
-    """Triage flags of the urgent observations a report finds present or possible.
+def urgent_flags(labels: ReportLabels, urgent_observations: Sequence[str], *,
+                 include_uncertain: bool = False) -> list[str]:
+    """Triage flags of the urgent observations a report finds present (or possible).
 
     Parameters
     ----------
@@ -80,12 +81,15 @@ def urgent_flags(labels: ReportLabels, urgent_observations: Sequence[str]) -> li
         The report's labels.
     urgent_observations
         Observation names (``QualitySettings.urgent_observations``).
+    include_uncertain
+        Whether an uncertain mention flags too (``QualitySettings.urgent_uncertain``).
 
     Returns
     -------
     list of str
         ``"pneumothorax"`` for a positive mention, ``"possible pneumothorax"`` for an
-        uncertain one, in CheXpert order; empty when the report is routine.
+        uncertain one when ``include_uncertain``, in CheXpert order; empty when the report
+        is routine.
 
     Raises
     ------
@@ -100,7 +104,7 @@ def urgent_flags(labels: ReportLabels, urgent_observations: Sequence[str]) -> li
         mention = labels[observation]
         if mention is Mention.POSITIVE:
             flags.append(observation.value.lower())
-        elif mention is Mention.UNCERTAIN:
+        elif mention is Mention.UNCERTAIN and include_uncertain:
             flags.append(UNCERTAIN_FLAG_PREFIX + observation.value.lower())
     return flags
 
@@ -124,11 +128,13 @@ class DraftLabelling:
 
 
 def label_draft(labeler: Labeler, findings: str, impression: str,
-                urgent_observations: Sequence[str]) -> DraftLabelling:
+                urgent_observations: Sequence[str], *,
+                include_uncertain: bool = False) -> DraftLabelling:
     """Label a draft's text and derive its coded observations and urgent flags."""
     labels = labeler(report_text(findings, impression))
     return DraftLabelling(labels, coded_observations(labels),
-                          urgent_flags(labels, urgent_observations))
+                          urgent_flags(labels, urgent_observations,
+                                       include_uncertain=include_uncertain))
 
 
 __all__ = [
