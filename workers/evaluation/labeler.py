@@ -13,7 +13,9 @@ stages of the CheXpert labeler, without any model:
    Alternatives joined by "or" are uncertain ("atelectasis or pneumonia").
 3. **Aggregation** per observation over the report: positive beats uncertain beats negative;
    heart failure makes Cardiomegaly uncertain unless it is positive; No Finding is positive
-   exactly when no observation other than Support Devices is positive or uncertain.
+   exactly when no observation other than Support Devices is positive or uncertain and no
+   finding outside the 14 (No Finding's own mention phrases: spine, aorta, hyperinflation,
+   granulomas…) is present or possible.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ _LIST_CONJUNCTION = re.compile(r"^\s*(?:,\s*)?(?:(?:and|or|and/or|as well as)\s+
                                r"pulmonary|\w+al)\s+){0,3}$")
 _ALTERNATIVE = re.compile(r"^\s*(?:,\s*)?(?:or|and/or)\s+(?:[\w-]+\s+){0,2}$")
 _NEGATION_WORD = re.compile(r"\b(?:not|no)\b|n't\b")
+_NOT_ALTERNATIVES = (Observation.NO_FINDING, Observation.LUNG_OPACITY)
+_JOINED_BY_AND = re.compile(r"^\s*(?:,\s*)?and\s+(?!/)(?:[\w-]+\s+){0,3}$")
 
 
 class CueKind(StrEnum):
@@ -186,14 +190,22 @@ def _mentions_of(rules: ObservationRules, clause: str) -> list[_Found]:
 
 
 def _post_scope(clause: str, found: _Found, mentions: list[_Found]) -> Span:
-    """Where post-cues of a mention may lie: up to a comma or a mention not in its list."""
+    """Where post-cues of a mention may lie: past the rest of its list ("X, Y and Z have
+    cleared"), then up to a comma or a mention not in its list."""
+    list_end = found.span.end
+    for other in sorted(mentions, key=lambda m: m.span.start):
+        if other.span.start < list_end:
+            continue
+        if not _LIST_CONJUNCTION.match(clause[list_end:other.span.start]):
+            break
+        list_end = max(list_end, other.span.end)
     end = len(clause)
-    comma = clause.find(",", found.span.end)
+    comma = clause.find(",", list_end)
     if comma != -1:
         end = comma
     for other in mentions:
-        if other.span.start >= found.span.end and other.span.start < end:
-            between = clause[found.span.end:other.span.start]
+        if other.span.start >= list_end and other.span.start < end:
+            between = clause[list_end:other.span.start]
             if not _LIST_CONJUNCTION.match(between):
                 end = other.span.start
                 break
@@ -222,7 +234,10 @@ def _classify(clause: str, found: _Found, mentions: list[_Found], pre: list[Cue]
                    if nearest.span.end <= m.span.start and m.span.end <= found.span.start
                    and m.observation is not found.observation]
         affirmed = following is not None and following.kind is CueKind.AFFIRMATION
-        if not (between and affirmed):
+        # "No effusion and cardiomegaly is present" asserts the second mention; in
+        # "no effusion or pneumothorax is seen" the verb belongs to the negated list.
+        joined = between and _JOINED_BY_AND.match(clause[between[-1].span.end:found.span.start])
+        if not (joined and affirmed):
             return Mention.NEGATIVE
     if following is not None and following.kind is CueKind.NEGATION:
         return Mention.NEGATIVE
@@ -234,9 +249,16 @@ def _classify(clause: str, found: _Found, mentions: list[_Found], pre: list[Cue]
 
 
 def _is_alternative(clause: str, found: _Found, mentions: list[_Found]) -> bool:
-    """Whether the mention is one side of "X or Y" with another observation."""
+    """Whether the mention is one side of "X or Y" with another observation.
+
+    A descriptive lung opacity ("scarring", "infiltrate") is present whichever reading is
+    right, so it neither is made uncertain by an alternative nor makes one uncertain.
+    """
+    if found.observation is Observation.LUNG_OPACITY:
+        return False
     for other in mentions:
-        if other.observation is found.observation or other.flags_uncertain:
+        if other.observation in _NOT_ALTERNATIVES or other.observation is found.observation \
+                or other.flags_uncertain:
             continue
         if other.span.start >= found.span.end:
             gap = clause[found.span.end:other.span.start]
@@ -281,10 +303,15 @@ def label_mentions(text: str, rules: LabelerRules | None = None) -> list[Labelle
             plain = [m for m in mentions if not m.flags_uncertain]
             for found in mentions:
                 label = _classify(clause, found, plain, pre, post)
-                if found.flags_uncertain:
+                if found.flags_uncertain or found.observation is Observation.NO_FINDING:
+                    # A present finding outside the 13 says "not No Finding"; an absent one
+                    # says nothing.
                     if label is Mention.NEGATIVE:
                         continue
-                    label = Mention.UNCERTAIN
+                    if found.flags_uncertain:
+                        label = Mention.UNCERTAIN
+                    else:
+                        label = Mention.NEGATIVE
                 labelled.append(LabelledMention(
                     found.observation, label, clause,
                     clause[found.span.start:found.span.end],
@@ -299,7 +326,8 @@ def aggregate(mentions: list[LabelledMention]) -> ReportLabels:
     """Combine mention labels into one label per observation (CheXpert's rules).
 
     Positive beats uncertain beats negative; No Finding is positive exactly when no
-    observation other than Support Devices is positive or uncertain.
+    observation other than Support Devices is positive or uncertain and no No Finding
+    mention (a finding outside the 14, labelled negative) is given.
     """
     labels: dict[Observation, Mention] = {}
     for item in mentions:
@@ -308,7 +336,9 @@ def aggregate(mentions: list[LabelledMention]) -> ReportLabels:
             labels[item.observation] = item.mention
     findings = (o for o in Observation
                 if o not in (Observation.NO_FINDING, Observation.SUPPORT_DEVICES))
-    if not any(labels.get(o) in (Mention.POSITIVE, Mention.UNCERTAIN) for o in findings):
+    other_finding = Observation.NO_FINDING in labels
+    if not other_finding and not any(
+            labels.get(o) in (Mention.POSITIVE, Mention.UNCERTAIN) for o in findings):
         labels[Observation.NO_FINDING] = Mention.POSITIVE
     else:
         labels.pop(Observation.NO_FINDING, None)
