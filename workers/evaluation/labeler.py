@@ -145,10 +145,15 @@ def _find_cues(clause: str, rules: LabelerRules) -> tuple[list[Cue], list[Cue]]:
     """Pre-cues and post-cues of a clause; negations inside uncertainty cues are dropped."""
     cues = rules.cues
     negated = _spans(cues.negated_uncertainty, clause)
-    uncertain_pre = [s for s in _spans(cues.pre_uncertainty, clause)
-                     if not any(n.contains(s) for n in negated)]
-    uncertain_post = [s for s in _spans(cues.post_uncertainty, clause)
-                      if not any(n.contains(s) for n in negated)]
+    not_uncertain = _spans(cues.pseudo_uncertainty, clause)
+
+    def uncertainties(pattern: re.Pattern[str]) -> list[Span]:
+        return [s for s in _spans(pattern, clause)
+                if not any(n.contains(s) for n in negated)
+                and not any(p.overlaps(s) for p in not_uncertain)]
+
+    uncertain_pre = uncertainties(cues.pre_uncertainty)
+    uncertain_post = uncertainties(cues.post_uncertainty)
     shields = uncertain_pre + uncertain_post + _spans(cues.pseudo_negation, clause)
 
     def negations(pattern: re.Pattern[str]) -> list[Span]:

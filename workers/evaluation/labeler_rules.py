@@ -60,6 +60,7 @@ class CueRules:
 
     clause_boundaries: re.Pattern[str]
     pseudo_negation: re.Pattern[str]
+    pseudo_uncertainty: re.Pattern[str]
     negated_uncertainty: re.Pattern[str]
     pre_negation: re.Pattern[str]
     post_negation: re.Pattern[str]
