@@ -181,6 +181,8 @@ def _find_mentions(clause: str, rules: LabelerRules) -> list[_Found]:
 
 
 def _mentions_of(rules: ObservationRules, clause: str) -> list[_Found]:
+    if not rules.screen.search(clause):
+        return []
     excluded = [s for p in rules.exclusions for s in _spans(p, clause)]
     candidates = [(s, False) for p in rules.mentions for s in _spans(p, clause)]
     candidates += [(s, True) for p in rules.negative_mentions for s in _spans(p, clause)]

@@ -53,6 +53,18 @@ class ObservationRules:
     exclusions: tuple[re.Pattern[str], ...]
     uncertain_elsewhere: tuple[re.Pattern[str], ...]
 
+    @property
+    def screen(self) -> re.Pattern[str]:
+        """One pattern matching wherever any mention phrase might (a fast first test)."""
+        return _screen(self.mentions + self.negative_mentions)
+
+
+@lru_cache(maxsize=256)
+def _screen(patterns: tuple[re.Pattern[str], ...]) -> re.Pattern[str]:
+    if not patterns:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(f"(?:{p.pattern})" for p in patterns))
+
 
 @dataclass(frozen=True)
 class CueRules:
