@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from node.reports.sr_template import Presence
@@ -28,11 +30,27 @@ PRESENCE_OF_MENTION: Mapping[Mention, Presence] = {
 UNCERTAIN_FLAG_PREFIX = "possible "
 
 
-def default_labeler() -> Labeler:
-    """The node's CheXpert labeler (imported when first needed)."""
+def default_labeler(rules_dir: Path | None = None) -> Labeler:
+    """The node's CheXpert labeler (imported when first needed).
+
+    Parameters
+    ----------
+    rules_dir
+        A site's folder of labeler rule files (``[quality] labeler_rules_dir``), added to
+        the shipped phrase tables; ``None`` for the shipped tables alone.
+
+    Raises
+    ------
+    workers.evaluation.labeler_rules.RulesError
+        If the site's rule files are malformed.
+    """
     from workers.evaluation.labeler import label_report
 
-    return label_report
+    if rules_dir is None:
+        return label_report
+    from workers.evaluation.labeler_rules import site_rules
+
+    return partial(label_report, rules=site_rules(Path(rules_dir).resolve()))
 
 
 def report_text(findings: str, impression: str) -> str:

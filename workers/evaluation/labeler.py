@@ -315,10 +315,7 @@ def label_mentions(text: str, rules: LabelerRules | None = None) -> list[Labelle
                     # says nothing.
                     if label is Mention.NEGATIVE:
                         continue
-                    if found.flags_uncertain:
-                        label = Mention.UNCERTAIN
-                    else:
-                        label = Mention.NEGATIVE
+                    label = Mention.UNCERTAIN if found.flags_uncertain else Mention.NEGATIVE
                 labelled.append(LabelledMention(
                     found.observation, label, clause,
                     clause[found.span.start:found.span.end],
@@ -352,13 +349,16 @@ def aggregate(mentions: list[LabelledMention]) -> ReportLabels:
     return ReportLabels(labels)
 
 
-def label_report(text: str) -> ReportLabels:
+def label_report(text: str, rules: LabelerRules | None = None) -> ReportLabels:
     """Label a report with the 14 CheXpert observations.
 
     Parameters
     ----------
     text
         The report text (findings and/or impression, any casing, several sentences).
+    rules
+        Phrase tables; the shipped ones by default (see :func:`~workers.evaluation.
+        labeler_rules.site_rules` for a site's additions).
 
     Returns
     -------
@@ -376,7 +376,7 @@ def label_report(text: str) -> ReportLabels:
     >>> labels[Observation.CARDIOMEGALY], labels[Observation.PLEURAL_EFFUSION]
     (<Mention.POSITIVE: 'positive'>, <Mention.NEGATIVE: 'negative'>)
     """
-    return aggregate(label_mentions(text))
+    return aggregate(label_mentions(text, rules))
 
 
 __all__ = ["CueKind", "LabelledMention", "aggregate", "label_mentions", "label_report",
