@@ -36,6 +36,7 @@ _LIST_CONJUNCTION = re.compile(r"^\s*(?:,\s*)?(?:(?:and|or|and/or|as well as)\s+
                                r"new|acute|basilar|apical|lobe|lower|upper|middle|pleural|"
                                r"pulmonary|\w+al)\s+){0,3}$")
 _ALTERNATIVE = re.compile(r"^\s*(?:,\s*)?(?:or|and/or)\s+(?:[\w-]+\s+){0,2}$")
+_WORD = re.compile(r"\S+")
 _NEGATION_WORD = re.compile(r"\b(?:not|no)\b|n't\b")
 _NOT_ALTERNATIVES = (Observation.NO_FINDING, Observation.LUNG_OPACITY)
 _JOINED_BY_AND = re.compile(r"^\s*(?:,\s*)?and\s+(?!/)(?:[\w-]+\s+){0,3}$")
@@ -86,13 +87,17 @@ class LabelledMention:
     sentence
         The (lower-case, whitespace-normalised) clause the mention is in.
     text
-        The words of the mention.
+        The words of the mention (lower case).
+    start, end
+        Where the mention lies in the report text (``text[start:end]``), when known.
     """
 
     observation: Observation
     mention: Mention
     sentence: str
     text: str
+    start: int | None = None
+    end: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,42 @@ class _Found:
     span: Span
     normal: bool
     flags_uncertain: tuple[Observation, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    """A lower-case, single-spaced sentence and where each of its characters came from."""
+
+    text: str
+    offsets: tuple[int, ...]
+
+    def original(self, start: int, end: int) -> tuple[int, int]:
+        """The range ``[start, end)`` of this sentence as a range of the report text."""
+        return self.offsets[start], self.offsets[end - 1] + 1
+
+
+def _sentences(text: str) -> list[_Sentence]:
+    pieces: list[tuple[int, int]] = []
+    position = 0
+    for separator in _SENTENCE_END.finditer(text):
+        pieces.append((position, separator.start()))
+        position = separator.end()
+    pieces.append((position, len(text)))
+    sentences = []
+    for start, end in pieces:
+        chars: list[str] = []
+        offsets: list[int] = []
+        for word in _WORD.finditer(text, start, end):
+            if chars:
+                chars.append(" ")
+                offsets.append(offsets[-1] + 1)
+            lower = word.group(0).lower()
+            last = word.end() - 1
+            chars.append(lower)
+            offsets.extend(min(word.start() + i, last) for i in range(len(lower)))
+        if chars:
+            sentences.append(_Sentence("".join(chars), tuple(offsets)))
+    return sentences
 
 
 def split_sentences(text: str) -> list[str]:
@@ -116,25 +157,33 @@ def split_sentences(text: str) -> list[str]:
     list of str
         Non-empty sentences in order.
     """
-    sentences = []
-    for piece in _SENTENCE_END.split(text):
-        sentence = " ".join(piece.lower().split())
-        if sentence:
-            sentences.append(sentence)
-    return sentences
+    return [sentence.text for sentence in _sentences(text)]
+
+
+def _clause_spans(sentence: str, rules: LabelerRules) -> list[Span]:
+    pieces = []
+    start = 0
+    for boundary in rules.cues.clause_boundaries.finditer(sentence):
+        pieces.append(Span(start, boundary.start()))
+        start = boundary.start() if boundary.group(0)[0].isalpha() else boundary.end()
+        if boundary.group(0).startswith(","):
+            start = boundary.start() + 1
+    pieces.append(Span(start, len(sentence)))
+    spans = []
+    for piece in pieces:
+        begin, end = piece.start, piece.end
+        while begin < end and sentence[begin] in " ,":
+            begin += 1
+        while end > begin and sentence[end - 1] in " ,":
+            end -= 1
+        if end > begin:
+            spans.append(Span(begin, end))
+    return spans
 
 
 def split_clauses(sentence: str, rules: LabelerRules) -> list[str]:
     """Split a sentence at clause boundaries (";", "but", ", there", "and the", …)."""
-    clauses = []
-    start = 0
-    for boundary in rules.cues.clause_boundaries.finditer(sentence):
-        clauses.append(sentence[start:boundary.start()])
-        start = boundary.start() if boundary.group(0)[0].isalpha() else boundary.end()
-        if boundary.group(0).startswith(","):
-            start = boundary.start() + 1
-    clauses.append(sentence[start:])
-    return [c.strip(" ,") for c in clauses if c.strip(" ,")]
+    return [sentence[s.start:s.end] for s in _clause_spans(sentence, rules)]
 
 
 def _spans(pattern: re.Pattern[str], text: str) -> list[Span]:
@@ -303,8 +352,9 @@ def label_mentions(text: str, rules: LabelerRules | None = None) -> list[Labelle
         raise TypeError(f"report text must be a string, not {type(text).__name__}")
     rules = rules or default_rules()
     labelled: list[LabelledMention] = []
-    for sentence in split_sentences(text):
-        for clause in split_clauses(sentence, rules):
+    for sentence in _sentences(text):
+        for clause_span in _clause_spans(sentence.text, rules):
+            clause = sentence.text[clause_span.start:clause_span.end]
             pre, post = _find_cues(clause, rules)
             mentions = _find_mentions(clause, rules)
             plain = [m for m in mentions if not m.flags_uncertain]
@@ -316,9 +366,11 @@ def label_mentions(text: str, rules: LabelerRules | None = None) -> list[Labelle
                     if label is Mention.NEGATIVE:
                         continue
                     label = Mention.UNCERTAIN if found.flags_uncertain else Mention.NEGATIVE
+                start, end = sentence.original(clause_span.start + found.span.start,
+                                               clause_span.start + found.span.end)
                 labelled.append(LabelledMention(
                     found.observation, label, clause,
-                    clause[found.span.start:found.span.end],
+                    clause[found.span.start:found.span.end], start, end,
                 ))
     return labelled
 
