@@ -198,6 +198,7 @@ def _merge_site_file(path: Path, observations: dict[str, dict[str, Any]],
         for key in _OBSERVATION_LISTS:
             if key in table or key in replace:
                 phrases = _phrase_list(table.get(key, []), f"{where} {key}")
+                _compile(phrases, f"{where} {key}")
                 shipped[key] = phrases if key in replace else [*shipped.get(key, []), *phrases]
     cue_table = site.get("cues", {})
     cue_keys = tuple(CueRules.__dataclass_fields__)
@@ -208,6 +209,7 @@ def _merge_site_file(path: Path, observations: dict[str, dict[str, Any]],
     for key in cue_keys:
         if key in cue_table or key in replace:
             phrases = _phrase_list(cue_table.get(key, []), f"{path} [cues] {key}")
+            _compile(phrases, f"{path} [cues] {key}")
             cues[key] = phrases if key in replace else [*cues[key], *phrases]
 
 
