@@ -72,6 +72,10 @@ Obs, M = Observation, Mention
         ("Calcified granuloma in the right lower lobe.", Obs.LUNG_LESION, M.NOT_MENTIONED),
         ("Calcified nodule at the left apex.", Obs.LUNG_LESION, M.NOT_MENTIONED),
         ("Spiculated nodule in the right upper lobe.", Obs.LUNG_LESION, M.POSITIVE),
+        ("Nodular density over the left fifth rib represents an artifact.", Obs.LUNG_LESION,
+         M.NEGATIVE),
+        ("Differential includes a pleural mass.", Obs.LUNG_LESION, M.NOT_MENTIONED),
+        ("A 9 mm nodule without definite calcification.", Obs.LUNG_LESION, M.POSITIVE),
     ],
 )
 def test_report_sentence_structures(text: str, observation: Observation,
