@@ -47,12 +47,17 @@ def _labeler(rules_dir: Path | None) -> MentionLabeler:
     return label
 
 
+def _read(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as handle:
+        yield from handle
+
+
 def _lines(path: Path) -> tuple[Iterator[str], int | None]:
     if str(path) == "-":
         return iter(sys.stdin), None
     with path.open(encoding="utf-8") as handle:
         total = sum(1 for _ in handle)
-    return iter(path.open(encoding="utf-8")), total
+    return _read(path), total
 
 
 def _label_jsonl(label: MentionLabeler, path: Path, field: str, out: IO[str]) -> int:
@@ -97,14 +102,19 @@ def _label(args: argparse.Namespace) -> int:
         print(f"radnode label: {exc}", file=sys.stderr)
         return 2
     out: IO[str] = sys.stdout
-    if args.output is not None:
-        out = args.output.open("w", encoding="utf-8")
     try:
+        if args.jsonl is not None and str(args.jsonl) != "-" and not args.jsonl.is_file():
+            raise FileNotFoundError(f"no such file: {args.jsonl}")
+        if args.output is not None:
+            out = args.output.open("w", encoding="utf-8")
         if args.jsonl is not None:
             return _label_jsonl(label, args.jsonl, args.field, out)
         text = args.text if args.text is not None else sys.stdin.read()
         out.write(json.dumps(label(text), indent=2) + "\n")
         return 0
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"radnode label: {exc}", file=sys.stderr)
+        return 2
     finally:
         if out is not sys.stdout:
             out.close()

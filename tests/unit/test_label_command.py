@@ -85,3 +85,13 @@ def test_malformed_site_rules_exit_with_a_message(
     (folder / "site.toml").write_text('[observations."Spleen"]\nmentions = ["x"]\n', "utf-8")
     assert main(["label", "--rules-dir", str(folder), "Effusion."]) == 2
     assert "unknown observation" in capsys.readouterr().err
+
+
+def test_unreadable_input_exits_with_a_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["label", "--jsonl", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00not utf-8\n")
+    assert main(["label", "--jsonl", str(binary)]) == 2
+    assert "codec" in capsys.readouterr().err
