@@ -42,7 +42,7 @@ def test_jsonl_keeps_ids_reads_the_chosen_field_and_reports_bad_lines(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "reports.jsonl"
     source.write_text("\n".join([
-        json.dumps({"id": "a", "impression": "Right pleural effusion."}),
+        json.dumps({"id": "a", "impression": "Moderate right-sided pleural effusion noted."}),
         "{not json",
         json.dumps({"id": "c", "text": "no impression field"}),
         json.dumps(["a", "list"]),

@@ -69,7 +69,8 @@ Obs, M = Observation, Mention
         ("Heart size and pulmonary vascular congestion appear within normal limits.",
          Obs.EDEMA, M.NEGATIVE),
         # Calcified granulomas and nodules are no lung lesion (CheXpert's definition).
-        ("Calcified granuloma in the right lower lobe.", Obs.LUNG_LESION, M.NOT_MENTIONED),
+        ("Calcified granuloma projecting over the left midlung zone.", Obs.LUNG_LESION,
+         M.NOT_MENTIONED),
         ("Calcified nodule at the left apex.", Obs.LUNG_LESION, M.NOT_MENTIONED),
         ("Spiculated nodule in the right upper lobe.", Obs.LUNG_LESION, M.POSITIVE),
         ("Nodular density over the left fifth rib represents an artifact.", Obs.LUNG_LESION,
@@ -84,7 +85,7 @@ def test_report_sentence_structures(text: str, observation: Observation,
     assert label_report(text)[observation] is expected
 
 
-@pytest.mark.parametrize("text", ["Borderline heart size.",
+@pytest.mark.parametrize("text", ["Heart size is borderline.",
                                   "Heart size is upper limits of normal or mildly enlarged."])
 def test_borderline_heart_size_is_no_cardiomegaly(text: str) -> None:
     """A borderline or hedged heart size is never a positive Cardiomegaly."""
@@ -94,10 +95,10 @@ def test_borderline_heart_size_is_no_cardiomegaly(text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "no_finding"),
     [
-        ("Tortuous thoracic aorta. Lungs are clear.", M.NOT_MENTIONED),
-        ("Degenerative changes of the thoracic spine. No acute disease.", M.NOT_MENTIONED),
-        ("The lungs are hyperexpanded. No consolidation.", M.NOT_MENTIONED),
-        ("Calcified granuloma in the right lower lobe.", M.NOT_MENTIONED),
+        ("Tortuous descending aorta noted. Lungs are clear.", M.NOT_MENTIONED),
+        ("Degenerative spurring along the thoracic spine. No acute disease.", M.NOT_MENTIONED),
+        ("Both lungs look hyperexpanded. No consolidation.", M.NOT_MENTIONED),
+        ("Calcified granuloma projecting over the left midlung zone.", M.NOT_MENTIONED),
         ("Lungs are clear. No scoliosis.", M.POSITIVE),
         ("Sternotomy wires. Lungs are clear.", M.POSITIVE),
     ],
