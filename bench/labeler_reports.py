@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.evaluation.observations import SIX_FINDINGS, Mention, Observation
+
 from node.config import load_settings
 from node.quality.labels import urgent_flags
 from workers.evaluation.labeler import label_report
-from workers.evaluation.observations import SIX_FINDINGS, Mention, Observation
 
 _ID_NUMBER = re.compile(r"(\d+)")
 
