@@ -440,24 +440,13 @@ class InstanceIngestor:
                     return study.id, instance.id  # a concurrent identical re-send
             elif identity_conflicts(_identity_of(study), header.patient):
                 raise _Replan()
-            self._touch_study(session, study, header, now)
+            touch_study(session, study, header, now)
             restored = instance is not None
             if instance is None:
                 instance = Instance(sop_instance_uid=header.sop_instance_uid)
                 session.add(instance)
             instance.study_id = study.id
-            instance.sop_class_uid = header.sop_class_uid
-            instance.series_instance_uid = header.series_instance_uid
-            instance.series_number = header.series_number
-            instance.instance_number = header.instance_number
-            instance.modality = header.modality
-            instance.body_part = header.body_part
-            instance.view_position = header.view_position
-            instance.image_laterality = header.image_laterality
-            instance.series_description = header.series_description
-            instance.transfer_syntax_uid = header.transfer_syntax_uid
-            instance.rows = header.rows
-            instance.columns = header.columns
+            describe_instance(instance, header)
             instance.path = relative
             instance.size_bytes = len(received.encoded)
             instance.sha256 = digest
@@ -478,28 +467,46 @@ class InstanceIngestor:
             )
             return study.id, instance.id
 
-    @staticmethod
-    def _touch_study(
-        session: Session, study: Study, header: InstanceHeader, now: dt.datetime
-    ) -> None:
-        """Record new activity on a known study and reopen it where that applies."""
-        study.last_received_at = now
-        for key, value in {**header.patient, **header.study}.items():
-            if getattr(study, key) is None and value is not None:
-                setattr(study, key, value)
-        if study.state in REOPENING_STATES:
-            study.state = StudyState.RECEIVING
-            study.state_reason = None
-            study.stable_at = None
-        elif study.state != StudyState.RECEIVING:
-            session.add(
-                AuditEvent(
-                    at=now,
-                    actor="system",
-                    action="late_instance",
-                    object_type="study",
-                    object_id=study.study_instance_uid,
-                    study_id=study.id,
-                    details={"state": study.state.name},
-                )
+
+def touch_study(session: Session, study: Study, header: InstanceHeader, now: dt.datetime) -> None:
+    """Record an instance joining a study, and reopen the study where that applies.
+
+    Facts the study lacks are taken from the instance; a STABLE or IGNORED study goes back
+    to RECEIVING; a study further on records a ``late_instance`` audit event.
+    """
+    study.last_received_at = now
+    for key, value in {**header.patient, **header.study}.items():
+        if getattr(study, key) is None and value is not None:
+            setattr(study, key, value)
+    if study.state in REOPENING_STATES:
+        study.state = StudyState.RECEIVING
+        study.state_reason = None
+        study.stable_at = None
+    elif study.state != StudyState.RECEIVING:
+        session.add(
+            AuditEvent(
+                at=now,
+                actor="system",
+                action="late_instance",
+                object_type="study",
+                object_id=study.study_instance_uid,
+                study_id=study.id,
+                details={"state": study.state.name},
             )
+        )
+
+
+def describe_instance(instance: Instance, header: InstanceHeader) -> None:
+    """Copy the header facts the node indexes onto an instance row."""
+    instance.sop_class_uid = header.sop_class_uid
+    instance.series_instance_uid = header.series_instance_uid
+    instance.series_number = header.series_number
+    instance.instance_number = header.instance_number
+    instance.modality = header.modality
+    instance.body_part = header.body_part
+    instance.view_position = header.view_position
+    instance.image_laterality = header.image_laterality
+    instance.series_description = header.series_description
+    instance.transfer_syntax_uid = header.transfer_syntax_uid
+    instance.rows = header.rows
+    instance.columns = header.columns
