@@ -140,6 +140,7 @@ class InstanceIngestor:
             calling_ae=received.calling_ae,
             study_id=outcome.study_id,
             instance_id=outcome.instance_id,
+            quarantined=outcome.quarantined.name if outcome.quarantined else None,
             bytes=len(received.encoded),
         )
         return outcome
