@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -275,3 +276,40 @@ def test_nul_in_patient_identity_is_refused_on_every_database(
     padded = make_cxr_dataset(rows=16, cols=16, bits=8)
     padded.PatientName = "TRAILING^PAD\x00"  # NUL padding is stripped, not refused
     assert _send(node, padded) == [0x0000]
+
+
+def test_concurrent_conflicting_senders_store_one_and_quarantine_the_rest(
+        node: NodeServices) -> None:
+    """Four associations at once send the same new SOP Instance UID with different pixels,
+    and two patients' first images of one new study: one of each is stored, every other
+    copy is quarantined, every response is Success."""
+    study_uid, series_uid, sop_uid = (str(generate_uid()) for _ in range(3))
+    rivals = [make_cxr_dataset(rows=16, cols=16, bits=8, study_uid=study_uid,
+                               series_uid=series_uid, sop_uid=sop_uid, seed=n)
+              for n in range(4)]
+    shared_study = str(generate_uid())
+    patients = [make_cxr_dataset(rows=16, cols=16, bits=8, study_uid=shared_study,
+                                 patient_id=f"P-{n}", patient_name=f"PATIENT^{n}")
+                for n in range(2)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = list(pool.map(lambda ds: _send(node, ds), [*rivals, *patients]))
+    assert statuses == [[0x0000]] * 6
+
+    stored = _row(node, sop_uid)
+    kept = _quarantined(node)
+    rival_copies = [q for q in kept if q.sop_instance_uid == sop_uid]
+    assert len(rival_copies) == 3
+    assert {q.reason for q in rival_copies} == {QuarantineReason.CONTENT_CONFLICT}
+    assert stored.sha256 not in {q.sha256 for q in rival_copies}
+    assert all(q.instance_id == stored.id for q in rival_copies)
+    with node.database.sessions() as session:
+        study = session.scalars(select(Study).where(
+            Study.study_instance_uid == shared_study)).one()
+        members = [i.sop_instance_uid for i in study.instances]
+        winner = study.patient_id
+    [loser] = [q for q in kept if q.study_instance_uid == shared_study]
+    assert loser.reason == QuarantineReason.PATIENT_IDENTITY_CONFLICT
+    assert loser.patient_id != winner and len(members) == 1
+    on_disk = {p.relative_to(node.store.root).as_posix() for p in stored_files(node.store.root)}
+    assert on_disk == {stored.path, *(q.path for q in kept)} | {
+        i.path for i in [_row(node, members[0])]}
