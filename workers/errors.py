@@ -17,8 +17,9 @@ def is_permanent(exc: BaseException) -> bool:
     """Return whether ``exc`` is a permanent failure.
 
     Deterministic input errors are permanent: undecodable pixels, missing attributes
-    (pydicom's ``AttributeError``, an unreadable DICOM file), evidence of several patients
-    or studies (:class:`~node.reports.sr_builder.EvidenceError`); everything else
+    (pydicom's ``AttributeError``, an unreadable DICOM file), images of several patients
+    or studies (:class:`~workers.inference.drafting.MixedStudyError`, checked before the
+    model runs; :class:`~node.reports.sr_builder.EvidenceError`); everything else
     (broker or database hiccups, GPU out of memory, a missing shared folder, a node
     that cannot be reached to fetch instances from) is
     retried with back-off until the attempts run out.
@@ -26,8 +27,8 @@ def is_permanent(exc: BaseException) -> bool:
     from pydicom.errors import InvalidDicomError
 
     from node.reports.sr_builder import EvidenceError
-    from workers.inference.drafting import NoFrontalImageError
+    from workers.inference.drafting import MixedStudyError, NoFrontalImageError
     from workers.inference.preprocess import ImageDecodeError
 
     return isinstance(exc, PermanentJobError | ImageDecodeError | NoFrontalImageError
-                      | EvidenceError | InvalidDicomError | AttributeError)
+                      | MixedStudyError | EvidenceError | InvalidDicomError | AttributeError)

@@ -7,7 +7,7 @@ from pydicom.errors import InvalidDicomError
 
 from node.reports.sr_builder import EvidenceError
 from workers.errors import InstanceFetchError, PermanentJobError, is_permanent
-from workers.inference.drafting import NoFrontalImageError
+from workers.inference.drafting import MixedStudyError, NoFrontalImageError
 from workers.inference.preprocess import ImageDecodeError
 
 
@@ -15,6 +15,7 @@ from workers.inference.preprocess import ImageDecodeError
     PermanentJobError("bad input"),
     ImageDecodeError("1.2.840.10008.1.2.4.90", "truncated codestream"),
     NoFrontalImageError("no frontal image"),
+    MixedStudyError("two patients"),
     EvidenceError("all evidence must belong to one study of one patient"),
     InvalidDicomError("not a DICOM file"),
     AttributeError("'FileDataset' object has no attribute 'PatientID'"),
