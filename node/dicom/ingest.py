@@ -302,7 +302,11 @@ class InstanceIngestor:
         try:
             study_id, quarantine_id = self._record_quarantine(header, received, plan, relative)
         except SQLAlchemyError as exc:
-            self.store.remove(relative)
+            # A concurrent identical copy may have recorded the same file: keep it then.
+            with contextlib.suppress(SQLAlchemyError), self.session_factory() as session:
+                if session.scalar(select(QuarantinedInstance.id).where(
+                        QuarantinedInstance.path == relative).limit(1)) is None:
+                    self.store.remove(relative)
             return IngestOutcome(
                 StoreStatus.OUT_OF_RESOURCES, f"database unavailable: {exc.__class__.__name__}")
         return IngestOutcome(StoreStatus.SUCCESS, f"quarantined: {plan.quarantine.value}",

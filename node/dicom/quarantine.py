@@ -48,6 +48,13 @@ def _locked(session: Session, quarantine_id: int) -> QuarantinedInstance:
     return item
 
 
+def _still_referenced(sessions: sessionmaker[Session], path: str) -> bool:
+    """Whether another quarantined row keeps ``path`` (identical copies share one file)."""
+    with sessions() as session:
+        return session.scalar(select(QuarantinedInstance.id).where(
+            QuarantinedInstance.path == path).limit(1)) is not None
+
+
 def _audit(session: Session, now: dt.datetime, actor: str, user_id: int, action: str,
            item: QuarantinedInstance, details: dict[str, Any]) -> None:
     session.add(AuditEvent(
@@ -127,7 +134,8 @@ def accept(sessions: sessionmaker[Session], store: InstanceStore, quarantine_id:
         if written is not None:
             store.remove(written)
         raise
-    store.remove(quarantined_path)
+    if not _still_referenced(sessions, quarantined_path):
+        store.remove(quarantined_path)
     return instance_id
 
 
@@ -152,4 +160,5 @@ def discard(sessions: sessionmaker[Session], store: InstanceStore, quarantine_id
         item.resolved_at = now
         item.resolved_by_id = user_id
         _audit(session, now, actor, user_id, "quarantine_discarded", item, {})
-    store.remove(path)
+    if not _still_referenced(sessions, path):
+        store.remove(path)

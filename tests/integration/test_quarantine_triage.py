@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from node.db.models import Instance, QuarantinedInstance, Report, Study
 from node.dicom.ingest import InstanceIngestor, ReceivedInstance
+from node.dicom.quarantine import discard
 from node.dicom.statuses import StoreStatus
 from node.states import QuarantineReason, QuarantineState, ReportState, Role, StudyState
 from tests.dicom_factory import make_cxr_dataset
@@ -204,3 +205,22 @@ def test_quarantined_copy_never_reaches_the_signed_study(web: WebEnv) -> None:
     assert web.client.get(
         f"/studies/{seeded.study_id}/image/{original.id}.png").status_code == 200
     assert audit_events(web.database, "signed_evidence_mismatch") == []
+
+
+def test_discarding_one_of_two_identical_copies_keeps_the_shared_file(web: WebEnv) -> None:
+    """Two rows for one identical conflicting copy (concurrent senders) share its file:
+    discarding the first keeps the file for the second; discarding both removes it."""
+    _, _, content = _quarantine_both_kinds(web)
+    admin_id = seed_user(web.database, "root", Role.ADMIN)
+    with web.database.sessions.begin() as session:
+        first = session.get_one(QuarantinedInstance, content)
+        twin = QuarantinedInstance(**{
+            column.key: getattr(first, column.key)
+            for column in QuarantinedInstance.__table__.columns if column.key != "id"})
+        session.add(twin)
+        session.flush()
+        twin_id, path = twin.id, web.store.absolute(first.path or "")
+    discard(web.database.sessions, web.store, content, actor="root", user_id=admin_id)
+    assert path.is_file()
+    discard(web.database.sessions, web.store, twin_id, actor="root", user_id=admin_id)
+    assert not path.exists()
