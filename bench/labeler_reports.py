@@ -24,9 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.evaluation.observations import SIX_FINDINGS, Mention, Observation
-
 from node.config import load_settings
+from node.observations import SIX_FINDINGS, Mention, Observation
 from node.quality.labels import urgent_flags
 from workers.evaluation.labeler import label_report
 

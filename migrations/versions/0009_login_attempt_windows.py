@@ -4,7 +4,7 @@ Failed logins become one counter row per throttle key and window (instead of one
 failure), so a flood of attempts cannot grow the table without bound.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-05 06:00:00.000000
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 import node.db.types
 
 revision = '0009'
-down_revision = '0006'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

@@ -23,8 +23,10 @@ from sqlalchemy.exc import DBAPIError
 from node.db.models import Export, Instance, Report, Study, User
 from node.jobs.bundle_identity import BundleIdentity, read_bundle_identity
 from node.logs import log_event
+from node.reports.evidence import EvidenceChanged, audit_mismatch, verify_evidence
 from node.reports.signoff import (
     AlreadySigned,
+    EvidenceMismatch,
     NotPermitted,
     SignoffError,
     amend_report,
@@ -75,10 +77,34 @@ def _bundle_for(ctx_bundle: BundleIdentity | None, report: Report | None) -> Bun
     return ctx_bundle
 
 
+def _refuse_changed_evidence(request: Request, viewer: Viewer, study_id: int,
+                             error: EvidenceChanged, during: str) -> HTTPException:
+    """Audit a signed-evidence mismatch and return the 409 to raise."""
+    ctx = get_context(request)
+    with ctx.database.sessions.begin() as session:
+        audit_mismatch(session, study_id, error, actor=viewer.username, user_id=viewer.id,
+                       during=during)
+    log_event(logger, logging.ERROR, "signed_evidence_mismatch", study_id=study_id,
+              report_id=error.report_id, instances=len(error.changed), during=during)
+    return HTTPException(409, str(error))
+
+
+def _check_signed_evidence(request: Request, viewer: Viewer, study_id: int, during: str,
+                           sop_instance_uids: set[str] | None = None) -> None:
+    """Refuse (409, audited) when a stored image differs from what was signed."""
+    ctx = get_context(request)
+    try:
+        with ctx.database.sessions() as session:
+            verify_evidence(session, ctx.store, study_id, sop_instance_uids)
+    except EvidenceChanged as exc:
+        raise _refuse_changed_evidence(request, viewer, study_id, exc, during) from exc
+
+
 def _study_page(request: Request, viewer: Viewer, study_id: int, *,
                 error: str | None = None, form: dict[str, str] | None = None,
                 status_code: int = 200) -> Response:
     ctx = get_context(request)
+    _check_signed_evidence(request, viewer, study_id, "study_page")
     with ctx.database.sessions() as session:
         study = session.get(Study, study_id)
         if study is None:
@@ -142,6 +168,8 @@ def study_image(study_id: RowId, instance_id: RowId, request: Request,
         if instance.purged_at is not None:
             raise HTTPException(410, "the image was removed by the retention policy")
         path = instance.path
+        sop_instance_uid = instance.sop_instance_uid
+    _check_signed_evidence(request, viewer, study_id, "image", {sop_instance_uid})
     try:
         center = _number(request.query_params.get("wc"))
         width = _number(request.query_params.get("ww"))
@@ -195,6 +223,8 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
         raise Forbidden(str(exc)) from exc
     except AlreadySigned as exc:
         return _study_page(request, viewer, study_id, error=str(exc), status_code=409)
+    except EvidenceMismatch as exc:
+        raise _refuse_changed_evidence(request, viewer, study_id, exc.changed, action) from exc
     except SignoffError as exc:
         return _study_page(request, viewer, study_id, error=str(exc), form=form,
                            status_code=400)

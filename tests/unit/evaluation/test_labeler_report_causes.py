@@ -7,8 +7,8 @@ the status a reader gives the observation.
 from __future__ import annotations
 
 import pytest
-from workers.evaluation.observations import Mention, Observation
 
+from node.observations import Mention, Observation
 from node.quality.labels import urgent_flags
 from workers.evaluation.labeler import label_mentions, label_report
 

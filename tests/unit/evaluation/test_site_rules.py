@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from workers.evaluation.observations import Mention, Observation
 
 from node.config import ConfigError, load_settings
+from node.observations import Mention, Observation
 from node.quality.labels import default_labeler
 from workers.evaluation.labeler import label_report
 from workers.evaluation.labeler_rules import RULES_DIR, RulesError, load_rules
