@@ -28,13 +28,9 @@ from node.db.types import utcnow
 from node.jobs.bundle_identity import read_bundle_identity
 from node.logs import log_event
 from node.states import ExportState, JobState, StudyState
-<<<<<<< HEAD
 from node.web.deps import AdminDep, CsrfAdminDep, RowId, audit, get_context, render
-=======
-from node.web.deps import AdminDep, CsrfAdminDep, audit, get_context, render
 from node.web.quarantine_view import DONE_MESSAGES as QUARANTINE_DONE
 from node.web.quarantine_view import quarantine_rows
->>>>>>> integrity-data
 
 logger = logging.getLogger(__name__)
 router = APIRouter()

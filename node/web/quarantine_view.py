@@ -19,7 +19,7 @@ from node.db.models import QuarantinedInstance, Study
 from node.dicom.quarantine import QuarantineError, QuarantineNotFound, accept, discard
 from node.logs import log_event
 from node.states import QuarantineReason, QuarantineState
-from node.web.deps import CsrfAdminDep, get_context
+from node.web.deps import CsrfAdminDep, RowId, get_context
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -59,7 +59,7 @@ def quarantine_rows(session: Session, *, show_all: bool) -> list[QuarantineRow]:
 
 
 @router.post("/admin/quarantine/{quarantine_id}/{action}")
-def quarantine_action(quarantine_id: int, action: str, request: Request,
+def quarantine_action(quarantine_id: RowId, action: str, request: Request,
                       viewer: CsrfAdminDep) -> Response:
     """Accept a quarantined instance into its study, or discard it."""
     if action not in QUARANTINE_ACTIONS:
