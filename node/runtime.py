@@ -57,12 +57,6 @@ def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
     from workers.jobs import run_draft_job
 
     contexts: list[JobContext] = []
-
-    def run_job(job_id: int) -> float | None:
-        if not contexts:  # built on first use: the model may be installed after start
-            contexts.append(build_job_context(settings, sessions=database.sessions))
-        return run_draft_job(contexts[0], job_id)
-
     identity = read_bundle_identity(settings.model.bundle)
     heartbeat = HeartbeatWriter(
         database.sessions, worker_name=f"embedded@{socket.gethostname()}",
@@ -70,7 +64,18 @@ def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
         model_name=identity.name if identity else None,
         model_version=identity.version if identity else None,
         period_seconds=settings.worker.heartbeat_seconds,
+        lost_after_seconds=settings.worker.lost_after_seconds,
     )
+
+    def run_job(job_id: int) -> float | None:
+        if not contexts:  # built on first use: the model may be installed after start
+            context = build_job_context(settings, sessions=database.sessions)
+            context.holder = heartbeat.identity
+            contexts.append(context)
+        return run_draft_job(contexts[0], job_id)
+
+    # The heartbeat starts with the queue, releasing the jobs this node's previous run
+    # held, so the reconciler's first pass at start hands them out again at once.
     return EmbeddedWorkQueue(run_job, heartbeat)
 
 

@@ -20,7 +20,8 @@ from node.jobs.bundle_identity import read_bundle_identity
 from node.reports.sr_content import ModelProvenance
 from node.runtime import Database
 from node.storage import InstanceStore
-from workers.errors import PermanentJobError
+from workers.errors import ModelUnavailableError, PermanentJobError
+from workers.heartbeat import JOBS_IN_FLIGHT
 from workers.instance_source import HttpInstances, InstanceProvider, SharedFolderInstances
 from workers.jobs import DraftLike, JobContext
 
@@ -75,21 +76,37 @@ class BundleDrafter:
         self._bundle: Any = None
 
     def bundle(self) -> Any:
-        """Return the loaded bundle, loading it on the first call."""
+        """Return the loaded bundle, loading it on the first call.
+
+        Raises
+        ------
+        ModelUnavailableError
+            When the bundle fails to load; the process is then marked broken (its
+            heartbeat says why) and every later call raises at once.
+        """
         if self._bundle is None:
             with _load_lock:
+                if JOBS_IN_FLIGHT.broken_reason is not None:
+                    raise ModelUnavailableError(JOBS_IN_FLIGHT.broken_reason)
                 if self._bundle is None:
-                    from workers.inference.bundle import load_bundle
-
-                    device = resolve_device(self.device)
-                    self._bundle = load_bundle(
-                        self.bundle_dir, device=device,
-                        decode_engine=engine_wanted(self.decode_engine, device),
-                        engine_batch=self.engine_batch,
-                        engine_required=self.decode_engine is DecodeEngineMode.ON,
-                        engine_max_new_tokens=int(
-                            self.generation_overrides.get("max_new_tokens", 0)) or None)
+                    try:
+                        self._bundle = self._load()
+                    except Exception as exc:
+                        reason = f"model bundle {self.bundle_dir} failed to load: {exc}"
+                        JOBS_IN_FLIGHT.broken_reason = reason[:1000]
+                        raise ModelUnavailableError(reason) from exc
         return self._bundle
+
+    def _load(self) -> Any:
+        from workers.inference.bundle import load_bundle
+
+        device = resolve_device(self.device)
+        return load_bundle(
+            self.bundle_dir, device=device,
+            decode_engine=engine_wanted(self.decode_engine, device),
+            engine_batch=self.engine_batch,
+            engine_required=self.decode_engine is DecodeEngineMode.ON,
+            engine_max_new_tokens=int(self.generation_overrides.get("max_new_tokens", 0)) or None)
 
     def __call__(self, paths: Sequence[Path], indication: str | None) -> DraftLike:
         from workers.inference.drafting import draft_study
@@ -101,6 +118,34 @@ class BundleDrafter:
         result: DraftLike = draft_study(list(paths), bundle, indication=indication,
                                         generation=generation, seed=self.seed)
         return result
+
+
+def bundle_problem(bundle_dir: Path) -> str | None:
+    """Why the model bundle at ``bundle_dir`` cannot be used, without loading it.
+
+    Reads the manifest and checks that every file it lists is present (sizes and
+    hashes are left to ``radnode model verify``).
+
+    Returns
+    -------
+    str or None
+        One line naming the path and the problem; ``None`` when the bundle looks whole.
+    """
+    from workers.inference.manifest import MANIFEST_FILENAME, BundleManifest
+
+    if not (bundle_dir / MANIFEST_FILENAME).is_file():
+        return f"no model bundle at {bundle_dir} (no {MANIFEST_FILENAME})"
+    try:
+        manifest = BundleManifest.load(bundle_dir)
+    except Exception as exc:  # noqa: BLE001 - any parse or validation error makes it unusable
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"model bundle at {bundle_dir} has an unreadable manifest: {first}"
+    missing = sorted(rel for rel in manifest.files if not (bundle_dir / rel).is_file())
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more"
+                                           if len(missing) > 3 else "")
+        return f"model bundle at {bundle_dir} lacks {shown}"
+    return None
 
 
 def build_job_context(

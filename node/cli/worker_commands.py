@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from node.config import load_settings
 from node.logs import configure_logging
@@ -16,6 +17,12 @@ def _worker(args: argparse.Namespace) -> int:
         print("radnode worker needs [broker] url (redis://...); "
               "with the embedded default, `radnode serve` drafts in-process.")
         return 2
+    from workers.context import bundle_problem
+
+    problem = bundle_problem(settings.model.bundle)
+    if problem is not None:  # a worker that cannot draft never takes a task
+        print(f"radnode worker: {problem}", file=sys.stderr)
+        return 3
     from workers.celery_app import create_celery_app
 
     app = create_celery_app(settings.broker)

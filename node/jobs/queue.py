@@ -14,6 +14,7 @@ from node.logs import log_event
 logger = logging.getLogger(__name__)
 
 DRAFT_TASK_NAME = "radnode.draft"
+BROKER_CHECK_TIMEOUT_SECONDS = 2.0
 
 
 class Startable(Protocol):
@@ -33,6 +34,17 @@ class WorkQueue(Protocol):
 
     def enqueue_draft(self, job_id: int, *, delay_seconds: float = 0.0) -> str | None:
         """Queue drafting of ``job_id``; return a task id when the queue has one."""
+        ...
+
+    def broker_identity(self) -> str | None:
+        """The identity of the broker's current run (it changes when a broker restarts
+        and forgets its messages); ``None`` for a queue without a broker.
+
+        Raises
+        ------
+        Exception
+            When the broker cannot be reached.
+        """
         ...
 
     def close(self) -> None:
@@ -63,6 +75,14 @@ class CeleryWorkQueue:
             countdown=delay_seconds or None,
         )
         return str(result.id)
+
+    def broker_identity(self) -> str | None:
+        with self.app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
+                                         timeout=BROKER_CHECK_TIMEOUT_SECONDS)
+            client = connection.default_channel.client
+            info = client.info("server")
+        return str(info.get("run_id") or "")
 
     def close(self) -> None:
         self.app.close()
@@ -105,6 +125,9 @@ class EmbeddedWorkQueue:
             timer.start()
         else:
             self._queue.put(job_id)
+        return None
+
+    def broker_identity(self) -> str | None:
         return None
 
     def _loop(self) -> None:
