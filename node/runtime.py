@@ -65,18 +65,30 @@ def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
         model_version=identity.version if identity else None,
         period_seconds=settings.worker.heartbeat_seconds,
         lost_after_seconds=settings.worker.lost_after_seconds,
+        health=lambda: getattr(contexts[0].drafter, "broken_reason", None) if contexts
+        else None,
     )
 
-    def run_job(job_id: int) -> float | None:
+    def context() -> JobContext:
         if not contexts:  # built on first use: the model may be installed after start
-            context = build_job_context(settings, sessions=database.sessions)
-            context.holder = heartbeat.identity
-            contexts.append(context)
-        return run_draft_job(contexts[0], job_id)
+            built = build_job_context(settings, sessions=database.sessions)
+            built.holder = heartbeat.identity
+            contexts.append(built)
+        return contexts[0]
+
+    def run_job(job_id: int) -> float | None:
+        return run_draft_job(context(), job_id)
+
+    def warm_up() -> None:
+        if identity is not None:
+            bundle = getattr(context().drafter, "bundle", None)
+            if callable(bundle):
+                bundle()
 
     # The heartbeat starts with the queue, releasing the jobs this node's previous run
-    # held, so the reconciler's first pass at start hands them out again at once.
-    return EmbeddedWorkQueue(run_job, heartbeat)
+    # held, so the reconciler's first pass at start hands them out again at once; the
+    # worker thread loads the model before taking the first job.
+    return EmbeddedWorkQueue(run_job, heartbeat, warm_up)
 
 
 @dataclass

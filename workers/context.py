@@ -21,7 +21,6 @@ from node.reports.sr_content import ModelProvenance
 from node.runtime import Database
 from node.storage import InstanceStore
 from workers.errors import ModelUnavailableError, PermanentJobError
-from workers.heartbeat import JOBS_IN_FLIGHT
 from workers.instance_source import HttpInstances, InstanceProvider, SharedFolderInstances
 from workers.jobs import DraftLike, JobContext
 
@@ -74,6 +73,8 @@ class BundleDrafter:
         self.decode_engine = decode_engine
         self.engine_batch = engine_batch
         self._bundle: Any = None
+        self.broken_reason: str | None = None
+        """Why the bundle failed to load (then this drafter never tries again)."""
 
     def bundle(self) -> Any:
         """Return the loaded bundle, loading it on the first call.
@@ -81,20 +82,21 @@ class BundleDrafter:
         Raises
         ------
         ModelUnavailableError
-            When the bundle fails to load; the process is then marked broken (its
+            When the bundle fails to load; the drafter is then broken (the worker's
             heartbeat says why) and every later call raises at once.
         """
         if self._bundle is None:
             with _load_lock:
-                if JOBS_IN_FLIGHT.broken_reason is not None:
-                    raise ModelUnavailableError(JOBS_IN_FLIGHT.broken_reason)
+                if self.broken_reason is not None:
+                    raise ModelUnavailableError(self.broken_reason)
                 if self._bundle is None:
                     try:
                         self._bundle = self._load()
                     except Exception as exc:
-                        reason = f"model bundle {self.bundle_dir} failed to load: {exc}"
-                        JOBS_IN_FLIGHT.broken_reason = reason[:1000]
-                        raise ModelUnavailableError(reason) from exc
+                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        self.broken_reason = (f"model bundle {self.bundle_dir} failed to "
+                                              f"load: {first}")[:1000]
+                        raise ModelUnavailableError(self.broken_reason) from exc
         return self._bundle
 
     def _load(self) -> Any:
@@ -213,6 +215,25 @@ def build_instance_provider(settings: Settings, store: InstanceStore) -> Instanc
                          timeout_seconds=worker.fetch_timeout_seconds,
                          attempts=worker.fetch_attempts, scratch_dir=worker.scratch_dir,
                          ssl_context=ssl_context)
+
+
+def preload_model() -> str | None:
+    """Load this process's model now (before a worker consumes anything).
+
+    Returns
+    -------
+    str or None
+        One line naming the bundle and why it failed to load; ``None`` when loaded.
+    """
+    drafter = process_job_context().drafter
+    if not isinstance(drafter, BundleDrafter):
+        return None
+    try:
+        drafter.bundle()
+    except ModelUnavailableError as exc:
+        lines = str(exc).strip().splitlines()
+        return lines[0] if lines else type(exc).__name__
+    return None
 
 
 @cache

@@ -55,8 +55,6 @@ class InFlightCounter:
         self._lock = threading.Lock()
         self._count = 0
         self._job_ids: dict[int, int] = {}
-        self.broken_reason: str | None = None
-        """Set when this process cannot draft (its model failed to load)."""
 
     @property
     def count(self) -> int:
@@ -174,14 +172,19 @@ class HeartbeatWriter:
         Jobs in flight of this process.
     probe
         Reads the device status (tests give a fixed one).
+    health
+        Why this worker cannot draft (its model failed to load), or ``None``: the
+        monitoring page shows such a worker as broken.
     """
 
     def __init__(self, sessions: sessionmaker[Session], *, worker_name: str,
                  requested_device: str, model_name: str | None, model_version: str | None,
                  period_seconds: float, lost_after_seconds: float | None = None,
                  counter: InFlightCounter = JOBS_IN_FLIGHT,
-                 probe: Callable[[str], DeviceStatus] = device_status) -> None:
+                 probe: Callable[[str], DeviceStatus] = device_status,
+                 health: Callable[[], str | None] | None = None) -> None:
         self.sessions = sessions
+        self.health = health
         self.worker_name = worker_name[:128]
         self.incarnation = uuid.uuid4().hex
         self.lost_after_seconds = lost_after_seconds or 3 * period_seconds
@@ -212,7 +215,7 @@ class HeartbeatWriter:
             "model_name": self.model_name, "model_version": self.model_version,
             "jobs_in_flight": self.counter.count, "started_at": self.started_at,
             "last_beat_at": now, "incarnation": self.incarnation,
-            "broken_reason": self.counter.broken_reason,
+            "broken_reason": self.health() if self.health is not None else None,
         }
         job_ids = self.counter.job_ids()
         try:
@@ -308,6 +311,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         requested_device=settings.worker.device, model_name=context.model.name,
         model_version=context.model.version, period_seconds=settings.worker.heartbeat_seconds,
         lost_after_seconds=settings.worker.lost_after_seconds,
+        health=lambda: getattr(context.drafter, "broken_reason", None),
     )
     context.holder = writer.identity
     writer.start()

@@ -17,10 +17,12 @@ def _worker(args: argparse.Namespace) -> int:
         print("radnode worker needs [broker] url (redis://...); "
               "with the embedded default, `radnode serve` drafts in-process.")
         return 2
-    from workers.context import bundle_problem
+    from workers.context import bundle_problem, preload_model
 
-    problem = bundle_problem(settings.model.bundle)
-    if problem is not None:  # a worker that cannot draft never takes a task
+    # A worker that cannot draft never takes a task: the bundle is checked and the model
+    # loaded before the worker consumes (one line naming the path on failure, exit 3).
+    problem = bundle_problem(settings.model.bundle) or preload_model()
+    if problem is not None:
         print(f"radnode worker: {problem}", file=sys.stderr)
         return 3
     from workers.celery_app import create_celery_app

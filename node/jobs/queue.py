@@ -102,12 +102,17 @@ class EmbeddedWorkQueue:
     heartbeat
         Started with the queue and stopped by :meth:`close`: the worker heartbeat of
         this process (``workers.heartbeat.HeartbeatWriter``).
+    warm_up
+        Run first in the worker thread (loading the model), so the first job after a
+        start does not wait for it.
     """
 
     def __init__(self, run_job: Callable[[int], float | None],
-                 heartbeat: Startable | None = None) -> None:
+                 heartbeat: Startable | None = None,
+                 warm_up: Callable[[], None] | None = None) -> None:
         self._run_job = run_job
         self._heartbeat = heartbeat
+        self._warm_up = warm_up
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
@@ -131,6 +136,11 @@ class EmbeddedWorkQueue:
         return None
 
     def _loop(self) -> None:
+        if self._warm_up is not None:
+            try:
+                self._warm_up()
+            except Exception:  # the first job tries again and records the failure
+                logger.exception("embedded_warm_up_failed")
         while True:
             job_id = self._queue.get()
             if job_id is None:
