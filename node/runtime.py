@@ -147,7 +147,9 @@ class NodeServices:
         swept = self.store.sweep_temporaries()
         if swept:
             log_event(logger, logging.WARNING, "partial_writes_removed", count=swept)
-        self.reconciler.start(requeue_all_waiting=not self.settings.broker.url)
+        # Whatever the queue held may be gone (an in-process queue, a broker restarted with
+        # the host): every waiting job is enqueued once now; claims make copies harmless.
+        self.reconciler.start(requeue_all_waiting=True)
         self._started.append("reconciler")
         self.listener.start()
         self._started.append("listener")

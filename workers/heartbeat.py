@@ -7,8 +7,9 @@ page and ``/metrics`` read these rows; a worker whose last beat is older than
 ``[worker] stale_after_seconds`` is shown as stale. A clean shutdown removes the row.
 
 The beat never initialises CUDA: GPU figures are read only once the model has put torch
-on the GPU (the process loads the model on its first task), so a worker that has not yet
-drafted reports its configured device without memory figures.
+on the GPU (``radnode worker`` loads the model before it consumes; the embedded worker in
+its thread at start), so until then a worker reports its configured device without memory
+figures.
 
 Each beat also renews the lease of the jobs this process is drafting: a job claimed by a
 beating worker is held for ``[worker] lost_after_seconds`` past the last beat, so a worker

@@ -158,8 +158,9 @@ class Reconciler:
         """One pass; return the ids of jobs enqueued again.
 
         ``requeue_all_waiting`` treats every QUEUED or RETRYING job as lost (used
-        at start-up with the in-process queue, which keeps nothing across restarts,
-        and when the broker answers again after an outage or a restart).
+        at start-up, since the in-process queue keeps nothing across restarts and a
+        broker may have restarted with the node, and when the broker answers again
+        after an outage or a restart).
 
         * RUNNING past its lease: the worker is gone; the job becomes RETRYING.
         * QUEUED or RETRYING untouched for ``requeue_after_seconds``: the message
