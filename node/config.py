@@ -403,7 +403,7 @@ class QualitySettings(_Section):
     @field_validator("urgent_observations")
     @classmethod
     def _check_observations(cls, values: list[str]) -> list[str]:
-        from workers.evaluation.observations import Observation
+        from node.observations import Observation
 
         known = {o.value.lower().replace("_", " ").replace("-", " "): o.value
                  for o in Observation}

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from node.observations import Mention, Observation, ReportLabels
 from node.reports.sr_template import Presence
-from workers.evaluation.observations import Mention, Observation, ReportLabels
 
 #: Labels one report text (``workers.evaluation.labeler.label_report`` by default).
 Labeler = Callable[[str], ReportLabels]

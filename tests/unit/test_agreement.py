@@ -8,6 +8,7 @@ import re
 import pytest
 
 from node.config import ConfigError, load_settings
+from node.observations import Mention, Observation, ReportLabels
 from node.quality.agreement import AgreementCounts, same_finding, tally, tally_reports
 from node.quality.labels import (
     coded_observations,
@@ -19,7 +20,6 @@ from node.quality.labels import (
 )
 from node.web.quality_view import agreement_chart
 from workers.evaluation.labeler import label_report
-from workers.evaluation.observations import Mention, Observation, ReportLabels
 
 P, N, U, M = Mention.POSITIVE, Mention.NEGATIVE, Mention.UNCERTAIN, Mention.NOT_MENTIONED
 

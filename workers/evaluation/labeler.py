@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from node.observations import Mention, Observation, ReportLabels
 from workers.evaluation.labeler_rules import LabelerRules, ObservationRules, default_rules
-from workers.evaluation.observations import Mention, Observation, ReportLabels
 
 _SENTENCE_END = re.compile(
     r"(?<!\bvs\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bdr\.)(?<=[.!?])(?=\s|$)|\n+"

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from workers.evaluation.observations import Observation
+from node.observations import Observation
 
 RULES_DIR = Path(__file__).resolve().parent / "rules"
 """Folder holding ``observations.toml`` and ``cues.toml``."""

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.observations import Mention, Observation, ReportLabels
 from workers.evaluation.labeler import label_report
-from workers.evaluation.observations import Mention, Observation, ReportLabels
 
 LABELLED_SET = Path(__file__).resolve().parent / "data" / "labelled_reports.jsonl"
 """The shipped labelled set: one JSON object per line with ``id``, ``text`` and ``labels``."""
