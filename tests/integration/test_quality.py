@@ -104,7 +104,7 @@ class DraftingEnv:
 @pytest.fixture
 def drafting(tmp_path: Path, database_url: str) -> Iterator[DraftingEnv]:
     settings = make_settings(tmp_path, database_url, quality={
-        "urgent_observations": ["Pneumothorax", "Pleural Effusion"]})
+        "urgent_observations": ["Pneumothorax", "Pleural Effusion"], "urgent_uncertain": True})
     database = Database.from_settings(settings, migrate=True)
     store = InstanceStore(settings.storage.root, min_free_mb=1, max_used_percent=100)
     yield DraftingEnv(settings, database, store)
