@@ -79,6 +79,8 @@ def test_a_store_only_modality_cannot_query_or_retrieve(node: NodeServices) -> N
         rejected = {cx.abstract_syntax for cx in assoc.rejected_contexts}  # type: ignore[attr-defined]
         assert accepted == {Verification}
         assert rejected == set(QR_CLASSES)
+        # Result 3: abstract syntax not supported (for this calling AE).
+        assert {cx.result for cx in assoc.rejected_contexts} == {0x03}  # type: ignore[attr-defined]
         with pytest.raises(ValueError):
             list(assoc.send_c_find(_study_query(str(ds.PatientID)),  # type: ignore[attr-defined]
                                    StudyRootQueryRetrieveInformationModelFind))

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, RLELossless
 
 from tests.dicom_factory import make_cxr_dataset
 
@@ -27,7 +27,7 @@ _CHUNK = 1 << 20
 
 
 def _part10_head(ds: Dataset, transfer_syntax: str) -> bytes:
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     out = DicomBytesIO()
     out.write(b"\0" * 128 + b"DICM")
     write_file_meta_info(out, ds.file_meta, enforce_standard=True)
