@@ -130,7 +130,7 @@ class DicomSettings(_Section):
     pdu_progress_timeout: float = Field(10.0, gt=0)
     """Seconds in which a PDU being received must complete, or advance by 64 KiB; a
     peer trickling slower is cut off and its slot freed."""
-    max_pending_per_address: int = Field(4, ge=1)
+    max_pending_per_address: int = Field(8, ge=1)
     """Connections from one address still sending their A-ASSOCIATE-RQ; more are closed."""
     max_pending: int = Field(64, ge=1)
     """Connections from all addresses still sending their A-ASSOCIATE-RQ."""

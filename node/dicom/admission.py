@@ -46,6 +46,7 @@ PROGRESS_BYTES = 64 * 1024
 """A PDU being received must advance by this many bytes per progress timeout."""
 MAX_REQUEST_BYTES = 1 << 20
 """Largest A-ASSOCIATE-RQ read (a real one is a few kilobytes)."""
+CLOSED_BEFORE_REQUEST = "connection closed before an association request"
 _AE_TITLES = slice(10, 42)  # Called and Calling AE Title in an A-ASSOCIATE-RQ
 
 
@@ -160,8 +161,8 @@ def _cut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def read_first_pdu(sock: socket.socket, timeout: float) -> bytes | None:
-    """Read one whole PDU within ``timeout`` seconds in all; ``None`` if it does not come.
+def read_first_pdu(sock: socket.socket, timeout: float) -> bytes | str:
+    """Read one whole PDU within ``timeout`` seconds in all; if it does not come, why not.
 
     A timer shuts the socket down at the deadline too, so that a TLS handshake
     trickled one record at a time cannot outlast it.
@@ -176,19 +177,22 @@ def read_first_pdu(sock: socket.socket, timeout: float) -> bytes | None:
         while len(data) < needed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return "association request not completed in time"
             sock.settimeout(remaining)
             chunk = sock.recv(min(needed - len(data), 65536))
             if not chunk:
-                return None
+                return CLOSED_BEFORE_REQUEST
             data.extend(chunk)
             if needed == 6 and len(data) >= 6:
                 length = struct.unpack(">L", data[2:6])[0]
                 if length > MAX_REQUEST_BYTES:
-                    return None
+                    return "first PDU too long"
                 needed = 6 + length
+    except ssl.SSLError:
+        return "TLS handshake failed"
     except (OSError, ValueError):
-        return None
+        return ("association request not completed in time"
+                if time.monotonic() >= deadline else "connection failed")
     finally:
         watchdog.cancel()
     return bytes(data)
@@ -382,9 +386,12 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             first = read_first_pdu(request, self.settings.association_request_timeout)
         finally:
             self.admission.close_pending(address)
-        if first is None:
-            self._refuse(request, Refusal(address, "association request not completed in "
-                                          "time"), None)
+        if first == CLOSED_BEFORE_REQUEST:  # a port probe: nothing to refuse or record
+            _cut(request)
+            self.shutdown_request(request)
+            return
+        if isinstance(first, str):
+            self._refuse(request, Refusal(address, first), None)
             return
         if first[0] != 0x01 or len(first) < _AE_TITLES.stop:
             self._refuse(request, Refusal(address, "no association request"), ABORT_PDU)
