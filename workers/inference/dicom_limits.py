@@ -26,6 +26,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 _CHUNK = 1 << 20
+_SIZE_KEYWORDS = ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated")
 
 
 class LimitExceeded(ValueError):
@@ -121,7 +122,8 @@ def check_encoded(source: bytes | Path, limits: DatasetLimits = DEFAULT_LIMITS) 
             check_inflated_size(stream, limits.max_inflated_bytes)
         stream.seek(0)
         try:
-            header = dcmread(stream, stop_before_pixels=True, force=False)
+            header = dcmread(stream, stop_before_pixels=True, force=False,
+                             specific_tags=list(_SIZE_KEYWORDS))
         except Exception:
             return
     check_pixels(header, limits)
