@@ -119,7 +119,10 @@ def check_encoded(source: bytes | Path, limits: DatasetLimits = DEFAULT_LIMITS) 
         except Exception:
             return  # not Part 10: the parser that follows reports it
         if deflated:
-            check_inflated_size(stream, limits.max_inflated_bytes)
+            try:
+                check_inflated_size(stream, limits.max_inflated_bytes)
+            except zlib.error:
+                return  # a corrupt stream: the parser that follows reports it
         stream.seek(0)
         try:
             header = dcmread(stream, stop_before_pixels=True, force=False,
