@@ -367,11 +367,14 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def _refuse(self, sock: socket.socket, refusal: Refusal, answer: bytes | None) -> None:
         if answer is not None:
-            try:
+            # Answer, then let the peer close first (PS3.8 9.1.5): closing with its bytes
+            # unread could reset the connection before it has read the answer.
+            with contextlib.suppress(OSError):
                 sock.settimeout(1.0)
                 sock.sendall(answer)
-            except OSError:
-                pass
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(4096):
+                    pass
         _cut(sock)
         self.shutdown_request(sock)
         self.on_refused(refusal)

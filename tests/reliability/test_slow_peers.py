@@ -9,15 +9,18 @@ time. These tests are about the network edge, so they run on SQLite only.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
 
 from node.db.models import AuditEvent
 from node.runtime import NodeServices
@@ -29,6 +32,7 @@ from tests.integration.dicom_net import (
     running_node,
 )
 from tests.reliability.hostile_scu import record_figures
+from tests.reliability.memory import node_process
 from tests.reliability.slow_peers import Swarm, closed, p_data_tricklers, request_tricklers
 from tests.reliability.test_hostile_pdus import associate_rq
 
@@ -44,19 +48,21 @@ LEGITIMATE = "ECHOSCU"
 SPOOFED = "MODALITY"
 
 
+NODE_DICOM: dict[str, Any] = {
+    "peers": [{"ae_title": LEGITIMATE, "store": True}, {"ae_title": SPOOFED, "store": True}],
+    "max_associations": 6, "max_associations_per_ae": PER_AE,
+    "max_associations_per_address": 4, "max_pending_per_address": 2,
+    "association_request_timeout": REQUEST_TIMEOUT, "pdu_progress_timeout": PROGRESS_TIMEOUT,
+    "acse_timeout": 30, "dimse_timeout": 30, "network_timeout": NETWORK_TIMEOUT,
+}
+"""A node naming two AEs, with small association limits and short deadlines."""
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[NodeServices]:
-    """A node naming two AEs, with small association limits and short deadlines."""
-    settings = receiver_settings(
-        tmp_path, f"sqlite:///{tmp_path / 'radnode.db'}",
-        dicom={"peers": [{"ae_title": LEGITIMATE, "store": True},
-                         {"ae_title": SPOOFED, "store": True}],
-               "max_associations": 6, "max_associations_per_ae": PER_AE,
-               "max_associations_per_address": 4, "max_pending_per_address": 2,
-               "association_request_timeout": REQUEST_TIMEOUT,
-               "pdu_progress_timeout": PROGRESS_TIMEOUT,
-               "acse_timeout": 30, "dimse_timeout": 30, "network_timeout": NETWORK_TIMEOUT},
-    )
+    """The node of :data:`NODE_DICOM`, in this process."""
+    settings = receiver_settings(tmp_path, f"sqlite:///{tmp_path / 'radnode.db'}",
+                                 dicom=NODE_DICOM)
     with running_node(settings, assembly=False) as services:
         yield services
 
@@ -71,22 +77,25 @@ def timed_echo(port: int) -> float:
 
 
 @requires_dcmtk
-def test_twenty_slow_peers_do_not_delay_a_legitimate_echo(node: NodeServices) -> None:
+def test_twenty_slow_peers_do_not_delay_a_legitimate_echo(tmp_path: Path) -> None:
     """With 10 request tricklers and 10 P-DATA tricklers connected, each C-ECHO of an
     allow-listed AE succeeds within 1 s, for longer than every deadline involved; so does
-    DCMTK's echoscu."""
-    port = node.listener.port
-    peers = (request_tricklers(port, 10, first_host=2)
-             + p_data_tricklers(port, 10, first_host=20, calling_ae=SPOOFED.encode()))
+    DCMTK's echoscu. The node, the slow peers and the echoing SCU run in three processes,
+    as they would on three hosts."""
+    folder = tmp_path / "node"
+    folder.mkdir()
     latencies: list[float] = []
-    with Swarm(peers, TRICKLE_SECONDS):
-        started = time.monotonic()
-        while time.monotonic() - started < PROGRESS_TIMEOUT * 3:
-            latencies.append(timed_echo(port))
-            time.sleep(0.3)
-        started = time.monotonic()
-        dcmtk = echoscu(port, calling_ae=LEGITIMATE)
-        dcmtk_seconds = time.monotonic() - started
+    with node_process(folder, json.dumps(NODE_DICOM)) as (_, port):
+        peers = (request_tricklers(port, 10, first_host=2)
+                 + p_data_tricklers(port, 10, first_host=20, calling_ae=SPOOFED.encode()))
+        with Swarm(peers, TRICKLE_SECONDS):
+            started = time.monotonic()
+            while time.monotonic() - started < PROGRESS_TIMEOUT * 3:
+                latencies.append(timed_echo(port))
+                time.sleep(0.3)
+            started = time.monotonic()
+            dcmtk = echoscu(port, calling_ae=LEGITIMATE)
+            dcmtk_seconds = time.monotonic() - started
     request_held = [s for p in peers[:10] for s in p.held_seconds]
     p_data_held = [s for p in peers[10:] for s in p.held_seconds]
     refused = sum(p.refused for p in peers[10:])
@@ -111,10 +120,14 @@ def test_twenty_slow_peers_do_not_delay_a_legitimate_echo(node: NodeServices) ->
     assert p_data_held and max(p_data_held) < PROGRESS_TIMEOUT + slack, p_data_held
     # The spoofed AE never held more than its share: the others were refused.
     assert refused > 0
-    with node.database.sessions() as session:
-        reasons = {e.details["reason"] for e in session.scalars(
-            select(AuditEvent).where(AuditEvent.action == "association_refused"))
-            if e.details}
+    engine = create_engine(f"sqlite:///{folder / 'radnode.db'}")
+    try:
+        with Session(engine) as session:
+            reasons = {e.details["reason"] for e in session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "association_refused"))
+                if e.details}
+    finally:
+        engine.dispose()
     assert {"association request not completed in time", "association limit reached"} <= reasons
 
 
