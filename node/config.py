@@ -256,6 +256,14 @@ class WebSettings(_Section):
     login_max_failures: int = Field(5, ge=1)
     """Failed logins allowed per username and client address within the window."""
     login_window_seconds: float = Field(300.0, gt=0)
+    autosave_seconds: float = Field(2.0, gt=0)
+    """The study page saves the text being edited this long after the last keystroke."""
+    presence_heartbeat_seconds: float = Field(15.0, gt=0)
+    """How often an open study page tells the node that its user is reading the study."""
+    presence_expiry_seconds: float = Field(45.0, gt=0)
+    """A reader without a heartbeat for this long no longer counts as having it open."""
+    confirm_unedited_urgent: bool = True
+    """Ask for a confirmation before signing an unedited draft of an urgent study."""
 
 
 class SelectionSettings(_Section):

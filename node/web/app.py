@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from node.config import Settings
 from node.storage import InstanceStore
-from node.web import admin, audit, auth, metrics, study, worklist
+from node.web import admin, audit, auth, metrics, reading, study, worklist
 from node.web.deps import Forbidden, LoginRequired, WebContext, render
 from node.web.dicomweb import build_dicomweb_router
 from node.web.formatting import install_filters
@@ -117,7 +117,7 @@ def create_app(
     app.state.ctx = ctx
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
-    for module in (auth, worklist, study, admin, audit, metrics):
+    for module in (auth, worklist, study, reading, admin, audit, metrics):
         app.include_router(module.router)
     app.include_router(
         build_dicomweb_router(database.sessions, store,
