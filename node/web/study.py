@@ -196,6 +196,10 @@ def _keep_text(request: Request, viewer: Viewer, report_id: int,
     """Save the text of a refused sign-off as the user's working copy (best effort)."""
     try:
         with get_context(request).database.sessions.begin() as session:
+            successor = session.scalar(select(Report).where(Report.predecessor_id == report_id))
+            if successor is not None and (successor.findings, successor.impression) == (
+                    form["findings"].strip(), form["impression"].strip()):
+                return  # the same text is signed already (a repeated submit): nothing to keep
             if session.get(Report, report_id) is not None:
                 save_working_copy(session, viewer.id, report_id, form["findings"],
                                   form["impression"], utcnow())
