@@ -35,6 +35,8 @@ router = APIRouter()
 
 #: Longest findings or impression kept in a working copy (characters).
 MAX_TEXT_LENGTH = 20_000
+#: Presence rows older than this are deleted by the next heartbeat of anyone.
+PRESENCE_KEPT_SECONDS = 3600.0
 
 
 class WorkingCopyIn(BaseModel):
@@ -174,6 +176,9 @@ def heartbeat(study_id: int, request: Request, viewer: CsrfUserDep) -> Response:
     with ctx.database.sessions.begin() as session:
         if session.get(Study, study_id) is None:
             raise HTTPException(404, "no such study")
+        # Rows long past expiry are of no use to anyone: the table stays small.
+        session.execute(delete(StudyPresence).where(
+            StudyPresence.seen_at < now - dt.timedelta(seconds=PRESENCE_KEPT_SECONDS)))
         row = session.scalar(select(StudyPresence).where(StudyPresence.user_id == viewer.id,
                                                          StudyPresence.study_id == study_id))
         if row is None:
