@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from node.db.models import Export, Instance, Report, Study, User
 from node.db.types import utcnow
 from node.jobs.bundle_identity import BundleIdentity, read_bundle_identity
 from node.logs import log_event
+from node.reports.evidence import EvidenceChanged, audit_mismatch, verify_evidence
 from node.reports.signoff import (
     AlreadySigned,
     ConfirmationRequired,
+    EvidenceMismatch,
     NotPermitted,
     SignoffError,
     amend_report,
@@ -36,12 +40,15 @@ from node.storage import StorageFullError
 from node.web.deps import (
     CsrfUserDep,
     Forbidden,
+    FormRowId,
+    RowId,
     UserDep,
     Viewer,
-    audit,
+    audit_view,
     get_context,
     render,
 )
+from node.web.errors import STORAGE_FULL_MESSAGE, database_full
 from node.web.imaging import ImageDecodeError, WindowInfo
 from node.web.reading import (
     forget_working_copies,
@@ -54,6 +61,8 @@ from node.web.reading import (
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
+#: The largest window centre or width accepted from the query string (beyond any pixel range).
+MAX_WINDOW_VALUE = 1e9
 _SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 DONE_MESSAGES = {
     "signed": "Report signed. The verified report is queued for delivery.",
@@ -61,11 +70,6 @@ DONE_MESSAGES = {
     "rejected": "Draft rejected. The study stays on the worklist.",
     "discarded": "Your text was discarded.",
 }
-STORAGE_FULL = ("The report was not signed: the node's storage is full. Your text is kept "
-                "here and saved as your working copy; tell the administrator, then sign again.")
-STORAGE_FAILED = ("The report was not signed: the node could not write it to storage. Your "
-                  "text is kept here and saved as your working copy; tell the administrator, "
-                  "then sign again.")
 
 
 @dataclass(frozen=True)
@@ -83,11 +87,35 @@ def _bundle_for(ctx_bundle: BundleIdentity | None, report: Report | None) -> Bun
     return ctx_bundle
 
 
+def _refuse_changed_evidence(request: Request, viewer: Viewer, study_id: int,
+                             error: EvidenceChanged, during: str) -> HTTPException:
+    """Audit a signed-evidence mismatch and return the 409 to raise."""
+    ctx = get_context(request)
+    with ctx.database.sessions.begin() as session:
+        audit_mismatch(session, study_id, error, actor=viewer.username, user_id=viewer.id,
+                       during=during)
+    log_event(logger, logging.ERROR, "signed_evidence_mismatch", study_id=study_id,
+              report_id=error.report_id, instances=len(error.changed), during=during)
+    return HTTPException(409, str(error))
+
+
+def _check_signed_evidence(request: Request, viewer: Viewer, study_id: int, during: str,
+                           sop_instance_uids: set[str] | None = None) -> None:
+    """Refuse (409, audited) when a stored image differs from what was signed."""
+    ctx = get_context(request)
+    try:
+        with ctx.database.sessions() as session:
+            verify_evidence(session, ctx.store, study_id, sop_instance_uids)
+    except EvidenceChanged as exc:
+        raise _refuse_changed_evidence(request, viewer, study_id, exc, during) from exc
+
+
 def _study_page(request: Request, viewer: Viewer, study_id: int, *,
                 error: str | None = None, form: dict[str, str] | None = None,
                 status_code: int = 200) -> Response:
     ctx = get_context(request)
-    with ctx.database.sessions.begin() as session:
+    _check_signed_evidence(request, viewer, study_id, "study_page")
+    with ctx.database.sessions() as session:
         study = session.get(Study, study_id)
         if study is None:
             raise HTTPException(404, "no such study")
@@ -103,13 +131,13 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         exports = list(session.scalars(
             select(Export).where(Export.report_id == current.id).order_by(Export.id))
         ) if current is not None else []
-        audit(session, viewer, "study_viewed", "study", study.id, study_id=study.id)
         readers = readers_of(session, [study.id], exclude_user=viewer.id, now=utcnow(),
                              expiry_seconds=ctx.settings.web.presence_expiry_seconds)
         working = stale = None
         if viewer.is_radiologist and current is not None:
             working = working_copy_of(session, viewer.id, current.id)
             stale = stale_working_copy(session, viewer.id, versions)
+    audit_view(ctx.database, viewer, "study_viewed", "study", study.id, study_id=study.id)
     images: list[ImageView] = []
     for instance in instances:
         if instance.purged_at is not None:
@@ -144,14 +172,14 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
 
 
 @router.get("/studies/{study_id}")
-def study_view(study_id: int, request: Request,
+def study_view(study_id: RowId, request: Request,
                viewer: UserDep) -> Response:
     """The study page."""
     return _study_page(request, viewer, study_id)
 
 
 @router.get("/studies/{study_id}/image/{instance_id}.png")
-def study_image(study_id: int, instance_id: int, request: Request,
+def study_image(study_id: RowId, instance_id: RowId, request: Request,
                 viewer: UserDep) -> Response:
     """An image of the study as PNG; ``wc`` and ``ww`` choose the window."""
     ctx = get_context(request)
@@ -162,6 +190,8 @@ def study_image(study_id: int, instance_id: int, request: Request,
         if instance.purged_at is not None:
             raise HTTPException(410, "the image was removed by the retention policy")
         path = instance.path
+        sop_instance_uid = instance.sop_instance_uid
+    _check_signed_evidence(request, viewer, study_id, "image", {sop_instance_uid})
     try:
         center = _number(request.query_params.get("wc"))
         width = _number(request.query_params.get("ww"))
@@ -182,9 +212,12 @@ def _number(value: str | None) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError as exc:
         raise ValueError("window centre and width must be numbers") from exc
+    if not math.isfinite(number) or abs(number) > MAX_WINDOW_VALUE:
+        raise ValueError("window centre and width are out of range")
+    return number
 
 
 def _wants_json(request: Request) -> bool:
@@ -252,17 +285,24 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
             _keep_text(request, viewer, report_id, form)
         return _refused(request, viewer, study_id, 409, str(exc), form if action == "reject"
                         else None, redirect=f"/studies/{study_id}")
+    except EvidenceMismatch as exc:
+        raise _refuse_changed_evidence(request, viewer, study_id, exc.changed, action) from exc
     except SignoffError as exc:
         return _refused(request, viewer, study_id, 400, str(exc), form)
-    except OSError as exc:
-        full = isinstance(exc, StorageFullError) or exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        log_event(logger, logging.ERROR, "signoff_not_stored", report_id=report_id,
-                  study_id=study_id, user_id=viewer.id, error=type(exc).__name__,
-                  errno=exc.errno)
+    except (OSError, DBAPIError) as exc:
+        # Nothing was committed: the draft stands and the typed text is kept.
+        if isinstance(exc, DBAPIError) and not database_full(exc):
+            raise
+        log_event(logger, logging.ERROR, "signoff_not_saved", study_id=study_id,
+                  report_id=report_id, action=action, error=type(exc).__name__)
+        full = isinstance(exc, DBAPIError) or exc.errno in (errno.ENOSPC, errno.EDQUOT) \
+            or isinstance(exc, StorageFullError)
+        reason = STORAGE_FULL_MESSAGE if full else (
+            "The report could not be written to storage.")
         if action != "reject":
             _keep_text(request, viewer, report_id, form)
-        return _refused(request, viewer, study_id, 507 if full else 503,
-                        STORAGE_FULL if full else STORAGE_FAILED, form)
+        return _refused(request, viewer, study_id, 503, f"Not saved: {reason} Your text is "
+                        "kept here; try again once the problem is solved.", form)
     if action != "reject" and ctx.exporter is not None:
         ctx.exporter.notify()
     done = {"sign": "signed", "amend": "amended", "reject": "rejected"}[action]
@@ -273,8 +313,8 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
 
 
 @router.post("/studies/{study_id}/sign")
-def sign(study_id: int, request: Request, viewer: CsrfUserDep,
-         report_id: Annotated[int, Form()], findings: Annotated[str, Form()] = "",
+def sign(study_id: RowId, request: Request, viewer: CsrfUserDep,
+         report_id: FormRowId, findings: Annotated[str, Form()] = "",
          impression: Annotated[str, Form()] = "",
          confirm_urgent: Annotated[str, Form()] = "") -> Response:
     """Sign the draft with the text as edited (``confirm_urgent`` for an unedited urgent one)."""
@@ -284,8 +324,8 @@ def sign(study_id: int, request: Request, viewer: CsrfUserDep,
 
 
 @router.post("/studies/{study_id}/amend")
-def amend(study_id: int, request: Request, viewer: CsrfUserDep,
-          report_id: Annotated[int, Form()], findings: Annotated[str, Form()] = "",
+def amend(study_id: RowId, request: Request, viewer: CsrfUserDep,
+          report_id: FormRowId, findings: Annotated[str, Form()] = "",
           impression: Annotated[str, Form()] = "") -> Response:
     """Sign an amendment of the current final report."""
     return _signoff(request, viewer, study_id, report_id, "amend",
@@ -293,8 +333,8 @@ def amend(study_id: int, request: Request, viewer: CsrfUserDep,
 
 
 @router.post("/studies/{study_id}/reject")
-def reject(study_id: int, request: Request, viewer: CsrfUserDep,
-           report_id: Annotated[int, Form()], reason: Annotated[str, Form()] = "") -> Response:
+def reject(study_id: RowId, request: Request, viewer: CsrfUserDep,
+           report_id: FormRowId, reason: Annotated[str, Form()] = "") -> Response:
     """Reject the draft with a reason."""
     return _signoff(request, viewer, study_id, report_id, "reject",
                     {"reason": reason, "mode": "reject"})
