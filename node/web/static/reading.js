@@ -220,7 +220,22 @@
     beat();
   }
 
+  // Text kept in this browser for longer than a day is dropped (the node keeps its copy).
+  function pruneLocal() {
+    try {
+      const cutoff = Date.now() - 24 * 3600 * 1000;
+      for (let i = window.localStorage.length - 1; i >= 0; i -= 1) {
+        const key = window.localStorage.key(i);
+        if (!key || !key.startsWith("radnode:text:")) continue;
+        let at = 0;
+        try { at = Number(JSON.parse(window.localStorage.getItem(key) || "{}").at || 0); } catch (e) { at = 0; }
+        if (at < cutoff) window.localStorage.removeItem(key);
+      }
+    } catch (error) { /* storage unavailable */ }
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    pruneLocal();
     for (const form of document.querySelectorAll("form[data-keep-text]")) {
       const saver = form.dataset.autosaveUrl ? keepText(form) : null;
       fetchSubmit(form, saver);
