@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -125,6 +126,10 @@ class BrokerSettings(_Section):
     """Redis redelivers an unacknowledged task after this long; it must exceed the
     longest queue wait plus run time (the reconciler covers lost workers sooner)."""
     draft_queue: str = "draft"
+    health_timeout_seconds: float = Field(1.0, gt=0)
+    """How long the monitoring page and ``/metrics`` wait for the broker to answer."""
+    health_cache_seconds: float = Field(5.0, ge=0)
+    """The broker's health is asked at most this often; pages in between reuse it."""
 
 
 class JobSettings(_Section):
@@ -438,6 +443,19 @@ class EvaluationSettings(_Section):
         return self
 
 
+class AlertSettings(_Section):
+    """When waiting work raises an alert: a warning log event when it starts and ends, and
+    ``radnode_alert{name=...}`` at 1 in ``/metrics`` while it lasts (also on the monitoring
+    page)."""
+
+    job_wait_seconds: float = Field(1800.0, gt=0)
+    """The oldest queued or retrying drafting job has waited longer than this."""
+    export_wait_seconds: float = Field(3600.0, gt=0)
+    """The oldest undelivered export has waited longer than this."""
+    check_seconds: float = Field(30.0, gt=0)
+    """How often ``radnode serve`` evaluates the alerts (as well as on each scrape)."""
+
+
 class LoggingSettings(_Section):
     """Log level and format (structured JSON or plain text)."""
 
@@ -470,6 +488,7 @@ class Settings(BaseSettings):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -559,6 +578,24 @@ def _extra_key_hint(loc: tuple[str | int, ...]) -> str:
     siblings = [path for path in _setting_paths(Settings) if path[:-1] == wanted[:-1]]
     match = _closest(wanted[-1], [path[-1] for path in siblings]) if wanted else None
     return f" (did you mean {'.'.join((*wanted[:-1], match))}?)" if match else ""
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password shown as ``***`` (database and broker URLs)."""
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None:
+        return url
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def config_source() -> str:

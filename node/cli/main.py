@@ -17,13 +17,11 @@ from node.cli import (
     web_commands,
     worker_commands,
 )
-from node.config import ConfigError, load_settings
+from node.config import ConfigError, load_settings, masked_url
 
 
 def _database_error(error: SQLAlchemyError) -> str:
     """One line naming ``[database] url`` (password masked) and what went wrong."""
-    from node.cli.startup import masked_url
-
     detail = str(getattr(error, "orig", None) or error).strip().splitlines()
     try:
         url = masked_url(load_settings().database.url)

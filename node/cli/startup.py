@@ -14,14 +14,13 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from node.config import CONFIG_ENV_VAR, ConfigError, Settings, config_source
+from node.config import CONFIG_ENV_VAR, ConfigError, Settings, config_source, masked_url
 from node.db.engine import create_db_engine
 from workers.inference.manifest import MANIFEST_FILENAME, BundleManifest
 
@@ -29,21 +28,6 @@ _DEFAULTS_NOTE = " (built-in defaults: RADNODE_CONFIG not set)"
 
 #: Seconds a start-up check waits for the broker.
 BROKER_TIMEOUT_SECONDS = 3.0
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (database and broker URLs)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        pass
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def database_description(settings: Settings) -> str:
@@ -245,6 +229,5 @@ __all__ = [
     "check_database",
     "check_port",
     "database_description",
-    "masked_url",
     "summary_lines",
 ]

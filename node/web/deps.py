@@ -36,6 +36,7 @@ from node.web.security import SESSION_COOKIE, CookieSigner, LoginThrottle, token
 if TYPE_CHECKING:
     from node.exports.service import ExportService
     from node.jobs.queue import WorkQueue
+    from node.operations import OperationsMonitor
     from node.runtime import Database
 
 #: ``last_seen_at`` is written at most this often per login.
@@ -67,6 +68,7 @@ class WebContext:
     throttle: LoginThrottle
     templates: Jinja2Templates
     renderer: ImageRenderer
+    operations: OperationsMonitor
 
 
 @dataclass(frozen=True)
