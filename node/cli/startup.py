@@ -30,9 +30,13 @@ _DEFAULTS_NOTE = " (built-in defaults: RADNODE_CONFIG not set)"
 BROKER_TIMEOUT_SECONDS = 3.0
 
 
-def database_description(settings: Settings) -> str:
+def database_description(settings: Settings, *, say_source: bool = True) -> str:
     """Which database a command uses, in words: the masked URL, and for SQLite the
-    absolute path of the file; says so when the built-in defaults are in use."""
+    absolute path of the file.
+
+    With ``say_source``, and without ``RADNODE_CONFIG``, it adds where the URL came from:
+    the built-in default, or ``RADNODE_DATABASE__URL``.
+    """
     url = settings.database.url
     try:
         parsed = make_url(url)
@@ -45,8 +49,11 @@ def database_description(settings: Settings) -> str:
         text_ = f"SQLite database file {where}"
     else:
         text_ = f"database {masked_url(url)}"
-    if not os.environ.get(CONFIG_ENV_VAR):
-        text_ += _DEFAULTS_NOTE
+    if say_source and not os.environ.get(CONFIG_ENV_VAR):
+        if any(key.upper() == "RADNODE_DATABASE__URL" for key in os.environ):
+            text_ += " (RADNODE_CONFIG not set; url from RADNODE_DATABASE__URL)"
+        else:
+            text_ += _DEFAULTS_NOTE
     return text_
 
 
@@ -203,7 +210,7 @@ def summary_lines(command: str, settings: Settings, bundle: BundleSummary | None
         model = bundle.describe()
     else:
         model = f"none at {settings.model.bundle.resolve()} (drafting workers on other hosts)"
-    database = database_description(settings).removesuffix(_DEFAULTS_NOTE)
+    database = database_description(settings, say_source=False).removeprefix("database ")
     lines = [
         f"radnode {command} starting",
         f"  config:   {config_source()}",
