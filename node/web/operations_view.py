@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from node.operations import OperationsSnapshot
 from node.web.prometheus import add_family, label_set
 
 
-def _timestamp(value: object) -> float | None:
-    stamp = getattr(value, "timestamp", None)
-    return float(stamp()) if callable(stamp) else None
+def _timestamp(value: dt.datetime | None) -> int | None:
+    """Whole Unix seconds: written in full, where a float would keep six digits."""
+    return None if value is None else int(value.timestamp())
 
 
 def operations_metric_lines(snapshot: OperationsSnapshot) -> list[str]:
