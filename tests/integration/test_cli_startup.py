@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DEMO_BUNDLE_DIR, REPO_ROOT, free_port
+from tests.reliability.private_services import private_redis
 
 RADNODE = shutil.which("radnode", path=str(Path(sys.executable).parent)) or "radnode"
 PASSWORD = "correct-horse-battery-staple"
@@ -239,3 +240,30 @@ def test_user_add_names_the_database(tmp_path: Path, postgres_url: str) -> None:
     assert configured.returncode == 0, configured.stderr
     assert configured.stdout.strip().endswith(f"in database {postgres_url}")
     assert "built-in defaults" not in configured.stdout
+
+
+def test_worker_prints_one_summary(tmp_path: Path) -> None:
+    with private_redis(tmp_path / "redis") as broker:
+        env = radnode_env(tmp_path, RADNODE_BROKER__URL=broker.url,
+                          RADNODE_WORKER__DEVICE="cpu")
+        process = subprocess.Popen([RADNODE, "worker", "--name", "t1", "--concurrency", "2"],
+                                   cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            lines = _read_until(process, lambda line: line.startswith("  worker:"),
+                                timeout=120)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    summary = lines[lines.index("radnode worker starting"):]
+    assert summary[1:4] == [
+        "  config:   built-in defaults (RADNODE_CONFIG not set)",
+        f"  database: SQLite database file {tmp_path.resolve() / 'var' / 'radnode.db'}",
+        f"  broker:   {broker.url}",
+    ]
+    assert summary[4].startswith("  model:    ")
+    assert summary[5] == "  worker:   radnode-draft-t1, 2 task(s) at once, device cpu, queue draft"
