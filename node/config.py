@@ -590,11 +590,13 @@ def masked_url(url: str) -> str:
     if password is None:
         return url
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
     try:
         port = parts.port
     except ValueError:
         port = None
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port else "")
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port is not None else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.config import CONFIG_ENV_VAR, ConfigError, Settings, load_settings
+from node.config import CONFIG_ENV_VAR, ConfigError, Settings, load_settings, masked_url
 
 
 def _write(path: Path, text: str) -> Path:
@@ -253,3 +253,19 @@ def test_unknown_file_key_suggests_the_closest(
     assert "dicom.prot: Extra inputs are not permitted (did you mean dicom.port?)" in str(
         caught.value)
     assert "(did you mean exports.base_delay_seconds?)" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://radnode:s3cr@t@db:5432/radnode",
+         "postgresql+psycopg://radnode:***@db:5432/radnode"),
+        ("redis://:pw@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://user:pw@[::1]:6379/0", "redis://user:***@[::1]:6379/0"),
+        ("postgresql+psycopg://radnode@/radnode?host=/var/run/postgresql",
+         "postgresql+psycopg://radnode@/radnode?host=/var/run/postgresql"),
+        ("sqlite:///var/radnode.db", "sqlite:///var/radnode.db"),
+    ],
+)
+def test_masked_url_hides_only_the_password(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
