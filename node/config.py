@@ -393,17 +393,37 @@ class QualitySettings(_Section):
 
     urgent_observations: list[str] = Field(default_factory=lambda: ["Pneumothorax"])
     """CheXpert observations that flag the study urgent when a draft labels them positive
-    (flag e.g. ``"pneumothorax"``) or uncertain (``"possible pneumothorax"``)."""
+    (flag e.g. ``"pneumothorax"``)."""
+    urgent_uncertain: bool = False
+    """Also flag an urgent observation the draft is uncertain about (``"possible
+    pneumothorax"``); off by default, since hedged mentions ("cannot exclude a small
+    pneumothorax") are mostly absent and would crowd the worklist."""
+    labeler_rules_dir: Path | None = None
+    """A site's folder of labeler rule files (``*.toml``) that add to, or replace lists of,
+    the shipped phrase tables (``workers/evaluation/rules``); see docs/evaluation.md."""
     agreement_window_days: float = Field(30.0, gt=0)
     agreement_threshold: float = Field(0.8, ge=0, le=1)
     agreement_min_reports: int = Field(20, ge=1)
     chart_days: int = Field(30, ge=2, le=365)
     """Days of daily agreement shown on the monitoring page."""
 
+    @field_validator("labeler_rules_dir")
+    @classmethod
+    def _check_rules_dir(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        from workers.evaluation.labeler_rules import RulesError, site_rules
+
+        try:
+            site_rules(value.resolve())
+        except RulesError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
     @field_validator("urgent_observations")
     @classmethod
     def _check_observations(cls, values: list[str]) -> list[str]:
-        from workers.evaluation.observations import Observation
+        from node.observations import Observation
 
         known = {o.value.lower().replace("_", " ").replace("-", " "): o.value
                  for o in Observation}

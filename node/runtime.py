@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
-
 from node.assembly.service import AssemblyService
 from node.config import Settings
-from node.db.engine import create_db_engine, create_session_factory
-from node.db.migrate import upgrade
+from node.db.engine import Database
 from node.dicom.ingest import InstanceIngestor
 from node.dicom.qr import QueryRetrieveService
 from node.dicom.scp import DicomListener
@@ -33,20 +31,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Database:
-    """An engine and its session factory."""
+def embedded_worker_name(settings: Settings) -> str:
+    """The heartbeat name of this node's embedded worker, unique per node on a host.
 
-    engine: Engine
-    sessions: sessionmaker[Session]
+    Parameters
+    ----------
+    settings
+        The node's settings: its DICOM port tells two nodes on one host apart.
 
-    @classmethod
-    def from_settings(cls, settings: Settings, *, migrate: bool = False) -> Database:
-        """Connect (and optionally migrate) the configured database."""
-        engine = create_db_engine(settings.database.url, echo=settings.database.echo)
-        if migrate:
-            upgrade(engine)
-        return cls(engine, create_session_factory(engine))
+    Returns
+    -------
+    str
+        ``embedded@HOST:PORT``; with port 0 (a port the system picks) the process id
+        and a random suffix stand in for the port, ``embedded@HOST:PID-XXXXXXXX``.
+    """
+    host = socket.gethostname()
+    if settings.dicom.port:
+        return f"embedded@{host}:{settings.dicom.port}"
+    return f"embedded@{host}:{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
@@ -66,7 +68,7 @@ def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
 
     identity = read_bundle_identity(settings.model.bundle)
     heartbeat = HeartbeatWriter(
-        database.sessions, worker_name=f"embedded@{socket.gethostname()}",
+        database.sessions, worker_name=embedded_worker_name(settings),
         requested_device=settings.worker.device,
         model_name=identity.name if identity else None,
         model_version=identity.version if identity else None,

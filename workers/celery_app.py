@@ -11,6 +11,7 @@ from __future__ import annotations
 from celery import Celery
 
 from node.config import BrokerSettings
+from node.jobs.queue import create_celery_client
 
 
 def create_celery_app(broker: BrokerSettings, *, include_tasks: bool = True) -> Celery:
@@ -26,27 +27,18 @@ def create_celery_app(broker: BrokerSettings, *, include_tasks: bool = True) -> 
     Returns
     -------
     Celery
-        The configured application.
+        The configured application: the node's client settings
+        (:func:`node.jobs.queue.create_celery_client`) and the worker's.
     """
-    app = Celery("radnode", broker=broker.url or "memory://", set_as_current=False)
-    transport_options = {"visibility_timeout": broker.visibility_timeout_seconds}
+    app = create_celery_client(broker)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        result_backend=None,
-        broker_transport_options=transport_options,
-        result_backend_transport_options=transport_options,
-        broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_soft_shutdown_timeout=60.0,
         worker_enable_soft_shutdown_on_idle=True,
-        task_default_queue=broker.draft_queue,
-        task_routes={"radnode.draft": {"queue": broker.draft_queue}},
-        task_serializer="json",
-        accept_content=["json"],
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import DecodeEngineMode, InstanceSource, Settings, load_settings
+from node.db.engine import Database
 from node.jobs.bundle_identity import read_bundle_identity
 from node.reports.sr_content import ModelProvenance
-from node.runtime import Database
 from node.storage import InstanceStore
 from workers.errors import PermanentJobError
 from workers.instance_source import HttpInstances, InstanceProvider, SharedFolderInstances

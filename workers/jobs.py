@@ -231,8 +231,10 @@ def run_draft_job(ctx: JobContext, job_id: int) -> float | None:
                 provider.local_copies(claim.study_uid, claim.instances) as paths:
             draft = ctx.drafter(paths, claim.indication)
             findings = draft.findings or draft.raw_text
-            labelling = label_draft(ctx.labeler or default_labeler(), findings,
-                                    draft.impression, ctx.quality.urgent_observations)
+            labeler = ctx.labeler or default_labeler(ctx.quality.labeler_rules_dir)
+            labelling = label_draft(labeler, findings, draft.impression,
+                                    ctx.quality.urgent_observations,
+                                    include_uncertain=ctx.quality.urgent_uncertain)
             sr = write_draft_sr(
                 ctx.store if provider.shares_storage else None,
                 paths,

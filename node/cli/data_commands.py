@@ -19,11 +19,11 @@ from node.audit_export import (
 )
 from node.cli.startup import database_description
 from node.config import load_settings
+from node.db.engine import Database
 from node.db.models import AuditEvent
 from node.db.types import utcnow
 from node.logs import configure_logging
 from node.retention import RetentionService
-from node.runtime import Database
 from node.storage import InstanceStore
 
 CLI_ACTOR = "cli"

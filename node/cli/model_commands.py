@@ -25,21 +25,32 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _import_llava_rad(args: argparse.Namespace) -> int:
+    from workers.inference.importers import CheckpointFormatError
     from workers.inference.importers.llava_rad import import_llava_rad
 
-    with FractionProgress("importing LLaVA-Rad") as bar:
-        bundle = import_llava_rad(args.llava_rad, args.base, args.out, progress=bar.update,
-                                  llm_dtype=args.dtype, overwrite=args.overwrite)
+    try:
+        with FractionProgress("importing LLaVA-Rad") as bar:
+            bundle = import_llava_rad(args.llava_rad, args.base, args.out, progress=bar.update,
+                                      llm_dtype=args.dtype, overwrite=args.overwrite,
+                                      trust_checkpoint_pickle=args.trust_checkpoint_pickle)
+    except CheckpointFormatError as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        return 2
     print(f"bundle written to {bundle}")
     return 0
 
 
 def _import_cxr_llava(args: argparse.Namespace) -> int:
+    from workers.inference.importers import CheckpointFormatError
     from workers.inference.importers.cxr_llava import import_cxr_llava
 
-    with FractionProgress("importing CXR-LLaVA") as bar:
-        bundle = import_cxr_llava(args.source, args.out, progress=bar.update,
-                                  overwrite=args.overwrite)
+    try:
+        with FractionProgress("importing CXR-LLaVA") as bar:
+            bundle = import_cxr_llava(args.source, args.out, progress=bar.update,
+                                      overwrite=args.overwrite)
+    except CheckpointFormatError as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        return 2
     print(f"bundle written to {bundle}")
     return 0
 
@@ -113,6 +124,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     llava_rad.add_argument("--base", type=Path, required=True, help="local Vicuna-7B-v1.5 folder")
     llava_rad.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     llava_rad.add_argument("--overwrite", action="store_true")
+    llava_rad.add_argument("--trust-checkpoint-pickle", action="store_true",
+                           dest="trust_checkpoint_pickle",
+                           help="load biomedclipcxr_518_checkpoint.pt with full unpickling "
+                                "(an open_clip training checkpoint; runs code from the file: "
+                                "only for a file from a trusted source)")
     llava_rad.add_argument("out", type=Path)
     llava_rad.set_defaults(handler=_import_llava_rad)
 

@@ -21,11 +21,12 @@ from node.cli.startup import (
     summary_lines,
 )
 from node.config import ConfigError, load_settings
+from node.db.engine import Database
 from node.db.migrate import current_revision, upgrade
 from node.db.models import Instance, Study
 from node.db.types import utcnow
 from node.logs import configure_logging, log_event
-from node.runtime import Database, NodeServices
+from node.runtime import NodeServices
 
 logger = logging.getLogger("node.cli")
 

@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from node.cli.startup import database_description
 from node.config import load_settings
+from node.db.engine import Database
 from node.db.models import AuditEvent, User
 from node.db.types import utcnow
-from node.runtime import Database
 from node.states import Role
 from node.users import UserError, check_password_policy, create_user
 

@@ -23,8 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from node.db.types import UTCDateTime, utcnow
+from node.observations import Mention, Observation
 from node.states import ExportState, JobState, ReportState, Role, StudyState
-from workers.evaluation.observations import Mention, Observation
 
 UID = String(64)
 AE_TITLE = String(16)
@@ -184,9 +184,12 @@ class Report(Base):
     series_instance_uid: Mapped[str | None] = mapped_column(UID)
     sr_path: Mapped[str | None] = mapped_column(String(512))
     """The report's SR file, relative to the storage root (``None`` until written)."""
-    pending_sr_data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    pending_sr_data: Mapped[bytes | None] = mapped_column(
+        LargeBinary, deferred=True, deferred_raiseload=True)
     """The draft SR of a worker without the node's storage folder, until the node writes
-    it to storage and sets ``sr_path`` (see :mod:`node.reports.handover`)."""
+    it to storage and sets ``sr_path`` (see :mod:`node.reports.handover`). Not loaded with
+    the row: a query that reads it asks for it (``undefer(Report.pending_sr_data)``);
+    reading it otherwise raises rather than loading it behind the caller's back."""
     predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), unique=True)
     """The version this one supersedes: the draft it signs or the final it amends. Unique:
     a version is superseded at most once, so a repeated sign-off cannot make two finals."""

@@ -8,12 +8,46 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from celery import Celery
+
 from node.config import BrokerSettings
 from node.logs import log_event
 
 logger = logging.getLogger(__name__)
 
 DRAFT_TASK_NAME = "radnode.draft"
+
+
+def create_celery_client(broker: BrokerSettings) -> Celery:
+    """Build a Celery client that sends tasks by name to ``broker``.
+
+    The worker's application (``workers.celery_app``) starts from this one and adds
+    what only a consuming worker needs; the node uses it as it is.
+
+    Parameters
+    ----------
+    broker
+        Broker URL (``redis://…``), queue names and visibility timeout.
+
+    Returns
+    -------
+    Celery
+        A client with no tasks registered.
+    """
+    app = Celery("radnode", broker=broker.url or "memory://", set_as_current=False)
+    transport_options = {"visibility_timeout": broker.visibility_timeout_seconds}
+    app.conf.update(
+        task_ignore_result=True,
+        result_backend=None,
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=broker.draft_queue,
+        task_routes={DRAFT_TASK_NAME: {"queue": broker.draft_queue}},
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
 
 
 class Startable(Protocol):
@@ -50,10 +84,8 @@ class CeleryWorkQueue:
     """
 
     def __init__(self, broker: BrokerSettings) -> None:
-        from workers.celery_app import create_celery_app
-
         self.broker = broker
-        self.app = create_celery_app(broker, include_tasks=False)
+        self.app = create_celery_client(broker)
 
     def enqueue_draft(self, job_id: int, *, delay_seconds: float = 0.0) -> str | None:
         result = self.app.send_task(

@@ -34,7 +34,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from node.config import Destination, QualitySettings
 from node.db.models import AuditEvent, Instance, Report, Study, User
@@ -120,8 +120,8 @@ def _check_radiologist(user: User) -> None:
 
 
 def _locked_report(session: Session, report_id: int) -> Report:
-    report = session.get(Report, report_id, with_for_update=True,
-                         populate_existing=True)
+    report = session.get(Report, report_id, with_for_update=True, populate_existing=True,
+                         options=[undefer(Report.pending_sr_data)])
     if report is None:
         raise ReportNotFound(f"no report {report_id}")
     return report

@@ -32,9 +32,9 @@ from node.web.security import CookieSigner, LoginThrottle, resolve_secret_key
 from node.web.service_auth import ServiceTokenRefused, require_instance_reader
 
 if TYPE_CHECKING:
+    from node.db.engine import Database
     from node.exports.service import ExportService
     from node.jobs.queue import WorkQueue
-    from node.runtime import Database
 
 WEB_DIR = Path(__file__).resolve().parent
 CONTENT_SECURITY_POLICY = (

@@ -34,10 +34,10 @@ from node.web.imaging import ImageRenderer
 from node.web.security import SESSION_COOKIE, CookieSigner, LoginThrottle, token_hash
 
 if TYPE_CHECKING:
+    from node.db.engine import Database
     from node.exports.service import ExportService
     from node.jobs.queue import WorkQueue
     from node.operations import OperationsMonitor
-    from node.runtime import Database
 
 #: ``last_seen_at`` is written at most this often per login.
 TOUCH_INTERVAL = dt.timedelta(seconds=60)

@@ -308,7 +308,7 @@ class LoadedBundle:
         before, after = split_prompt(
             self.build_prompt(indication), self.manifest.prompt.image_token
         )
-        return tokenize_prompt(self.tokenizer, before, after)
+        return tokenize_prompt(self.tokenizer, before, after, self.manifest.tokenizer)
 
     def inputs_embeds(
         self, image_embeds: np.ndarray, indication: str | None = None
@@ -516,7 +516,9 @@ def load_bundle(
         dtype = resolve_dtype(manifest.llm_dtype)
     else:
         dtype = torch.float32
-    model, tokenizer = load_llm(path / LLM_DIRNAME, device=device, dtype=dtype)
+    model, tokenizer = load_llm(
+        path / LLM_DIRNAME, device=device, dtype=dtype, tokenizer_settings=manifest.tokenizer
+    )
     hidden = int(model.get_input_embeddings().weight.shape[1])
     if hidden != manifest.projector.out_dim:
         raise BundleError(

@@ -256,7 +256,8 @@ def draft_study(
         The loaded model.
     indication
         Reason for the examination; by default read from the headers (see
-        :data:`INDICATION_ATTRIBUTES`). Pass ``""`` to draft without one.
+        :data:`INDICATION_ATTRIBUTES`). Leading and trailing whitespace is stripped, as
+        upstream strips the question; pass ``""`` to draft without one.
     generation
         Decoding override; defaults to the bundle's.
     seed
@@ -286,8 +287,8 @@ def draft_study(
         others = [h for i, h in enumerate(headers) if i != choice.index]
         indication, indication_source = indication_from_headers([chosen_header, *others])
     else:
-        indication_source = "argument"
-        if not indication.strip():
+        indication, indication_source = indication.strip(), "argument"
+        if not indication:
             indication, indication_source = None, None
 
     t_decode = time.perf_counter()

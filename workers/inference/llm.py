@@ -1,8 +1,8 @@
 """Language-model side: loading, prompt tokenisation, embedding splice and generation.
 
 The image embeddings replace the image token of the prompt: the text before it and after it
-are tokenised separately (each piece as the upstream ``tokenizer_image_token`` does, i.e.
-on its own) and exactly one BOS id starts the sequence. :func:`build_inputs_embeds` and
+are tokenised separately, each piece on its own with the upstream tokenizer's settings, and
+joined as the upstream ``tokenizer_image_token`` joins them. :func:`build_inputs_embeds` and
 :func:`build_batch_inputs_embeds` are pure functions usable by any decode engine.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from workers.inference.manifest import GenerationSpec
+from workers.inference.manifest import GenerationSpec, TokenizerSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 @dataclass(frozen=True)
 class PromptTokens:
-    """Token ids around the image slot. ``before`` starts with the single BOS id."""
+    """Token ids around the image slot (``before`` starts with the BOS id or ids)."""
 
     before: tuple[int, ...]
     after: tuple[int, ...]
@@ -65,27 +65,51 @@ class GenerationResult:
     stopped_on_eos: bool = False
 
 
-def tokenize_prompt(tokenizer: Any, before_text: str, after_text: str) -> PromptTokens:
-    """Tokenise the text on both sides of the image token.
+def tokenize_prompt(
+    tokenizer: Any,
+    before_text: str,
+    after_text: str,
+    settings: TokenizerSpec | None = None,
+) -> PromptTokens:
+    """Token ids of the text on both sides of the image token, as upstream builds them.
+
+    Each piece is tokenised on its own with the special ids ``settings`` says the upstream
+    tokenizer adds (``add_bos_token`` / ``add_eos_token``); a literal ``<s>`` in the text
+    is the BOS id too. As LLaVA's ``tokenizer_image_token`` does, when the first piece
+    starts with the BOS id, that id is kept once and the first id of every piece dropped
+    (the BOS the tokenizer put there); otherwise the pieces are joined as they are.
 
     Parameters
     ----------
     tokenizer
-        A Hugging Face tokenizer with ``bos_token_id``.
+        A Hugging Face tokenizer, loaded with ``settings.legacy``
+        (:func:`load_llm`).
     before_text, after_text
         Output of :func:`workers.inference.prompts.split_prompt`.
+    settings
+        The bundle's tokenizer settings; ``None`` means :class:`TokenizerSpec`'s defaults.
 
     Returns
     -------
     PromptTokens
-        ``before`` = BOS + ids of ``before_text``; ``after`` = ids of ``after_text``.
+        The ids before and after the image slot.
     """
-    bos = tokenizer.bos_token_id
-    if bos is None:
+    settings = settings or TokenizerSpec()
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if settings.add_bos_token and bos is None:
         raise ValueError("tokenizer has no BOS token")
-    before = tokenizer(before_text, add_special_tokens=False)["input_ids"] if before_text else []
-    after = tokenizer(after_text, add_special_tokens=False)["input_ids"] if after_text else []
-    return PromptTokens(before=(int(bos), *map(int, before)), after=tuple(map(int, after)))
+    if settings.add_eos_token and eos is None:
+        raise ValueError("tokenizer has no EOS token")
+
+    def encode(text: str) -> list[int]:
+        ids = [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+        head = [int(bos)] if settings.add_bos_token else []
+        tail = [int(eos)] if settings.add_eos_token else []
+        return head + ids + tail
+
+    first, second = encode(before_text), encode(after_text)
+    offset = 1 if first and bos is not None and first[0] == int(bos) else 0
+    return PromptTokens(before=tuple(first), after=tuple(second[offset:]))
 
 
 def build_inputs_embeds(
@@ -161,6 +185,7 @@ def load_llm(
     *,
     device: str = "cpu",
     dtype: torch.dtype | None = None,
+    tokenizer_settings: TokenizerSpec | None = None,
 ) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer from a local Hugging Face folder, offline.
 
@@ -172,6 +197,9 @@ def load_llm(
         Torch device string.
     dtype
         Weights dtype; ``None`` keeps the dtype stored in ``config.json``.
+    tokenizer_settings
+        The bundle's tokenizer settings; their ``legacy`` flag is given to the tokenizer
+        (``None``: :class:`TokenizerSpec`'s default).
 
     Returns
     -------
@@ -180,7 +208,10 @@ def load_llm(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), local_files_only=True)
+    settings = tokenizer_settings or TokenizerSpec()
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(llm_dir), local_files_only=True, legacy=settings.legacy
+    )
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype

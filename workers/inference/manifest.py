@@ -19,7 +19,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -114,13 +114,19 @@ class ProjectorSpec(_Spec):
 
 
 class PreprocessSpec(_Spec):
-    """Pixel preprocessing expected by the encoder (applied before ``encoder.onnx``)."""
+    """Pixel preprocessing expected by the encoder (applied before ``encoder.onnx``).
+
+    ``crop_offset`` is how the centre crop places an odd remainder: ``"round"`` is
+    torchvision's ``CenterCrop`` (``round((side - size) / 2)``, open_clip and LLaVA-Rad),
+    ``"floor"`` the Hugging Face image processors' ``(side - size) // 2`` (CXR-LLaVA).
+    """
 
     channels: Literal[1, 3]
     size: int = Field(gt=0)
     resample: Literal["bicubic", "lanczos", "bilinear"]
     mean: list[float]
     std: list[float]
+    crop_offset: Literal["round", "floor"] = "round"
 
     @model_validator(mode="after")
     def _check_stats(self) -> PreprocessSpec:
@@ -147,6 +153,23 @@ class PromptSpec(_Spec):
         if value is not None and "{indication}" not in value:
             raise ValueError("question_with_indication must contain '{indication}'")
         return value
+
+
+class TokenizerSpec(_Spec):
+    """How the upstream code configured its (LLaMA) tokenizer, applied again at run time.
+
+    ``legacy`` is the ``transformers`` LlamaTokenizer flag: ``True`` puts a word-start
+    marker in front of every piece of text that follows a special token (``<s>[INST]``
+    → ``<s>``, ``▁[``), ``False`` only at the start of the text (``<s>``, ``[``).
+    ``add_bos_token`` / ``add_eos_token`` say which special ids the tokenizer adds around
+    every piece it encodes. The defaults are what ``transformers`` 4.3x used when a
+    ``tokenizer_config.json`` did not say: they apply to bundles written before these
+    settings were recorded.
+    """
+
+    legacy: bool = True
+    add_bos_token: bool = True
+    add_eos_token: bool = False
 
 
 class GenerationSpec(_Spec):
@@ -182,6 +205,7 @@ class BundleManifest(BaseModel):
     preprocess: PreprocessSpec
     prompt: PromptSpec
     generation: GenerationSpec
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     llm_dtype: str
     num_image_tokens: int = Field(gt=0)
     licence: str
@@ -190,6 +214,17 @@ class BundleManifest(BaseModel):
     device_uid: str = Field(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=64)
     output_sections: Literal["findings", "findings_impression"]
     files: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upstream_crop_default(cls, data: Any) -> Any:
+        """Bundles written before ``crop_offset`` existed get their upstream's rule."""
+        if not isinstance(data, dict) or data.get("architecture") != "cxr-llava":
+            return data
+        preprocess = data.get("preprocess")
+        if isinstance(preprocess, dict) and "crop_offset" not in preprocess:
+            return {**data, "preprocess": {**preprocess, "crop_offset": "floor"}}
+        return data
 
     @model_validator(mode="after")
     def _check_consistency(self) -> BundleManifest:
@@ -296,6 +331,7 @@ __all__ = [
     "PreprocessSpec",
     "ProjectorSpec",
     "PromptSpec",
+    "TokenizerSpec",
     "VisionSpec",
     "new_device_uid",
     "sha256_file",

@@ -567,11 +567,28 @@ def resize_short_side(image: Image.Image, size: int, resample: Image.Resampling)
     return image.resize((new_w, new_h), resample=resample)
 
 
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Crop the central ``size`` x ``size`` square (torchvision's rounding of the offsets)."""
+def center_crop(
+    image: Image.Image, size: int, offset: Literal["round", "floor"] = "round"
+) -> Image.Image:
+    """Crop the central ``size`` x ``size`` square.
+
+    Parameters
+    ----------
+    image
+        Image at least ``size`` pixels on each side.
+    size
+        Side of the square.
+    offset
+        ``"round"``: torchvision's ``round((side - size) / 2)`` (Python rounds half to even,
+        so a remainder of 3 starts at 2); ``"floor"``: the Hugging Face image processors'
+        ``(side - size) // 2`` (a remainder of 3 starts at 1).
+    """
     width, height = image.size
-    left = int(round((width - size) / 2.0))
-    top = int(round((height - size) / 2.0))
+    if offset == "floor":
+        left, top = (width - size) // 2, (height - size) // 2
+    else:
+        left = int(round((width - size) / 2.0))
+        top = int(round((height - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
 
 
@@ -601,7 +618,7 @@ def to_model_input(image8: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[n
         raise ValueError(f"expected a 2-D uint8 image, got {array.dtype} {array.shape}")
     picture = Image.fromarray(array, mode="L")
     picture = resize_short_side(picture, spec.size, PIL_RESAMPLE[spec.resample])
-    picture = center_crop(picture, spec.size)
+    picture = center_crop(picture, spec.size, spec.crop_offset)
     grey = np.asarray(picture, dtype=np.float32) / np.float32(255.0)
     mean = _per_channel(spec.mean, spec.channels)
     std = _per_channel(spec.std, spec.channels)

@@ -77,12 +77,16 @@ def question_for(spec: PromptSpec, indication: str | None) -> str:
     """The question text, with the indication filled in when the template supports it.
 
     An empty or whitespace-only indication counts as none. A template without an indication
-    variant ignores the indication.
+    variant ignores the indication. The ``vicuna_v1`` question is ``strip()``-ed, as LLaVA-Rad
+    strips it before building the conversation (``llama2_chat`` strips the whole user turn).
     """
     cleaned = clean_indication(indication) if indication and indication.strip() else ""
+    question = spec.question
     if cleaned and spec.question_with_indication is not None:
-        return spec.question_with_indication.replace("{indication}", cleaned)
-    return spec.question
+        question = spec.question_with_indication.replace("{indication}", cleaned)
+    if spec.style == "vicuna_v1":
+        question = question.strip()  # LLaVA-Rad's evaluation strips the question
+    return question
 
 
 def render_prompt(spec: PromptSpec, indication: str | None = None) -> str:
@@ -99,7 +103,8 @@ def render_prompt(spec: PromptSpec, indication: str | None = None) -> str:
     -------
     str
         The prompt as the upstream code builds it (for ``llama2_chat`` it starts with the
-        literal ``<s>``, as the chat template does).
+        literal ``<s>``, as the chat template does; the tokenizer adds its own BOS in front,
+        so the ids start with two BOS ids, as upstream's do).
     """
     question = question_for(spec, indication)
     user = f"{spec.image_token}\n{question}"
@@ -117,16 +122,15 @@ def render_prompt(spec: PromptSpec, indication: str | None = None) -> str:
 def split_prompt(text: str, image_token: str) -> tuple[str, str]:
     """Split a rendered prompt at its single image token.
 
-    A leading literal BOS text (``<s>``) is removed: the BOS id is added once, by the
-    tokenisation step, for every style.
+    The text is kept whole, a leading literal BOS text (``<s>``) included: upstream
+    tokenises it as the BOS id, after the one its tokenizer adds
+    (:func:`workers.inference.llm.tokenize_prompt`).
 
     Returns
     -------
     tuple of str
         ``(before, after)``, the text around the image token.
     """
-    if text.startswith(BOS_TEXT):
-        text = text[len(BOS_TEXT) :]
     count = text.count(image_token)
     if count != 1:
         raise ValueError(f"prompt must contain exactly one {image_token!r}, found {count}")

@@ -118,13 +118,18 @@ def openclip_cxr_llava_reference(
 
 
 def upstream_prompt_ids(tokenizer: Any, prompt: str) -> tuple[list[int], list[int]]:
-    """Token ids around ``<image>``, each chunk tokenised on its own (upstream
-    ``tokenizer_image_token``) with a single BOS at the very start."""
-    text = prompt[len("<s>") :] if prompt.startswith("<s>") else prompt
-    before_text, after_text = text.split("<image>")
-    before = tokenizer.encode(before_text, add_special_tokens=False)
-    after = tokenizer.encode(after_text, add_special_tokens=False)
-    return [tokenizer.bos_token_id, *before], after
+    """Token ids around ``<image>`` as LLaVA's ``tokenizer_image_token`` builds them.
+
+    Each chunk is tokenised on its own by a tokenizer that adds BOS (a literal ``<s>`` in
+    the text is a second BOS); the first chunk keeps its ids, the later ones lose their
+    first id when the first chunk starts with BOS.
+    """
+    bos = tokenizer.bos_token_id
+    before, after = (
+        [bos, *tokenizer.encode(chunk, add_special_tokens=False)]
+        for chunk in prompt.split("<image>")
+    )
+    return before, after[1:]
 
 
 @torch.no_grad()

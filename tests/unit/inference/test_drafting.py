@@ -86,6 +86,10 @@ def test_greedy_drafts_are_reproducible_and_indication_can_be_overridden(
     assert first.raw_text == again.raw_text
     overridden = draft_study(paths, bundle, indication="Fever.")
     assert overridden.indication == "Fever." and overridden.indication_source == "argument"
+    padded = draft_study(paths, bundle, indication=" \tFever.\r\n ")
+    assert padded.indication == "Fever." and padded.indication_source == "argument"
+    assert padded.tokens.prompt == overridden.tokens.prompt
+    assert padded.raw_text == overridden.raw_text
     none = draft_study(paths, bundle, indication="")
     assert none.indication is None and none.indication_source is None
     assert none.tokens.prompt < first.tokens.prompt

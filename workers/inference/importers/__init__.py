@@ -19,6 +19,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from workers.inference.manifest import TokenizerSpec
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
@@ -190,12 +192,35 @@ class ShardedSafetensorsWriter:
         return paths
 
 
+def tokenizer_settings_from(src_dir: Path) -> TokenizerSpec:
+    """The settings the upstream code's ``LlamaTokenizer`` runs with, from
+    ``tokenizer_config.json``.
+
+    A key the file does not carry (or carries as ``null``) takes the value ``transformers``
+    4.3x used then: ``legacy`` true, ``add_bos_token`` true, ``add_eos_token`` false.
+    """
+    path = src_dir / "tokenizer_config.json"
+    config = read_json(path) if path.is_file() else {}
+    defaults = TokenizerSpec()
+    values: dict[str, bool] = {}
+    for key in ("legacy", "add_bos_token", "add_eos_token"):
+        value = config.get(key)
+        if value is None:
+            values[key] = bool(getattr(defaults, key))
+        elif isinstance(value, bool):
+            values[key] = value
+        else:
+            raise CheckpointFormatError(f"tokenizer_config.json: {key} must be true or false")
+    return TokenizerSpec(**values)
+
+
 def load_tokenizer_from(src_dir: Path) -> Any:
     """Load a tokenizer from the tokenizer files of ``src_dir`` only (offline).
 
     The files are copied to a scratch folder first so that a model ``config.json`` with an
     unknown ``model_type`` or ``auto_map`` (remote code) is never consulted. LLaMA tokenizers
-    without a pad token get ``<unk>`` as pad, as both upstream projects do.
+    without a pad token get ``<unk>`` as pad, as both upstream projects do. The ``legacy``
+    flag is the upstream one (:func:`tokenizer_settings_from`).
     """
     from transformers import AutoTokenizer
 
@@ -212,7 +237,10 @@ def load_tokenizer_from(src_dir: Path) -> Any:
             config_path.write_text(json.dumps(config, indent=2))
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                scratch, local_files_only=True, trust_remote_code=False
+                scratch,
+                local_files_only=True,
+                trust_remote_code=False,
+                legacy=tokenizer_settings_from(src_dir).legacy,
             )
         except (ImportError, ValueError, OSError) as exc:
             if "tokenizer.json" not in present:
@@ -265,6 +293,7 @@ __all__ = [
     "read_json",
     "report",
     "scaled_progress",
+    "tokenizer_settings_from",
     "weight_files",
     "write_llama_config",
 ]

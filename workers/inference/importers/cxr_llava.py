@@ -10,7 +10,6 @@ The published safetensors hold one flat state dict: ``vision_tower.*`` (an open_
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +28,7 @@ from workers.inference.importers import (
     read_json,
     report,
     scaled_progress,
+    tokenizer_settings_from,
     weight_files,
     write_llama_config,
 )
@@ -211,15 +211,16 @@ def import_cxr_llava(
             vision=vision,
             projector=projector,
             preprocess=PreprocessSpec(
-                channels=1, size=vision.image_size, resample="lanczos", mean=mean, std=std
+                channels=1,
+                size=vision.image_size,
+                resample="lanczos",
+                mean=mean,
+                std=std,
+                crop_offset="floor",  # transformers' CLIPImageProcessor centre crop
             ),
             prompt=cxr_llava_prompt_spec(),
-            generation=GenerationSpec(
-                temperature=0.2,
-                top_p=0.8,
-                top_k=_upstream_top_k(src_dir),
-                max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
-            ),
+            generation=upstream_generation(src_dir),
+            tokenizer=tokenizer_settings_from(src_dir),
             llm_dtype=llm_dtype,
             num_image_tokens=vision.num_output_tokens,
             licence=LICENCE,
@@ -277,13 +278,36 @@ def _split_weights(
     return vision, projector
 
 
-def _upstream_top_k(src_dir: Path) -> int:
+def upstream_generation(src_dir: Path) -> GenerationSpec:
+    """The decoding upstream's ``write_radiologic_report`` runs with.
+
+    Temperature 0.2 and top-p 0.8 are passed by the upstream call; everything else comes from
+    the model's ``generation_config.json``, which upstream hands to ``generate``: ``top_k``
+    (``transformers``' 50 when absent) and ``repetition_penalty`` (1.0 when absent).
+    """
     path = src_dir / "generation_config.json"
-    if path.is_file():
-        value = json.loads(path.read_text()).get("top_k")
-        if isinstance(value, int) and value >= 0:
-            return value
-    return DEFAULT_TOP_K
+    config = read_json(path) if path.is_file() else {}
+    top_k = config.get("top_k", DEFAULT_TOP_K)
+    penalty = config.get("repetition_penalty", 1.0)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise CheckpointFormatError("generation_config.json: top_k must be an integer >= 0")
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or penalty <= 0:
+        raise CheckpointFormatError(
+            "generation_config.json: repetition_penalty must be a number > 0"
+        )
+    return GenerationSpec(
+        temperature=0.2,
+        top_p=0.8,
+        top_k=top_k,
+        repetition_penalty=float(penalty),
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+    )
 
 
-__all__ = ["INTENDED_USE", "LICENCE", "import_cxr_llava", "openclip_spec_from_config"]
+__all__ = [
+    "INTENDED_USE",
+    "LICENCE",
+    "import_cxr_llava",
+    "openclip_spec_from_config",
+    "upstream_generation",
+]

@@ -11,6 +11,7 @@ checkpoints is executed.
 from __future__ import annotations
 
 import math
+import pickle
 import re
 import shutil
 import tempfile
@@ -32,6 +33,7 @@ from workers.inference.importers import (
     read_json,
     report,
     scaled_progress,
+    tokenizer_settings_from,
     weight_files,
     write_llama_config,
 )
@@ -326,6 +328,30 @@ def merge_lora_into_base(
     return len(merged)
 
 
+class UntrustedCheckpointError(CheckpointFormatError):
+    """The vision checkpoint needs full unpickling and the caller did not opt in."""
+
+
+def load_vision_checkpoint(path: Path, *, trust_pickle: bool) -> Any:
+    """Load the open_clip checkpoint, refusing full unpickling unless ``trust_pickle``.
+
+    Raises
+    ------
+    UntrustedCheckpointError
+        When the weights-only loader refuses the file and ``trust_pickle`` is false; the
+        one-line message names the ``--trust-checkpoint-pickle`` option.
+    """
+    try:
+        return load_pickled_checkpoint(path, allow_unsafe_pickle=trust_pickle)
+    except pickle.UnpicklingError as exc:
+        found = str(exc).splitlines()[0] if str(exc) else "an object"
+        raise UntrustedCheckpointError(
+            f"{path.name} holds pickled objects outside torch's weights-only allow-list "
+            f"({found[:160]}); if this file comes from a trusted source, import again with "
+            "--trust-checkpoint-pickle (full unpickling of this file only)"
+        ) from exc
+
+
 def import_llava_rad(
     llava_rad_dir: Path,
     base_dir: Path,
@@ -337,6 +363,7 @@ def import_llava_rad(
     export_onnx: bool = True,
     overwrite: bool = False,
     allow_unsafe_pickle: bool = False,
+    trust_checkpoint_pickle: bool = False,
 ) -> Path:
     """Build a LLaVA-Rad bundle.
 
@@ -361,8 +388,12 @@ def import_llava_rad(
     overwrite
         Replace an existing bundle folder.
     allow_unsafe_pickle
-        Permit full unpickling of ``.bin``/``.pt`` files that the weights-only loader refuses
-        (only for files from a trusted source).
+        Permit full unpickling of every ``.bin``/``.pt`` file that the weights-only loader
+        refuses (only for files from a trusted source).
+    trust_checkpoint_pickle
+        Permit full unpickling of ``biomedclipcxr_518_checkpoint.pt`` alone: an open_clip
+        training checkpoint can hold objects outside torch's weights-only allow-list.
+        Unpickling runs code from the file, so only for a file from a trusted source.
 
     Returns
     -------
@@ -390,8 +421,9 @@ def import_llava_rad(
         raise CheckpointFormatError(f"vision tower {timm_name!r} is not a timm DINOv2 ViT")
 
     report(progress, "loading vision tower", 0.05)
-    checkpoint = load_pickled_checkpoint(
-        llava_rad_dir / VISION_CHECKPOINT_NAME, allow_unsafe_pickle=allow_unsafe_pickle
+    checkpoint = load_vision_checkpoint(
+        llava_rad_dir / VISION_CHECKPOINT_NAME,
+        trust_pickle=allow_unsafe_pickle or trust_checkpoint_pickle,
     )
     trunk = extract_trunk_state(checkpoint)
     del checkpoint
@@ -421,6 +453,7 @@ def import_llava_rad(
     lora = load_lora_adapter(llava_rad_dir, allow_unsafe_pickle=allow_unsafe_pickle)
     tokenizer_src = llava_rad_dir if _has_tokenizer(llava_rad_dir) else base_dir
     tokenizer = load_tokenizer_from(tokenizer_src)
+    tokenizer_settings = tokenizer_settings_from(tokenizer_src)
     dtype = resolve_dtype(llm_dtype)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.llm-", dir=out_dir.parent))
@@ -443,6 +476,7 @@ def import_llava_rad(
             preprocess=preprocess_from_openclip(open_clip_config, vision.image_size),
             prompt=llava_rad_prompt_spec(),
             generation=GenerationSpec(temperature=0.0, top_p=1.0, max_new_tokens=256),
+            tokenizer=tokenizer_settings,
             llm_dtype=llm_dtype,
             num_image_tokens=vision.num_output_tokens,
             licence=LICENCE,
@@ -472,6 +506,8 @@ def _has_tokenizer(folder: Path) -> bool:
 
 
 __all__ = [
+    "UntrustedCheckpointError",
+    "load_vision_checkpoint",
     "INTENDED_USE",
     "LICENCE",
     "LoraPair",
