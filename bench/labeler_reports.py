@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.config import load_settings
+from node.observations import SIX_FINDINGS, Mention, Observation
 from node.quality.labels import urgent_flags
 from workers.evaluation.labeler import label_report
-from workers.evaluation.observations import SIX_FINDINGS, Mention, Observation
 
 _ID_NUMBER = re.compile(r"(\d+)")
 

@@ -273,6 +273,11 @@ class WebSettings(_Section):
     login_max_failures: int = Field(5, ge=1)
     """Failed logins allowed per username and client address within the window."""
     login_window_seconds: float = Field(300.0, gt=0)
+    """Length of a throttle window; it starts at a key's first attempt."""
+    login_max_failures_per_address: int = Field(100, ge=1)
+    """Failed logins allowed per client address within the window, whatever the usernames
+    (bounds what a flood with random usernames can cost and store). Behind a proxy every
+    client shares its address: raise it there."""
 
 
 class SelectionSettings(_Section):

@@ -51,7 +51,9 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
     Returns
     -------
     Engine
-        The configured engine. For SQLite the parent folder is created.
+        The configured engine. For SQLite the parent folder is created. Statement
+        parameters never appear in error messages or logs (``hide_parameters``): they
+        carry patient data typed into searches and forms.
     """
     parsed = make_url(url)
     if parsed.drivername == "postgresql":
@@ -60,13 +62,15 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            parsed, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}
+            parsed, echo=echo, hide_parameters=True,
+            connect_args={"check_same_thread": False, "timeout": 30},
         )
         _prepare_sqlite(engine)
         return engine
     return create_engine(
         parsed,
         echo=echo,
+        hide_parameters=True,
         pool_pre_ping=True,
         pool_size=10,
         max_overflow=20,

@@ -7,7 +7,9 @@ a CSRF-checked POST, audited with the admin's id:
 * job: ``retry`` (QUEUED again with its attempts reset, enqueued on the node's work
   queue), ``discard`` (the study becomes IGNORED), ``acknowledge`` (leaves the list);
 * export: ``retry`` (PENDING now, its maximum age restarting), ``discard`` (no more
-  attempts), ``acknowledge`` (leaves the list).
+  attempts), ``acknowledge`` (leaves the list);
+* quarantined instance: ``accept`` into its study, ``discard``
+  (:mod:`node.web.quarantine_view`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from node.db.types import utcnow
 from node.jobs.bundle_identity import read_bundle_identity
 from node.logs import log_event
 from node.states import ExportState, JobState, StudyState
-from node.web.deps import AdminDep, CsrfAdminDep, audit, get_context, render
+from node.web.deps import AdminDep, CsrfAdminDep, RowId, audit, get_context, render
+from node.web.quarantine_view import DONE_MESSAGES as QUARANTINE_DONE
+from node.web.quarantine_view import quarantine_rows
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -41,6 +45,7 @@ DONE_MESSAGES = {
     "export-retry": "The export will be attempted now.",
     "export-discard": "The export is discarded; it will not be attempted again.",
     "export-acknowledge": "The export failure is acknowledged.",
+    **QUARANTINE_DONE,
 }
 IGNORED_LIMIT = 50
 
@@ -95,12 +100,15 @@ def triage(request: Request, viewer: AdminDep) -> Response:
         ignored = list(session.scalars(
             select(Study).where(Study.state == StudyState.IGNORED)
             .order_by(Study.last_received_at.desc()).limit(IGNORED_LIMIT)))
+        quarantined = quarantine_rows(session, show_all=show_all)
         retrying_jobs = len(session.scalars(select(Job.id).where(
             Job.state == JobState.RETRYING)).all())
         audit(session, viewer, "triage_viewed", "triage",
-              details={"jobs": len(jobs), "exports": len(exports)})
+              details={"jobs": len(jobs), "exports": len(exports),
+                       "quarantined": len(quarantined)})
     return render(request, "triage.html", {
         "nav": "triage", "jobs": jobs, "exports": exports, "ignored": ignored,
+        "quarantined": quarantined,
         "retrying_jobs": retrying_jobs, "show_all": show_all,
         "done": DONE_MESSAGES.get(request.query_params.get("done", "")),
         "ignored_limit": IGNORED_LIMIT,
@@ -112,7 +120,7 @@ def _back(done: str) -> Response:
 
 
 @router.post("/admin/jobs/{job_id}/{action}")
-def job_action(job_id: int, action: str, request: Request,
+def job_action(job_id: RowId, action: str, request: Request,
                viewer: CsrfAdminDep) -> Response:
     """Retry, discard or acknowledge a failed job."""
     if action not in JOB_ACTIONS:
@@ -162,7 +170,7 @@ def job_action(job_id: int, action: str, request: Request,
 
 
 @router.post("/admin/exports/{export_id}/{action}")
-def export_action(export_id: int, action: str, request: Request,
+def export_action(export_id: RowId, action: str, request: Request,
                   viewer: CsrfAdminDep) -> Response:
     """Retry, discard or acknowledge a failed or retrying export."""
     if action not in EXPORT_ACTIONS:

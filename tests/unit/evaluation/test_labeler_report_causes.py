@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from node.observations import Mention, Observation
 from node.quality.labels import urgent_flags
 from workers.evaluation.labeler import label_mentions, label_report
-from workers.evaluation.observations import Mention, Observation
 
 Obs, M = Observation, Mention
 

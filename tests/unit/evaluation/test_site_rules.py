@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from node.config import ConfigError, load_settings
+from node.observations import Mention, Observation
 from node.quality.labels import default_labeler
 from workers.evaluation.labeler import label_report
 from workers.evaluation.labeler_rules import RULES_DIR, RulesError, load_rules
-from workers.evaluation.observations import Mention, Observation
 
 Obs, M = Observation, Mention
 
