@@ -139,10 +139,17 @@ class JobSettings(_Section):
     retry_backoff_seconds: float = Field(15.0, ge=0)
     retry_backoff_max_seconds: float = Field(600.0, ge=0)
     lease_seconds: float = Field(600.0, gt=0)
-    """A RUNNING job whose lease has expired is taken to be lost with its worker."""
+    """The lease of a job claimed by a process without a heartbeat; a worker with one
+    holds its jobs for ``[worker] lost_after_seconds``, renewed at each beat. A RUNNING
+    job whose lease has expired is taken to be lost with its worker."""
     requeue_after_seconds: float = Field(900.0, gt=0)
-    """A QUEUED job untouched this long is enqueued again (broker lost it)."""
-    reconcile_seconds: float = Field(30.0, gt=0)
+    """A QUEUED job untouched this long is enqueued again. A backstop only: when the
+    broker answers again after an outage or a restart, every waiting job is enqueued
+    again at once."""
+    reconcile_seconds: float = Field(5.0, gt=0)
+    """Time between reconciler passes (expired leases, broker check, STABLE studies)."""
+    delayed_after_seconds: float = Field(300.0, gt=0)
+    """Triage lists jobs waiting or running longer than this as delayed."""
 
 
 class InstanceSource(enum.Enum):
@@ -192,8 +199,11 @@ class WorkerSettings(_Section):
     """Tries per instance on connection errors before the job attempt fails (and retries)."""
     scratch_dir: Path | None = None
     """Where the per-job folders of fetched instances go (the system's temp folder)."""
-    heartbeat_seconds: float = Field(15.0, gt=0)
-    """How often a worker process writes its heartbeat row."""
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    """How often a worker process writes its heartbeat row and renews its jobs' leases."""
+    lost_after_seconds: float = Field(30.0, gt=0)
+    """The lease of a job held by a beating worker: a worker silent this long (killed,
+    frozen, cut off) loses its jobs to the others. At least twice ``heartbeat_seconds``."""
     stale_after_seconds: float = Field(60.0, gt=0)
     """A worker with no beat for this long is shown as stale."""
 
@@ -215,6 +225,13 @@ class WorkerSettings(_Section):
         if value and not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", value):
             raise ValueError(f"node_url {value!r} must be an http:// or https:// address")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_lost_after(self) -> WorkerSettings:
+        if self.lost_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(f"lost_after_seconds ({self.lost_after_seconds:g}) must be at "
+                             f"least twice heartbeat_seconds ({self.heartbeat_seconds:g})")
+        return self
 
     @model_validator(mode="after")
     def _check_http_source(self) -> WorkerSettings:

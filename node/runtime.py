@@ -60,12 +60,6 @@ def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
     from workers.jobs import run_draft_job
 
     contexts: list[JobContext] = []
-
-    def run_job(job_id: int) -> float | None:
-        if not contexts:  # built on first use: the model may be installed after start
-            contexts.append(build_job_context(settings, sessions=database.sessions))
-        return run_draft_job(contexts[0], job_id)
-
     identity = read_bundle_identity(settings.model.bundle)
     heartbeat = HeartbeatWriter(
         database.sessions, worker_name=embedded_worker_name(settings),
@@ -73,8 +67,31 @@ def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
         model_name=identity.name if identity else None,
         model_version=identity.version if identity else None,
         period_seconds=settings.worker.heartbeat_seconds,
+        lost_after_seconds=settings.worker.lost_after_seconds,
+        health=lambda: getattr(contexts[0].drafter, "broken_reason", None) if contexts
+        else None,
     )
-    return EmbeddedWorkQueue(run_job, heartbeat)
+
+    def context() -> JobContext:
+        if not contexts:  # built on first use: the model may be installed after start
+            built = build_job_context(settings, sessions=database.sessions)
+            built.holder = heartbeat.identity
+            contexts.append(built)
+        return contexts[0]
+
+    def run_job(job_id: int) -> float | None:
+        return run_draft_job(context(), job_id)
+
+    def warm_up() -> None:
+        if identity is not None:
+            bundle = getattr(context().drafter, "bundle", None)
+            if callable(bundle):
+                bundle()
+
+    # The heartbeat starts with the queue, releasing the jobs this node's previous run
+    # held, so the reconciler's first pass at start hands them out again at once; the
+    # worker thread loads the model before taking the first job.
+    return EmbeddedWorkQueue(run_job, heartbeat, warm_up)
 
 
 @dataclass
@@ -137,7 +154,9 @@ class NodeServices:
         swept = self.store.sweep_temporaries()
         if swept:
             log_event(logger, logging.WARNING, "partial_writes_removed", count=swept)
-        self.reconciler.start(requeue_all_waiting=not self.settings.broker.url)
+        # Whatever the queue held may be gone (an in-process queue, a broker restarted with
+        # the host): every waiting job is enqueued once now; claims make copies harmless.
+        self.reconciler.start(requeue_all_waiting=True)
         self._started.append("reconciler")
         self.listener.start()
         self._started.append("listener")

@@ -8,10 +8,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
-from node.config import BrokerSettings
-from node.jobs.queue import create_celery_client
+from node.config import BrokerSettings, load_settings
+from node.jobs.queue import DRAFT_TASK_NAME, create_celery_client
+from node.logs import log_event
+
+logger = logging.getLogger(__name__)
 
 
 def create_celery_app(broker: BrokerSettings, *, include_tasks: bool = True) -> Celery:
@@ -48,3 +53,24 @@ def create_celery_app(broker: BrokerSettings, *, include_tasks: bool = True) -> 
         app.conf.include = ["workers.tasks"]
         install_celery_heartbeat()
     return app
+
+
+def hand_back_and_stop_consuming(app: Celery, job_id: int, hostname: str | None) -> None:
+    """A broken worker (its model cannot load) gives job ``job_id`` back to the queue and
+    stops taking tasks from it; it stays up, marked broken in its heartbeat.
+
+    Parameters
+    ----------
+    app
+        The worker's Celery application.
+    job_id
+        The job just handed back (QUEUED again in the database).
+    hostname
+        This worker's Celery node name (the control message's destination).
+    """
+    queue = load_settings().broker.draft_queue
+    app.send_task(DRAFT_TASK_NAME, args=[job_id], queue=queue)
+    if hostname:
+        app.control.cancel_consumer(queue, destination=[hostname])
+    log_event(logger, logging.ERROR, "worker_broken_stopped_consuming", job_id=job_id,
+              queue=queue)

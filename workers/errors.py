@@ -13,6 +13,11 @@ class InstanceFetchError(Exception):
     with back-off until its attempts run out."""
 
 
+class ModelUnavailableError(Exception):
+    """This worker's model bundle cannot be loaded: the worker is broken, not the job.
+    The job goes back to the queue unchanged (no attempt counted) for another worker."""
+
+
 def is_permanent(exc: BaseException) -> bool:
     """Return whether ``exc`` is a permanent failure.
 

@@ -3,7 +3,7 @@
 The latest success and failure of sending to each destination AE.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-05 06:00:00.000000
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import node.db.types
 
 revision = '0011'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 

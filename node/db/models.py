@@ -188,6 +188,10 @@ class Job(Base):
     acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     """When an admin acknowledged the failure (it then leaves the triage list)."""
     acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    worker_name: Mapped[str | None] = mapped_column(String(128))
+    """The worker process that claimed the job last (its heartbeat name)."""
+    worker_incarnation: Mapped[str | None] = mapped_column(String(32))
+    """That process's incarnation: a restarted worker of the same name is another one."""
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -393,6 +397,10 @@ class WorkerHeartbeat(Base):
     jobs_in_flight: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_beat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    incarnation: Mapped[str | None] = mapped_column(String(32))
+    """Random per process start: tells a restarted worker from its previous run."""
+    broken_reason: Mapped[str | None] = mapped_column(Text)
+    """Why the worker cannot draft (its model failed to load); it takes no task then."""
 
 
 class DestinationHealth(Base):

@@ -16,6 +16,7 @@ from node.logs import log_event
 logger = logging.getLogger(__name__)
 
 DRAFT_TASK_NAME = "radnode.draft"
+BROKER_CHECK_TIMEOUT_SECONDS = 2.0
 
 
 def create_celery_client(broker: BrokerSettings) -> Celery:
@@ -69,6 +70,17 @@ class WorkQueue(Protocol):
         """Queue drafting of ``job_id``; return a task id when the queue has one."""
         ...
 
+    def broker_identity(self) -> str | None:
+        """The identity of the broker's current run (it changes when a broker restarts
+        and forgets its messages); ``None`` for a queue without a broker.
+
+        Raises
+        ------
+        Exception
+            When the broker cannot be reached.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections and threads."""
         ...
@@ -96,6 +108,14 @@ class CeleryWorkQueue:
         )
         return str(result.id)
 
+    def broker_identity(self) -> str | None:
+        with self.app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
+                                         timeout=BROKER_CHECK_TIMEOUT_SECONDS)
+            client = connection.default_channel.client
+            info = client.info("server")
+        return str(info.get("run_id") or "")
+
     def close(self) -> None:
         self.app.close()
 
@@ -114,12 +134,17 @@ class EmbeddedWorkQueue:
     heartbeat
         Started with the queue and stopped by :meth:`close`: the worker heartbeat of
         this process (``workers.heartbeat.HeartbeatWriter``).
+    warm_up
+        Run first in the worker thread (loading the model), so the first job after a
+        start does not wait for it.
     """
 
     def __init__(self, run_job: Callable[[int], float | None],
-                 heartbeat: Startable | None = None) -> None:
+                 heartbeat: Startable | None = None,
+                 warm_up: Callable[[], None] | None = None) -> None:
         self._run_job = run_job
         self._heartbeat = heartbeat
+        self._warm_up = warm_up
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
@@ -139,7 +164,15 @@ class EmbeddedWorkQueue:
             self._queue.put(job_id)
         return None
 
+    def broker_identity(self) -> str | None:
+        return None
+
     def _loop(self) -> None:
+        if self._warm_up is not None:
+            try:
+                self._warm_up()
+            except Exception:  # the first job tries again and records the failure
+                logger.exception("embedded_warm_up_failed")
         while True:
             job_id = self._queue.get()
             if job_id is None:
