@@ -12,11 +12,13 @@ Values are validated when loaded; an invalid file or variable raises
 
 from __future__ import annotations
 
+import difflib
 import enum
 import os
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -35,6 +37,17 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV_VAR = "RADNODE_CONFIG"
+ENV_PREFIX = "RADNODE_"
+
+#: ``RADNODE_*`` variables that are not settings: read elsewhere, never refused.
+OTHER_VARIABLES = frozenset({
+    CONFIG_ENV_VAR,
+    "RADNODE_DB_PASSWORD",  # the compose file's own interpolation variable
+    "RADNODE_ORT_PROVIDERS",  # ONNX Runtime execution providers of the encoder
+    "RADNODE_TRT_CACHE",  # TensorRT engine cache folder
+    "RADNODE_TEST_POSTGRES_URL",  # the test suite's PostgreSQL server
+    "RADNODE_UPDATE_SCREENSHOTS",  # the browser tests rewrite docs/screenshots
+})
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
 
@@ -175,6 +188,10 @@ class BrokerSettings(_Section):
     """Redis redelivers an unacknowledged task after this long; it must exceed the
     longest queue wait plus run time (the reconciler covers lost workers sooner)."""
     draft_queue: str = "draft"
+    health_timeout_seconds: float = Field(1.0, gt=0)
+    """How long the monitoring page and ``/metrics`` wait for the broker to answer."""
+    health_cache_seconds: float = Field(5.0, ge=0)
+    """The broker's health is asked at most this often; pages in between reuse it."""
 
 
 class JobSettings(_Section):
@@ -538,6 +555,19 @@ class EvaluationSettings(_Section):
         return self
 
 
+class AlertSettings(_Section):
+    """When waiting work raises an alert: a warning log event when it starts and ends, and
+    ``radnode_alert{name=...}`` at 1 in ``/metrics`` while it lasts (also on the monitoring
+    page)."""
+
+    job_wait_seconds: float = Field(1800.0, gt=0)
+    """The oldest queued or retrying drafting job has waited longer than this."""
+    export_wait_seconds: float = Field(3600.0, gt=0)
+    """The oldest undelivered export has waited longer than this."""
+    check_seconds: float = Field(30.0, gt=0)
+    """How often ``radnode serve`` evaluates the alerts (as well as on each scrape)."""
+
+
 class LoggingSettings(_Section):
     """Log level and format (structured JSON or plain text)."""
 
@@ -570,6 +600,7 @@ class Settings(BaseSettings):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -585,6 +616,109 @@ class Settings(BaseSettings):
         if config_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_path)))
         return tuple(sources)
+
+
+def _setting_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every settable path of ``model``: sections, their keys and nested sections."""
+    paths: list[tuple[str, ...]] = []
+    for name, info in model.model_fields.items():
+        path = (*prefix, name)
+        paths.append(path)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths.extend(_setting_paths(annotation, path))
+    return paths
+
+
+def setting_variable_names() -> list[str]:
+    """Every environment variable name that sets something, e.g. ``RADNODE_DICOM__PORT``."""
+    return [ENV_PREFIX + "__".join(path).upper() for path in _setting_paths(Settings)]
+
+
+#: Variables Kubernetes sets for a Service named ``radnode-…`` (service links), e.g.
+#: ``RADNODE_DICOM_SERVICE_HOST`` or ``RADNODE_DICOM_PORT=tcp://10.0.0.7:11112``.
+_SERVICE_LINK_NAME = re.compile(
+    r"^RADNODE_\w+?_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)$")
+_SERVICE_LINK_VALUE = re.compile(r"^(tcp|udp|sctp)://")
+
+
+def _closest(name: str, candidates: list[str], cutoff: float = 0.6) -> str | None:
+    found = difflib.get_close_matches(name, candidates, n=1, cutoff=cutoff)
+    return found[0] if found else None
+
+
+def check_environment(environ: dict[str, str] | None = None) -> None:
+    """Refuse ``RADNODE_*`` variables that look like a setting but name none.
+
+    A variable looks like a setting when it uses the ``__`` delimiter, when its first
+    word is (close to) a section name, or when it is close to a valid name; such a
+    variable would otherwise be ignored without a word (``RADNODE_DICOM_PORT``).
+
+    Raises
+    ------
+    ConfigError
+        Naming the variable, its value and the closest valid name.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    valid = setting_variable_names()
+    valid_set = set(valid)
+    sections = [name.upper() for name in Settings.model_fields]
+    for key in sorted(environ):
+        name = key.upper()
+        if not name.startswith(ENV_PREFIX) or name in valid_set or name in OTHER_VARIABLES:
+            continue
+        if _SERVICE_LINK_NAME.match(name) or _SERVICE_LINK_VALUE.match(environ[key]):
+            continue
+        rest = name[len(ENV_PREFIX):]
+        first_word = re.split(r"_+", rest, maxsplit=1)[0]
+        flat = {re.sub(r"_+", "_", v): v for v in valid}
+        near = _closest(re.sub(r"_+", "_", name), list(flat), cutoff=0.8)
+        suggestion = flat[near] if near is not None else None
+        looks_like_setting = ("__" in rest or _closest(first_word, sections) is not None
+                              or suggestion is not None)
+        if not looks_like_setting:
+            continue
+        hint = f"; did you mean {suggestion}?" if suggestion else (
+            "; settings are named RADNODE_<SECTION>__<KEY>, e.g. RADNODE_DICOM__PORT")
+        raise ConfigError(f"environment variable {key}={environ[key]!r} matches no "
+                          f"setting{hint}")
+
+
+def _extra_key_hint(loc: tuple[str | int, ...]) -> str:
+    """``; did you mean dicom.port?`` for an unknown key close to a valid one."""
+    wanted = tuple(str(part) for part in loc if not isinstance(part, int))
+    siblings = [path for path in _setting_paths(Settings) if path[:-1] == wanted[:-1]]
+    match = _closest(wanted[-1], [path[-1] for path in siblings]) if wanted else None
+    return f" (did you mean {'.'.join((*wanted[:-1], match))}?)" if match else ""
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password shown as ``***`` (database and broker URLs)."""
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def config_source() -> str:
+    """Where the settings come from: the absolute path of the TOML file, or the
+    embedded defaults (environment variables apply over either)."""
+    config_path = os.environ.get(CONFIG_ENV_VAR)
+    if config_path:
+        return str(Path(config_path).resolve())
+    return "built-in defaults (RADNODE_CONFIG not set)"
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -610,11 +744,14 @@ def load_settings(**overrides: object) -> Settings:
     config_path = os.environ.get(CONFIG_ENV_VAR)
     if config_path and not Path(config_path).is_file():
         raise ConfigError(f"{CONFIG_ENV_VAR} names {config_path!r}, which is not a readable file")
+    check_environment()
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            + (_extra_key_hint(err["loc"]) if err["type"] == "extra_forbidden" else "")
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid radnode configuration: {problems}") from exc
     except ValueError as exc:  # TOML syntax errors

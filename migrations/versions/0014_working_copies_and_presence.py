@@ -3,7 +3,7 @@
 Radiologists' unsigned text per report, and who has a study open.
 
 Revision ID: 0014
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-05 06:30:00.000000
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import node.db.types
 
 revision = '0014'
-down_revision = '0010'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 

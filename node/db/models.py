@@ -433,3 +433,19 @@ class StudyPresence(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"),
                                           index=True)
     seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class DestinationHealth(Base):
+    """How sending to one destination AE went lately, one row per AE title.
+
+    Written with each export's outcome; the monitoring page and ``/metrics`` read it.
+    """
+
+    __tablename__ = "destination_health"
+
+    destination_ae: Mapped[str] = mapped_column(AE_TITLE, primary_key=True)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_failure_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    """Failed attempts since the last success."""

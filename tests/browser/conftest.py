@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from node.db.types import utcnow
+from node.exports.service import note_destination_outcome
 from node.runtime import Database
 from node.states import ExportState, Role, StudyState
 from node.storage import InstanceStore
@@ -119,6 +120,11 @@ def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
     seed_failed_job(database)
     _, export_id = seed_failed_export(database, store)
     seed_failed_export(database, store, state=ExportState.RETRYING, destination_ae="ARCHIVE")
+    with database.sessions.begin() as session:
+        note_destination_outcome(session, "PACS", now - dt.timedelta(minutes=9))
+        for minutes in (50, 20, 5):
+            note_destination_outcome(session, "ARCHIVE", now - dt.timedelta(minutes=minutes),
+                                     "connection to 10.1.4.20:104 refused")
     seed_study(database, patient_name="LEE^ANNA", patient_id="PID-2001", accession="ACC3001",
                state=StudyState.IGNORED, state_reason="modality is not CR or DX")
     queue, exporter = RecordingQueue(), RecordingExporter()

@@ -664,6 +664,35 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         result.stdout + result.stderr
 
 
+def _writable_folders(unit: Path) -> list[str]:
+    """The folders a unit may write under ``ProtectSystem=strict``: its StateDirectory
+    (``/var/lib/NAME``) and ReadWritePaths."""
+    folders = [f"/var/lib/{name}" for value in systemd_values(unit, "StateDirectory")
+               for name in value.split()]
+    return folders + [p for value in systemd_values(unit, "ReadWritePaths") for p in value.split()]
+
+
+def test_systemd_configuration_writes_only_where_the_units_allow(
+        clean_env: pytest.MonkeyPatch) -> None:
+    """The shipped /etc/radnode/radnode.toml of the walk-through fits the units' sandbox."""
+    settings = load_with(clean_env, {}, SYSTEMD_DIR / "radnode.toml")
+    for unit in systemd_units():
+        assert systemd_values(unit, "ProtectSystem") == ["strict"], unit.name
+        writable = _writable_folders(unit)
+        assert under(systemd_values(unit, "WorkingDirectory")[0], writable), unit.name
+        assert under(settings.storage.root, writable), unit.name
+        assert under(settings.model.bundle, writable), unit.name
+    node_writable = _writable_folders(SYSTEMD_DIR / "radnode.service")
+    assert settings.web.secret_key is None
+    assert under(settings.web.secret_key_file, node_writable)
+    assert settings.database.url.startswith("postgresql") and settings.broker.url
+    guide = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    for step in ("deploy/systemd/radnode.toml /etc/radnode/radnode.toml",
+                 "useradd --system", "createuser radnode", "systemctl enable --now radnode",
+                 str(settings.web.secret_key_file), str(settings.storage.root)):
+        assert step in guide, step
+
+
 def test_systemd_verify_reports_a_broken_unit(tmp_path: Path) -> None:
     broken = tmp_path / "in" / "radnode.service"
     broken.parent.mkdir()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.config import CONFIG_ENV_VAR, ConfigError, Settings, load_settings
+from node.config import CONFIG_ENV_VAR, ConfigError, Settings, load_settings, masked_url
 
 
 def _write(path: Path, text: str) -> Path:
@@ -103,7 +103,7 @@ def test_explicit_overrides_win_over_environment(monkeypatch: pytest.MonkeyPatch
         ("RADNODE_STORAGE__MIN_FREE_MB", "-1", "storage.min_free_mb"),
         ("RADNODE_ASSEMBLY__QUIET_SECONDS", "-5", "assembly.quiet_seconds"),
         ("RADNODE_LOGGING__LEVEL", "CHATTY", "logging.level"),
-        ("RADNODE_DICOM__NO_SUCH_KEY", "1", "dicom.no_such_key"),
+        ("RADNODE_DICOM__NO_SUCH_KEY", "1", "RADNODE_DICOM__NO_SUCH_KEY='1'"),
     ],
 )
 def test_invalid_environment_value_names_the_key(
@@ -236,3 +236,70 @@ def test_peers_with_permissions_and_the_older_allow_list(
 def test_a_peer_named_twice_is_refused() -> None:
     with pytest.raises(ConfigError, match="twice"):
         load_settings(dicom={"peers": [{"ae_title": "A"}, {"ae_title": "A "}]})
+
+
+@pytest.mark.parametrize(
+    ("variable", "suggestion"),
+    [
+        ("RADNODE_DICOM_PORT", "RADNODE_DICOM__PORT"),
+        ("RADNODE_DICOM__PROT", "RADNODE_DICOM__PORT"),
+        ("RADNODE_DATABSE__URL", "RADNODE_DATABASE__URL"),
+        ("RADNODE_DICOM__TLS_ENABLED", "RADNODE_DICOM__TLS__ENABLED"),
+        ("radnode_logging_level", "RADNODE_LOGGING__LEVEL"),
+    ],
+)
+def test_misspelled_variable_is_refused_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch, variable: str, suggestion: str
+) -> None:
+    """A variable that looks like a setting but sets nothing is refused, never ignored."""
+    monkeypatch.setenv(variable, "11190")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert f"{variable}='11190'" in message
+    assert f"did you mean {suggestion}?" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RADNODE_ORT_PROVIDERS", "CPUExecutionProvider"),  # read by the encoder runtime
+        ("RADNODE_DICOM_SERVICE_HOST", "10.0.0.7"),  # Kubernetes service link
+        ("RADNODE_DICOM_PORT", "tcp://10.0.0.7:11112"),  # Kubernetes service link
+        ("RADNODE_WEB_PORT_8080_TCP_ADDR", "10.0.0.8"),
+        ("RADNODE_BUILD_ID", "42"),  # nothing like a setting
+    ],
+)
+def test_variables_that_are_no_setting_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert load_settings().dicom.port == 11112
+
+
+def test_unknown_file_key_suggests_the_closest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _write(tmp_path / "radnode.toml", "[dicom]\nprot = 104\n[exports]\nbase_delay = 5\n")
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(config))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "dicom.prot: Extra inputs are not permitted (did you mean dicom.port?)" in str(
+        caught.value)
+    assert "(did you mean exports.base_delay_seconds?)" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://radnode:s3cr@t@db:5432/radnode",
+         "postgresql+psycopg://radnode:***@db:5432/radnode"),
+        ("redis://:pw@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://user:pw@[::1]:6379/0", "redis://user:***@[::1]:6379/0"),
+        ("postgresql+psycopg://radnode@/radnode?host=/var/run/postgresql",
+         "postgresql+psycopg://radnode@/radnode?host=/var/run/postgresql"),
+        ("sqlite:///var/radnode.db", "sqlite:///var/radnode.db"),
+    ],
+)
+def test_masked_url_hides_only_the_password(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
