@@ -12,11 +12,13 @@ Values are validated when loaded; an invalid file or variable raises
 
 from __future__ import annotations
 
+import difflib
 import enum
 import os
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -35,6 +37,17 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV_VAR = "RADNODE_CONFIG"
+ENV_PREFIX = "RADNODE_"
+
+#: ``RADNODE_*`` variables that are not settings: read elsewhere, never refused.
+OTHER_VARIABLES = frozenset({
+    CONFIG_ENV_VAR,
+    "RADNODE_DB_PASSWORD",  # the compose file's own interpolation variable
+    "RADNODE_ORT_PROVIDERS",  # ONNX Runtime execution providers of the encoder
+    "RADNODE_TRT_CACHE",  # TensorRT engine cache folder
+    "RADNODE_TEST_POSTGRES_URL",  # the test suite's PostgreSQL server
+    "RADNODE_UPDATE_SCREENSHOTS",  # the browser tests rewrite docs/screenshots
+})
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
 
@@ -64,6 +77,42 @@ class TlsSettings(_Section):
     require_client_cert: bool = False
 
 
+class DicomPeer(_Section):
+    """A calling AE the listener accepts, and what it may do.
+
+    ``store``: send instances (C-STORE). ``query``: C-FIND. ``retrieve``: C-GET, and
+    C-MOVE to the destinations named in ``[[destinations]]``. A peer with ``host`` set
+    is accepted only from that address; with TLS, its client certificate must name it
+    (``tls_common_name``, or the AE title itself when that is unset).
+    """
+
+    ae_title: str
+    store: bool = True
+    query: bool = False
+    retrieve: bool = False
+    host: str | None = None
+    """The peer's IP address; associations from any other address are rejected."""
+    tls_common_name: str | None = None
+    """The subject common name of the client certificate issued to this peer."""
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_peer_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class DatasetLimitSettings(_Section):
+    """The largest data set inflated and the largest image decoded, checked before
+    either happens (an instance over a limit is refused with 0xA700)."""
+
+    max_inflated_bytes: int = Field(256 * 2**20, ge=1)
+    """Largest size of a Deflated Explicit VR Little Endian data set once inflated."""
+    max_pixels: int = Field(64 * 2**20, ge=1)
+    """Largest Rows x Columns x NumberOfFrames x SamplesPerPixel."""
+    max_pixel_bytes: int = Field(512 * 2**20, ge=1)
+    """Largest decoded pixel data in bytes (pixels x BitsAllocated / 8)."""
+
+
 class DicomSettings(_Section):
     """The DICOM listener: AE title, port, access policy and timeouts.
 
@@ -74,6 +123,10 @@ class DicomSettings(_Section):
     bind_address: str = "0.0.0.0"
     ae_title: str = "RADNODE"
     allowed_calling_aes: list[str] = Field(default_factory=list)
+    """Calling AEs accepted with every permission (store, query, retrieve). With
+    ``peers``, both lists are accepted; with neither, any AE is (an open node)."""
+    peers: list[DicomPeer] = Field(default_factory=list)
+    """Calling AEs accepted, each with its own permissions."""
     require_called_ae: bool = False
     max_pdu_size: int = Field(0, ge=0, le=0xFFFFFFFF)
     """Largest P-DATA PDU the node accepts, in bytes, offered to every peer at
@@ -84,6 +137,21 @@ class DicomSettings(_Section):
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(120.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)
+    association_request_timeout: float = Field(5.0, gt=0)
+    """Seconds a connection has to deliver its whole A-ASSOCIATE-RQ (TLS handshake
+    included); it is closed otherwise."""
+    pdu_progress_timeout: float = Field(10.0, gt=0)
+    """Seconds in which a PDU being received must complete, or advance by 64 KiB; a
+    peer trickling slower is cut off and its slot freed."""
+    max_pending_per_address: int = Field(8, ge=1)
+    """Connections from one address still sending their A-ASSOCIATE-RQ; more are closed."""
+    max_pending: int = Field(64, ge=1)
+    """Connections from all addresses still sending their A-ASSOCIATE-RQ."""
+    max_associations_per_address: int = Field(8, ge=1)
+    """Associations served at once for one source address."""
+    max_associations_per_ae: int = Field(8, ge=1)
+    """Associations served at once for one calling AE title."""
+    limits: DatasetLimitSettings = Field(default_factory=DatasetLimitSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
     @field_validator("ae_title")
@@ -95,6 +163,13 @@ class DicomSettings(_Section):
     @classmethod
     def _check_allowed(cls, values: list[str]) -> list[str]:
         return [_check_ae_title(v) for v in values]
+
+    @model_validator(mode="after")
+    def _check_peers(self) -> DicomSettings:
+        titles = [p.ae_title for p in self.peers]
+        if len(set(titles)) != len(titles):
+            raise ValueError("dicom.peers names an AE title twice")
+        return self
 
 
 class DatabaseSettings(_Section):
@@ -113,6 +188,10 @@ class BrokerSettings(_Section):
     """Redis redelivers an unacknowledged task after this long; it must exceed the
     longest queue wait plus run time (the reconciler covers lost workers sooner)."""
     draft_queue: str = "draft"
+    health_timeout_seconds: float = Field(1.0, gt=0)
+    """How long the monitoring page and ``/metrics`` wait for the broker to answer."""
+    health_cache_seconds: float = Field(5.0, ge=0)
+    """The broker's health is asked at most this often; pages in between reuse it."""
 
 
 class JobSettings(_Section):
@@ -278,6 +357,14 @@ class WebSettings(_Section):
     """Failed logins allowed per client address within the window, whatever the usernames
     (bounds what a flood with random usernames can cost and store). Behind a proxy every
     client shares its address: raise it there."""
+    autosave_seconds: float = Field(2.0, gt=0)
+    """The study page saves the text being edited this long after the last keystroke."""
+    presence_heartbeat_seconds: float = Field(15.0, gt=0)
+    """How often an open study page tells the node that its user is reading the study."""
+    presence_expiry_seconds: float = Field(45.0, gt=0)
+    """A reader without a heartbeat for this long no longer counts as having it open."""
+    confirm_unedited_urgent: bool = True
+    """Ask for a confirmation before signing an unedited draft of an urgent study."""
 
 
 class SelectionSettings(_Section):
@@ -482,6 +569,19 @@ class EvaluationSettings(_Section):
         return self
 
 
+class AlertSettings(_Section):
+    """When waiting work raises an alert: a warning log event when it starts and ends, and
+    ``radnode_alert{name=...}`` at 1 in ``/metrics`` while it lasts (also on the monitoring
+    page)."""
+
+    job_wait_seconds: float = Field(1800.0, gt=0)
+    """The oldest queued or retrying drafting job has waited longer than this."""
+    export_wait_seconds: float = Field(3600.0, gt=0)
+    """The oldest undelivered export has waited longer than this."""
+    check_seconds: float = Field(30.0, gt=0)
+    """How often ``radnode serve`` evaluates the alerts (as well as on each scrape)."""
+
+
 class LoggingSettings(_Section):
     """Log level and format (structured JSON or plain text)."""
 
@@ -515,6 +615,7 @@ class Settings(BaseSettings):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -530,6 +631,109 @@ class Settings(BaseSettings):
         if config_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_path)))
         return tuple(sources)
+
+
+def _setting_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every settable path of ``model``: sections, their keys and nested sections."""
+    paths: list[tuple[str, ...]] = []
+    for name, info in model.model_fields.items():
+        path = (*prefix, name)
+        paths.append(path)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths.extend(_setting_paths(annotation, path))
+    return paths
+
+
+def setting_variable_names() -> list[str]:
+    """Every environment variable name that sets something, e.g. ``RADNODE_DICOM__PORT``."""
+    return [ENV_PREFIX + "__".join(path).upper() for path in _setting_paths(Settings)]
+
+
+#: Variables Kubernetes sets for a Service named ``radnode-…`` (service links), e.g.
+#: ``RADNODE_DICOM_SERVICE_HOST`` or ``RADNODE_DICOM_PORT=tcp://10.0.0.7:11112``.
+_SERVICE_LINK_NAME = re.compile(
+    r"^RADNODE_\w+?_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)$")
+_SERVICE_LINK_VALUE = re.compile(r"^(tcp|udp|sctp)://")
+
+
+def _closest(name: str, candidates: list[str], cutoff: float = 0.6) -> str | None:
+    found = difflib.get_close_matches(name, candidates, n=1, cutoff=cutoff)
+    return found[0] if found else None
+
+
+def check_environment(environ: dict[str, str] | None = None) -> None:
+    """Refuse ``RADNODE_*`` variables that look like a setting but name none.
+
+    A variable looks like a setting when it uses the ``__`` delimiter, when its first
+    word is (close to) a section name, or when it is close to a valid name; such a
+    variable would otherwise be ignored without a word (``RADNODE_DICOM_PORT``).
+
+    Raises
+    ------
+    ConfigError
+        Naming the variable, its value and the closest valid name.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    valid = setting_variable_names()
+    valid_set = set(valid)
+    sections = [name.upper() for name in Settings.model_fields]
+    for key in sorted(environ):
+        name = key.upper()
+        if not name.startswith(ENV_PREFIX) or name in valid_set or name in OTHER_VARIABLES:
+            continue
+        if _SERVICE_LINK_NAME.match(name) or _SERVICE_LINK_VALUE.match(environ[key]):
+            continue
+        rest = name[len(ENV_PREFIX):]
+        first_word = re.split(r"_+", rest, maxsplit=1)[0]
+        flat = {re.sub(r"_+", "_", v): v for v in valid}
+        near = _closest(re.sub(r"_+", "_", name), list(flat), cutoff=0.8)
+        suggestion = flat[near] if near is not None else None
+        looks_like_setting = ("__" in rest or _closest(first_word, sections) is not None
+                              or suggestion is not None)
+        if not looks_like_setting:
+            continue
+        hint = f"; did you mean {suggestion}?" if suggestion else (
+            "; settings are named RADNODE_<SECTION>__<KEY>, e.g. RADNODE_DICOM__PORT")
+        raise ConfigError(f"environment variable {key}={environ[key]!r} matches no "
+                          f"setting{hint}")
+
+
+def _extra_key_hint(loc: tuple[str | int, ...]) -> str:
+    """``; did you mean dicom.port?`` for an unknown key close to a valid one."""
+    wanted = tuple(str(part) for part in loc if not isinstance(part, int))
+    siblings = [path for path in _setting_paths(Settings) if path[:-1] == wanted[:-1]]
+    match = _closest(wanted[-1], [path[-1] for path in siblings]) if wanted else None
+    return f" (did you mean {'.'.join((*wanted[:-1], match))}?)" if match else ""
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password shown as ``***`` (database and broker URLs)."""
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def config_source() -> str:
+    """Where the settings come from: the absolute path of the TOML file, or the
+    embedded defaults (environment variables apply over either)."""
+    config_path = os.environ.get(CONFIG_ENV_VAR)
+    if config_path:
+        return str(Path(config_path).resolve())
+    return "built-in defaults (RADNODE_CONFIG not set)"
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -555,11 +759,14 @@ def load_settings(**overrides: object) -> Settings:
     config_path = os.environ.get(CONFIG_ENV_VAR)
     if config_path and not Path(config_path).is_file():
         raise ConfigError(f"{CONFIG_ENV_VAR} names {config_path!r}, which is not a readable file")
+    check_environment()
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            + (_extra_key_hint(err["loc"]) if err["type"] == "extra_forbidden" else "")
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid radnode configuration: {problems}") from exc
     except ValueError as exc:  # TOML syntax errors

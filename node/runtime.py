@@ -20,9 +20,11 @@ from node.jobs.bundle_identity import read_bundle_identity
 from node.jobs.queue import CeleryWorkQueue, EmbeddedWorkQueue, WorkQueue
 from node.jobs.scheduler import DraftScheduler, Reconciler
 from node.logs import log_event
+from node.operations import OperationsMonitor
 from node.reports.sr_index import backfill_report_sr_index
 from node.retention import RetentionService
 from node.storage import InstanceStore
+from workers.inference.dicom_limits import DatasetLimits
 
 if TYPE_CHECKING:
     from node.web.server import WebServer
@@ -107,6 +109,7 @@ class NodeServices:
     reconciler: Reconciler
     exporter: ExportService
     retention: RetentionService
+    operations: OperationsMonitor
     web: WebServer | None = None
     _started: list[str] = field(default_factory=list)
 
@@ -122,7 +125,8 @@ class NodeServices:
             min_free_mb=settings.storage.min_free_mb,
             max_used_percent=settings.storage.max_used_percent,
         )
-        ingestor = InstanceIngestor(store, database.sessions)
+        ingestor = InstanceIngestor(store, database.sessions,
+                                    DatasetLimits(**settings.dicom.limits.model_dump()))
         query_retrieve = QueryRetrieveService.from_settings(settings, database.sessions, store)
         listener = DicomListener(settings.dicom, ingestor, query_retrieve)
         work_queue = build_work_queue(settings, database)
@@ -135,18 +139,21 @@ class NodeServices:
         reconciler = Reconciler(settings.jobs, scheduler)
         exporter = ExportService.from_settings(settings, database.sessions, store)
         retention = RetentionService(settings.retention, database.sessions, store)
+        operations = OperationsMonitor(settings, database.sessions)
         web = None
         if with_web:
             from node.web import create_app
             from node.web.server import WebServer
 
-            web = WebServer(create_app(settings, database, store, exporter, work_queue),
+            web = WebServer(create_app(settings, database, store, exporter, work_queue,
+                                       operations),
                             settings.web.host, settings.web.port)
         return cls(settings, database, store, listener, assembly, work_queue, reconciler,
-                   exporter, retention, web)
+                   exporter, retention, operations, web)
 
     def start(self) -> None:
-        """Start the DICOM listener, assembly, the reconciler, the export loop and the web."""
+        """Start the DICOM listener, assembly, the reconciler, the export loop, the alert
+        checks and the web."""
         swept = self.store.sweep_temporaries()
         if swept:
             log_event(logger, logging.WARNING, "partial_writes_removed", count=swept)
@@ -165,6 +172,8 @@ class NodeServices:
         self._started.append("exporter")
         self.retention.start()
         self._started.append("retention")
+        self.operations.start()
+        self._started.append("operations")
         if self.web is not None:
             self.web.start()
             self._started.append("web")
@@ -184,5 +193,7 @@ class NodeServices:
             self.exporter.stop()
         if "retention" in self._started:
             self.retention.stop()
+        if "operations" in self._started:
+            self.operations.stop()
         self._started.clear()
         self.database.engine.dispose()

@@ -17,6 +17,7 @@ from node.audit_export import (
     parse_time_bound,
     render_lines,
 )
+from node.cli.startup import database_description
 from node.config import load_settings
 from node.db.engine import Database
 from node.db.models import AuditEvent
@@ -63,7 +64,7 @@ def _audit_export(args: argparse.Namespace) -> int:
                      "until": until.isoformat() if until else None,
                      "format": fmt.value, "events": rows, "via": "cli"}))
     database.engine.dispose()
-    print(f"{rows} audit events written to {out}")
+    print(f"{rows} audit events of {database_description(settings)} written to {out}")
     return 0
 
 
@@ -76,6 +77,8 @@ def _retention_run(args: argparse.Namespace) -> int:
     service = RetentionService(settings.retention, database.sessions, store)
     report = service.run(dry_run=args.dry_run)
     database.engine.dispose()
+    print(f"{'read' if report.dry_run else 'recorded in'} {database_description(settings)}",
+          file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps({
             "dry_run": report.dry_run, "cutoff": report.cutoff.isoformat(),

@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from node.cli import (
     data_commands,
     demo_command,
@@ -16,7 +18,17 @@ from node.cli import (
     web_commands,
     worker_commands,
 )
-from node.config import ConfigError
+from node.config import ConfigError, load_settings, masked_url
+
+
+def _database_error(error: SQLAlchemyError) -> str:
+    """One line naming ``[database] url`` (password masked) and what went wrong."""
+    detail = str(getattr(error, "orig", None) or error).strip().splitlines()
+    try:
+        url = masked_url(load_settings().database.url)
+    except ConfigError:
+        url = "?"
+    return f"[database] url = {url!r}: {detail[0] if detail else type(error).__name__}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except ConfigError as exc:
         print(f"radnode: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:  # a command that met a database it cannot use
+        print(f"radnode: {_database_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

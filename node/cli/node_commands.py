@@ -12,7 +12,15 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from node.config import load_settings
+from node.cli.startup import (
+    check_broker,
+    check_bundle,
+    check_database,
+    check_port,
+    database_description,
+    summary_lines,
+)
+from node.config import ConfigError, load_settings
 from node.db.engine import Database
 from node.db.migrate import current_revision, upgrade
 from node.db.models import Instance, Study
@@ -26,6 +34,11 @@ logger = logging.getLogger("node.cli")
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings.logging)
+    check_database(settings)
+    check_broker(settings)
+    bundle = check_bundle(settings, required=not settings.broker.url)
+    check_port("[dicom] port", settings.dicom.bind_address, settings.dicom.port)
+    check_port("[web] port", settings.web.host, settings.web.port)
     services = NodeServices.build(settings, with_web=True)
     stop = threading.Event()
 
@@ -35,9 +48,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
-    services.start()
+    try:
+        services.start()
+    except OSError as exc:  # a port taken between the check and the start
+        services.stop()
+        raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
+    web_port = services.web.port if services.web else None
+    print("\n".join(summary_lines("serve", settings, bundle, dicom_port=services.listener.port,
+                                   web_port=web_port)), flush=True)
     log_event(logger, logging.INFO, "node_ready", dicom_port=services.listener.port,
-              web_port=services.web.port if services.web else None)
+              web_port=web_port, ae_title=settings.dicom.ae_title,
+              model=bundle.describe() if bundle else None)
     try:
         stop.wait()
     finally:
@@ -50,7 +71,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     configure_logging(settings.logging)
     database = Database.from_settings(settings)
     upgrade(database.engine, args.revision)
-    print(f"database at revision {current_revision(database.engine)}")
+    print(f"{database_description(settings)} at revision {current_revision(database.engine)}")
     return 0
 
 

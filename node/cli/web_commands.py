@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from node.cli.startup import database_description
 from node.config import load_settings
 from node.db.engine import Database
 from node.db.models import AuditEvent, User
@@ -44,7 +45,8 @@ def _user_add(args: argparse.Namespace) -> int:
     except UserError as exc:
         print(f"radnode: {exc}", file=sys.stderr)
         return 2
-    print(f"user {args.username} ({args.role}) created with id {user_id}")
+    print(f"user {args.username} ({args.role}) created with id {user_id} in "
+          f"{database_description(settings)}")
     return 0
 
 
@@ -71,7 +73,8 @@ def _user_deactivate(args: argparse.Namespace) -> int:
         user.active = False
         session.add(AuditEvent(at=utcnow(), actor="cli", action="user_deactivated",
                                object_type="user", object_id=str(user.id)))
-    print(f"user {args.username} deactivated; their logins end at their next request")
+    print(f"user {args.username} deactivated in {database_description(settings)}; their "
+          "logins end at their next request")
     return 0
 
 
@@ -92,7 +95,8 @@ def _user_token(args: argparse.Namespace) -> int:
         with database.sessions.begin() as session:
             if args.revoke:
                 count = revoke_service_tokens(session, args.username)
-                print(f"{count} token(s) of {args.username} revoked")
+                print(f"{count} token(s) of {args.username} revoked in "
+                      f"{database_description(settings)}")
                 return 0
             token = issue_service_token(session, args.username)
     except UserError as exc:
@@ -104,9 +108,11 @@ def _user_token(args: argparse.Namespace) -> int:
     if output is not None:
         with os.fdopen(output, "w", encoding="ascii") as handle:
             handle.write(token + "\n")
-        print(f"token of worker account {args.username} written to {args.output}")
+        print(f"token of worker account {args.username} written to {args.output}; issued in "
+              f"{database_description(settings)}")
     else:
         print(token)
+        print(f"issued in {database_description(settings)}", file=sys.stderr)
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from node.cli.startup import check_broker, check_bundle, check_database, summary_lines
 from node.config import load_settings
 from node.logs import configure_logging
 
@@ -17,6 +18,9 @@ def _worker(args: argparse.Namespace) -> int:
         print("radnode worker needs [broker] url (redis://...); "
               "with the embedded default, `radnode serve` drafts in-process.")
         return 2
+    check_database(settings)
+    check_broker(settings)
+    bundle = check_bundle(settings, required=True)
     from workers.context import bundle_problem, preload_model
 
     # A worker that cannot draft never takes a task: the bundle is checked and the model
@@ -45,6 +49,10 @@ def _worker(args: argparse.Namespace) -> int:
         "--without-mingle",
         f"--loglevel={settings.logging.level}",
     ]
+    print("\n".join(summary_lines(
+        "worker", settings, bundle,
+        worker=f"radnode-draft-{args.name}, {concurrency} task(s) at once, device "
+               f"{settings.worker.device}, queue {settings.broker.draft_queue}")), flush=True)
     app.worker_main(argv)
     return 0
 

@@ -39,7 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Destination, ExportSettings, Settings
-from node.db.models import AuditEvent, Export, Instance, Report
+from node.db.models import AuditEvent, DestinationHealth, Export, Instance, Report
 from node.db.types import utcnow
 from node.dicom.export import (
     DestinationRefused,
@@ -179,6 +179,29 @@ class _Claim:
     report_sop_instance_uid: str | None
     created_at: dt.datetime
     image_paths: tuple[str, ...]
+
+
+def note_destination_outcome(session: Session, destination_ae: str, now: dt.datetime,
+                             error: str | None = None) -> None:
+    """Record one send to ``destination_ae`` in its health row (created on first use).
+
+    A success sets ``last_success_at`` and clears the run of failures; a failure (``error``
+    given) sets ``last_failure_at`` and ``last_error`` and counts one more consecutive
+    failure. Runs in the caller's transaction.
+    """
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    table = DestinationHealth.__table__
+    if error is None:
+        values: dict[str, object] = {"last_success_at": now, "consecutive_failures": 0}
+        update: dict[str, object] = dict(values)
+    else:
+        values = {"last_failure_at": now, "last_error": error, "consecutive_failures": 1}
+        update = {"last_failure_at": now, "last_error": error,
+                  "consecutive_failures": table.c.consecutive_failures + 1}
+    statement = module.insert(table).values(destination_ae=destination_ae, **values)
+    session.execute(statement.on_conflict_do_update(
+        index_elements=[table.c.destination_ae], set_=update))
 
 
 class ExportService:
@@ -403,6 +426,7 @@ class ExportService:
             export.sent_at = now
             export.next_attempt_at = None
             export.last_error = None
+            note_destination_outcome(session, claim.destination_ae, now)
             session.add(AuditEvent(
                 at=now, actor="system", action="export_sent", object_type="export",
                 object_id=str(export.id), study_id=claim.study_id,
@@ -428,6 +452,7 @@ class ExportService:
             if export.attempts != claim.attempts:
                 return  # the lease ran out and a newer claim owns the row
             export.last_error = message
+            note_destination_outcome(session, claim.destination_ae, now, message)
             if now >= deadline:
                 export.state = ExportState.FAILED
                 export.next_attempt_at = None

@@ -26,8 +26,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from node.config import Settings
 from node.logs import log_event
+from node.operations import OperationsMonitor
 from node.storage import InstanceStore
-from node.web import admin, audit, auth, metrics, quarantine_view, study, worklist
+from node.web import admin, audit, auth, metrics, quarantine_view, reading, study, worklist
 from node.web.deps import Forbidden, LoginRequired, WebContext, render
 from node.web.dicomweb import build_dicomweb_router
 from node.web.errors import STORAGE_FULL_MESSAGE, database_full
@@ -109,6 +110,7 @@ def create_app(
     store: InstanceStore,
     exporter: ExportService | None = None,
     work_queue: WorkQueue | None = None,
+    operations: OperationsMonitor | None = None,
 ) -> FastAPI:
     """Build the web app.
 
@@ -125,6 +127,9 @@ def create_app(
         Woken after a sign-off or an export retry, for immediate delivery.
     work_queue
         Where a retried drafting job is enqueued; without one the reconciler picks it up.
+    operations
+        Broker, destination and alert checks shared with the node (a new one when not
+        given).
 
     Returns
     -------
@@ -141,12 +146,13 @@ def create_app(
                                settings.web.login_window_seconds,
                                settings.web.login_max_failures_per_address),
         templates=templates, renderer=ImageRenderer(store),
+        operations=operations or OperationsMonitor(settings, database.sessions),
     )
     app = FastAPI(title="radnode", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = ctx
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
-    for module in (auth, worklist, study, admin, quarantine_view, audit, metrics):
+    for module in (auth, worklist, study, reading, admin, quarantine_view, audit, metrics):
         app.include_router(module.router)
     app.include_router(
         build_dicomweb_router(database.sessions, store,

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from node.db.engine import Database
     from node.exports.service import ExportService
     from node.jobs.queue import WorkQueue
+    from node.operations import OperationsMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class WebContext:
     throttle: LoginThrottle
     templates: Jinja2Templates
     renderer: ImageRenderer
+    operations: OperationsMonitor
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Monitoring: the admin page, Prometheus metrics and the health probes.
 
-* ``GET /admin/monitoring`` — queue depths, studies per hour (last 24 h), latency
+* ``GET /admin/monitoring`` — alerts, broker health (reachable, its queue against the
+  jobs queued in the database), destination health (last delivery and failure, failures
+  in a row, oldest undelivered export), queue depths, studies per hour (last 24 h), latency
   percentiles, disk use, worker status, worker heartbeats (alive or stale, device, GPU
   memory) and live draft agreement per CheXpert observation,
   with server-drawn SVG charts;
@@ -23,6 +25,7 @@ from node.db.types import utcnow
 from node.states import StudyState
 from node.web.charts import bar_chart, latency_histogram, share_bar
 from node.web.deps import AdminDep, get_context, render
+from node.web.operations_view import operations_metric_lines
 from node.web.prometheus import add_family
 from node.web.quality_view import agreement_metric_lines, agreement_panel
 from node.web.stats import (
@@ -58,6 +61,7 @@ def monitoring(request: Request, viewer: AdminDep) -> Response:
         workers = worker_status(session)
         agreement = agreement_panel(session, ctx.settings, now)
         heartbeats = worker_panel(session, ctx.settings, now)
+    operations = ctx.operations.snapshot(now)
     capacity = ctx.store.capacity()
     start = now - dt.timedelta(hours=len(hourly))
     hour_labels = [(start + dt.timedelta(hours=i + 1)).astimezone().strftime("%H:00")
@@ -70,6 +74,8 @@ def monitoring(request: Request, viewer: AdminDep) -> Response:
         "queue": "Celery over Redis" if ctx.settings.broker.url else "in-process",
         "agreement": agreement,
         "heartbeats": heartbeats,
+        "operations": operations,
+        "alert_limits": ctx.settings.alerts,
         "hourly_chart": bar_chart(hourly, hour_labels, title="Studies received per hour",
                                   label_every=2, width=1240, height=220),
         "draft_chart": latency_histogram(drafted.values, title="Received to drafted"),
@@ -107,6 +113,7 @@ def metrics(request: Request) -> Response:
         workers = worker_status(session)
         agreement_lines = agreement_metric_lines(session, ctx.settings, now)
         worker_lines = worker_metric_lines(session, ctx.settings, now)
+    operations = ctx.operations.snapshot(now)
     capacity = ctx.store.capacity()
     lines: list[str] = []
     for name, what in (("studies", "Studies"), ("jobs", "Drafting jobs"),
@@ -132,6 +139,7 @@ def metrics(request: Request) -> Response:
              "Seconds from draft to signature, reports signed in the last 24 h.", signed)
     lines.extend(agreement_lines)
     lines.extend(worker_lines)
+    lines.extend(operations_metric_lines(operations))
     return PlainTextResponse("\n".join(lines) + "\n", media_type=PROMETHEUS_CONTENT_TYPE)
 
 

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from node.db.types import utcnow
+from node.exports.service import note_destination_outcome
 from node.runtime import Database
 from node.states import ExportState, Role, StudyState
 from node.storage import InstanceStore
@@ -81,7 +82,10 @@ def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
     previous_hasher = use_password_hasher(FAST_HASHER)
     settings = make_settings(
         root, f"sqlite:///{root / 'radnode.db'}",
-        web={"secret_key_file": str(root / "web-secret.key")},
+        web={"secret_key_file": str(root / "web-secret.key"),
+             # Short reading-room intervals keep the browser tests fast.
+             "autosave_seconds": 0.3, "presence_heartbeat_seconds": 0.5,
+             "presence_expiry_seconds": 3.0},
         destinations=[DESTINATION],
         model={"bundle": str(write_bundle_manifest(root / "bundle"))},
     )
@@ -90,6 +94,8 @@ def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
     seed_user(database, "hgreg", display_name="House^Gregory",
               organization="Princeton-Plainsboro")
     seed_user(database, "lcuddy", Role.ADMIN, display_name="Cuddy^Lisa")
+    seed_user(database, "jwilson", display_name="Wilson^James",
+              organization="Princeton-Plainsboro")
     now = utcnow()
     studies = {
         "doe": seed_drafted_study(database, store, patient_name="DOE^JANE",
@@ -114,6 +120,11 @@ def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
     seed_failed_job(database)
     _, export_id = seed_failed_export(database, store)
     seed_failed_export(database, store, state=ExportState.RETRYING, destination_ae="ARCHIVE")
+    with database.sessions.begin() as session:
+        note_destination_outcome(session, "PACS", now - dt.timedelta(minutes=9))
+        for minutes in (50, 20, 5):
+            note_destination_outcome(session, "ARCHIVE", now - dt.timedelta(minutes=minutes),
+                                     "connection to 10.1.4.20:104 refused")
     seed_study(database, patient_name="LEE^ANNA", patient_id="PID-2001", accession="ACC3001",
                state=StudyState.IGNORED, state_reason="modality is not CR or DX")
     queue, exporter = RecordingQueue(), RecordingExporter()

@@ -97,6 +97,12 @@ def test_admin_retries_a_failed_export(page: Page, live_node: LiveNode) -> None:
 
     page.click(".mainnav >> text=Monitoring")
     expect(page.locator("svg.chart").first).to_be_visible()
+    archive = page.locator('#destinations tr[data-destination="ARCHIVE"]')
+    expect(archive).to_contain_text("failing")
+    expect(archive.locator("[data-failures]")).to_have_text("3")
+    expect(page.locator('#destinations tr[data-destination="PACS"]')).to_contain_text("ok")
+    expect(page.locator('[data-alert="export_wait"]')).to_be_visible()
+    expect(page.locator("#broker")).to_contain_text("in-process")
     screenshot(page, "monitoring.png", full_page=True)
     page.click(".mainnav >> text=Configuration")
     expect(page.locator("body")).to_contain_text("Intended use")

@@ -110,7 +110,12 @@ def test_db_upgrade_command(database_url: str, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert f"database at revision {HEAD}" in result.stdout
+    assert result.stdout.strip().endswith(f"at revision {HEAD}")
+    if database_url.startswith("sqlite:///"):
+        path = Path(database_url.removeprefix("sqlite:///")).resolve()
+        assert f"SQLite database file {path} (RADNODE_CONFIG not set; url from " in result.stdout
+    else:
+        assert f"database {database_url} (RADNODE_CONFIG not set; url from " in result.stdout
     database = Database.from_settings(make_settings(tmp_path, database_url))
     try:
         assert current_revision(database.engine) == HEAD

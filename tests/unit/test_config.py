@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.config import CONFIG_ENV_VAR, ConfigError, Settings, load_settings
+from node.config import CONFIG_ENV_VAR, ConfigError, Settings, load_settings, masked_url
 
 
 def _write(path: Path, text: str) -> Path:
@@ -105,7 +105,7 @@ def test_explicit_overrides_win_over_environment(monkeypatch: pytest.MonkeyPatch
         ("RADNODE_LOGGING__LEVEL", "CHATTY", "logging.level"),
         ("RADNODE_REPORTS__LANGUAGE", "klingon", "reports.language"),
         ("RADNODE_REPORTS__LANGUAGE", "de_DE", "reports.language"),
-        ("RADNODE_DICOM__NO_SUCH_KEY", "1", "dicom.no_such_key"),
+        ("RADNODE_DICOM__NO_SUCH_KEY", "1", "RADNODE_DICOM__NO_SUCH_KEY='1'"),
     ],
 )
 def test_invalid_environment_value_names_the_key(
@@ -212,3 +212,104 @@ def test_report_language_is_kept_in_canonical_case(given: str, kept: str) -> Non
     """``[reports] language`` takes a supported RFC 5646 tag, whatever its case."""
     assert load_settings(reports={"language": given}).reports.language == kept
     assert Settings().reports.language == "en-US"
+
+
+def test_peers_with_permissions_and_the_older_allow_list(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``[[dicom.peers]]`` gives per-AE permissions; ``allowed_calling_aes`` keeps its
+    meaning (every permission); with neither the listener is open to any AE."""
+    from node.dicom.access import AccessPolicy, Permission
+
+    path = tmp_path / "radnode.toml"
+    path.write_text(
+        '[dicom]\nallowed_calling_aes = ["OLD_PACS"]\n\n'
+        '[[dicom.peers]]\nae_title = "CR_ROOM1"\n\n'
+        '[[dicom.peers]]\nae_title = "VIEWER"\nstore = false\nquery = true\n'
+        'host = "10.0.0.9"\n')
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
+    policy = AccessPolicy(load_settings().dicom)
+    assert not policy.open
+    assert policy.allows("CR_ROOM1", Permission.STORE)
+    assert not policy.allows("CR_ROOM1", Permission.QUERY)
+    assert policy.allows("VIEWER", Permission.QUERY)
+    assert not policy.allows("VIEWER", Permission.STORE)
+    assert not policy.allows("VIEWER", Permission.RETRIEVE)
+    assert all(policy.allows("OLD_PACS", p) for p in Permission)
+    assert policy.refusal("STRANGER", "10.0.0.1", tls=False, certificate_name=None)
+    assert policy.refusal("VIEWER", "10.0.0.1", tls=False, certificate_name=None)
+    assert policy.refusal("VIEWER", "10.0.0.9", tls=False, certificate_name=None) is None
+    assert policy.refusal("CR_ROOM1", "10.0.0.1", tls=True, certificate_name="VIEWER")
+    assert AccessPolicy(load_settings(dicom={"allowed_calling_aes": [], "peers": []})
+                        .dicom).open
+
+
+def test_a_peer_named_twice_is_refused() -> None:
+    with pytest.raises(ConfigError, match="twice"):
+        load_settings(dicom={"peers": [{"ae_title": "A"}, {"ae_title": "A "}]})
+
+
+@pytest.mark.parametrize(
+    ("variable", "suggestion"),
+    [
+        ("RADNODE_DICOM_PORT", "RADNODE_DICOM__PORT"),
+        ("RADNODE_DICOM__PROT", "RADNODE_DICOM__PORT"),
+        ("RADNODE_DATABSE__URL", "RADNODE_DATABASE__URL"),
+        ("RADNODE_DICOM__TLS_ENABLED", "RADNODE_DICOM__TLS__ENABLED"),
+        ("radnode_logging_level", "RADNODE_LOGGING__LEVEL"),
+    ],
+)
+def test_misspelled_variable_is_refused_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch, variable: str, suggestion: str
+) -> None:
+    """A variable that looks like a setting but sets nothing is refused, never ignored."""
+    monkeypatch.setenv(variable, "11190")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert f"{variable}='11190'" in message
+    assert f"did you mean {suggestion}?" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RADNODE_ORT_PROVIDERS", "CPUExecutionProvider"),  # read by the encoder runtime
+        ("RADNODE_DICOM_SERVICE_HOST", "10.0.0.7"),  # Kubernetes service link
+        ("RADNODE_DICOM_PORT", "tcp://10.0.0.7:11112"),  # Kubernetes service link
+        ("RADNODE_WEB_PORT_8080_TCP_ADDR", "10.0.0.8"),
+        ("RADNODE_BUILD_ID", "42"),  # nothing like a setting
+    ],
+)
+def test_variables_that_are_no_setting_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert load_settings().dicom.port == 11112
+
+
+def test_unknown_file_key_suggests_the_closest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _write(tmp_path / "radnode.toml", "[dicom]\nprot = 104\n[exports]\nbase_delay = 5\n")
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(config))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "dicom.prot: Extra inputs are not permitted (did you mean dicom.port?)" in str(
+        caught.value)
+    assert "(did you mean exports.base_delay_seconds?)" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://radnode:s3cr@t@db:5432/radnode",
+         "postgresql+psycopg://radnode:***@db:5432/radnode"),
+        ("redis://:pw@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://user:pw@[::1]:6379/0", "redis://user:***@[::1]:6379/0"),
+        ("postgresql+psycopg://radnode@/radnode?host=/var/run/postgresql",
+         "postgresql+psycopg://radnode@/radnode?host=/var/run/postgresql"),
+        ("sqlite:///var/radnode.db", "sqlite:///var/radnode.db"),
+    ],
+)
+def test_masked_url_hides_only_the_password(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
