@@ -27,11 +27,11 @@ from node.logs import log_event
 from node.quality.labels import DraftLabelling, Labeler, default_labeler, label_draft
 from node.reports.drafts import StoredSR, write_draft_sr
 from node.reports.sr_content import ModelProvenance, ReportContent
-from workers.inference.degeneracy import DraftQuality, assess_draft, describe
 from node.states import JobState, ReportState, StudyState
 from node.storage import InstanceStore
 from workers.errors import is_permanent
 from workers.heartbeat import JOBS_IN_FLIGHT
+from workers.inference.degeneracy import DraftQuality, assess_draft, describe
 from workers.instance_source import InstanceProvider, InstanceRef, SharedFolderInstances
 
 logger = logging.getLogger(__name__)
