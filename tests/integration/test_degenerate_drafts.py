@@ -80,3 +80,28 @@ def test_a_draft_cut_at_the_token_limit_is_stored_and_shown_as_degenerate(
     assert "Degenerate draft" in rows[cut.accession]
     assert "pneumothorax (from a degenerate draft)" in rows[cut.accession]
     assert "Degenerate draft" not in rows[whole.accession]
+
+
+def test_the_demo_model_on_a_noise_image_drafts_a_text_flagged_degenerate(
+        demo_bundle_built: None, tmp_path: Path) -> None:
+    """Pure noise is unlike every training phantom: the demo model loops on it, and the
+    draft says so (the looping words and the missing end token)."""
+    from datetime import datetime
+
+    import numpy as np
+
+    from workers.inference.bundle import load_bundle
+    from workers.inference.drafting import draft_study
+    from workers.inference.synth.studies import phantom_dataset
+
+    pixels = np.random.default_rng(0).integers(0, 4096, size=(256, 256), dtype=np.uint16)
+    ds = phantom_dataset(pixels, 12, study_uid="2.25.1001", series_uid="2.25.1002",
+                         sop_uid="2.25.1003", view_position="PA", patient_id="NOISE",
+                         patient_name="NOISE^IMAGE", accession="NOISE1",
+                         study_time=datetime(2024, 1, 8), indication=None)
+    path = tmp_path / "noise.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    draft = draft_study([path], load_bundle(DEMO_BUNDLE), seed=0)
+    assert draft.degenerate, draft.raw_text
+    assert "word_loop" in draft.quality.reason_values(), draft.raw_text
+    assert draft.to_json_dict()["quality"]["degenerate"] is True
