@@ -46,6 +46,7 @@ demo: install demo-model
 
 lint: install
 	$(VENV)/bin/ruff check node workers tests bench
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -122,10 +122,17 @@ class JobSettings(_Section):
     retry_backoff_seconds: float = Field(15.0, ge=0)
     retry_backoff_max_seconds: float = Field(600.0, ge=0)
     lease_seconds: float = Field(600.0, gt=0)
-    """A RUNNING job whose lease has expired is taken to be lost with its worker."""
+    """The lease of a job claimed by a process without a heartbeat; a worker with one
+    holds its jobs for ``[worker] lost_after_seconds``, renewed at each beat. A RUNNING
+    job whose lease has expired is taken to be lost with its worker."""
     requeue_after_seconds: float = Field(900.0, gt=0)
-    """A QUEUED job untouched this long is enqueued again (broker lost it)."""
-    reconcile_seconds: float = Field(30.0, gt=0)
+    """A QUEUED job untouched this long is enqueued again. A backstop only: when the
+    broker answers again after an outage or a restart, every waiting job is enqueued
+    again at once."""
+    reconcile_seconds: float = Field(5.0, gt=0)
+    """Time between reconciler passes (expired leases, broker check, STABLE studies)."""
+    delayed_after_seconds: float = Field(300.0, gt=0)
+    """Triage lists jobs waiting or running longer than this as delayed."""
 
 
 class InstanceSource(enum.Enum):
@@ -175,8 +182,11 @@ class WorkerSettings(_Section):
     """Tries per instance on connection errors before the job attempt fails (and retries)."""
     scratch_dir: Path | None = None
     """Where the per-job folders of fetched instances go (the system's temp folder)."""
-    heartbeat_seconds: float = Field(15.0, gt=0)
-    """How often a worker process writes its heartbeat row."""
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    """How often a worker process writes its heartbeat row and renews its jobs' leases."""
+    lost_after_seconds: float = Field(30.0, gt=0)
+    """The lease of a job held by a beating worker: a worker silent this long (killed,
+    frozen, cut off) loses its jobs to the others. At least twice ``heartbeat_seconds``."""
     stale_after_seconds: float = Field(60.0, gt=0)
     """A worker with no beat for this long is shown as stale."""
 
@@ -198,6 +208,13 @@ class WorkerSettings(_Section):
         if value and not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", value):
             raise ValueError(f"node_url {value!r} must be an http:// or https:// address")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_lost_after(self) -> WorkerSettings:
+        if self.lost_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(f"lost_after_seconds ({self.lost_after_seconds:g}) must be at "
+                             f"least twice heartbeat_seconds ({self.heartbeat_seconds:g})")
+        return self
 
     @model_validator(mode="after")
     def _check_http_source(self) -> WorkerSettings:
@@ -256,6 +273,11 @@ class WebSettings(_Section):
     login_max_failures: int = Field(5, ge=1)
     """Failed logins allowed per username and client address within the window."""
     login_window_seconds: float = Field(300.0, gt=0)
+    """Length of a throttle window; it starts at a key's first attempt."""
+    login_max_failures_per_address: int = Field(100, ge=1)
+    """Failed logins allowed per client address within the window, whatever the usernames
+    (bounds what a flood with random usernames can cost and store). Behind a proxy every
+    client shares its address: raise it there."""
 
 
 class SelectionSettings(_Section):
@@ -376,17 +398,37 @@ class QualitySettings(_Section):
 
     urgent_observations: list[str] = Field(default_factory=lambda: ["Pneumothorax"])
     """CheXpert observations that flag the study urgent when a draft labels them positive
-    (flag e.g. ``"pneumothorax"``) or uncertain (``"possible pneumothorax"``)."""
+    (flag e.g. ``"pneumothorax"``)."""
+    urgent_uncertain: bool = False
+    """Also flag an urgent observation the draft is uncertain about (``"possible
+    pneumothorax"``); off by default, since hedged mentions ("cannot exclude a small
+    pneumothorax") are mostly absent and would crowd the worklist."""
+    labeler_rules_dir: Path | None = None
+    """A site's folder of labeler rule files (``*.toml``) that add to, or replace lists of,
+    the shipped phrase tables (``workers/evaluation/rules``); see docs/evaluation.md."""
     agreement_window_days: float = Field(30.0, gt=0)
     agreement_threshold: float = Field(0.8, ge=0, le=1)
     agreement_min_reports: int = Field(20, ge=1)
     chart_days: int = Field(30, ge=2, le=365)
     """Days of daily agreement shown on the monitoring page."""
 
+    @field_validator("labeler_rules_dir")
+    @classmethod
+    def _check_rules_dir(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        from workers.evaluation.labeler_rules import RulesError, site_rules
+
+        try:
+            site_rules(value.resolve())
+        except RulesError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
     @field_validator("urgent_observations")
     @classmethod
     def _check_observations(cls, values: list[str]) -> list[str]:
-        from workers.evaluation.observations import Observation
+        from node.observations import Observation
 
         known = {o.value.lower().replace("_", " ").replace("-", " "): o.value
                  for o in Observation}

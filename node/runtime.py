@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
-
 from node.assembly.service import AssemblyService
 from node.config import Settings
-from node.db.engine import create_db_engine, create_session_factory
-from node.db.migrate import upgrade
+from node.db.engine import Database
 from node.dicom.ingest import InstanceIngestor
 from node.dicom.qr import QueryRetrieveService
 from node.dicom.scp import DicomListener
@@ -32,20 +30,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Database:
-    """An engine and its session factory."""
+def embedded_worker_name(settings: Settings) -> str:
+    """The heartbeat name of this node's embedded worker, unique per node on a host.
 
-    engine: Engine
-    sessions: sessionmaker[Session]
+    Parameters
+    ----------
+    settings
+        The node's settings: its DICOM port tells two nodes on one host apart.
 
-    @classmethod
-    def from_settings(cls, settings: Settings, *, migrate: bool = False) -> Database:
-        """Connect (and optionally migrate) the configured database."""
-        engine = create_db_engine(settings.database.url, echo=settings.database.echo)
-        if migrate:
-            upgrade(engine)
-        return cls(engine, create_session_factory(engine))
+    Returns
+    -------
+    str
+        ``embedded@HOST:PORT``; with port 0 (a port the system picks) the process id
+        and a random suffix stand in for the port, ``embedded@HOST:PID-XXXXXXXX``.
+    """
+    host = socket.gethostname()
+    if settings.dicom.port:
+        return f"embedded@{host}:{settings.dicom.port}"
+    return f"embedded@{host}:{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
@@ -57,21 +59,38 @@ def build_work_queue(settings: Settings, database: Database) -> WorkQueue:
     from workers.jobs import run_draft_job
 
     contexts: list[JobContext] = []
-
-    def run_job(job_id: int) -> float | None:
-        if not contexts:  # built on first use: the model may be installed after start
-            contexts.append(build_job_context(settings, sessions=database.sessions))
-        return run_draft_job(contexts[0], job_id)
-
     identity = read_bundle_identity(settings.model.bundle)
     heartbeat = HeartbeatWriter(
-        database.sessions, worker_name=f"embedded@{socket.gethostname()}",
+        database.sessions, worker_name=embedded_worker_name(settings),
         requested_device=settings.worker.device,
         model_name=identity.name if identity else None,
         model_version=identity.version if identity else None,
         period_seconds=settings.worker.heartbeat_seconds,
+        lost_after_seconds=settings.worker.lost_after_seconds,
+        health=lambda: getattr(contexts[0].drafter, "broken_reason", None) if contexts
+        else None,
     )
-    return EmbeddedWorkQueue(run_job, heartbeat)
+
+    def context() -> JobContext:
+        if not contexts:  # built on first use: the model may be installed after start
+            built = build_job_context(settings, sessions=database.sessions)
+            built.holder = heartbeat.identity
+            contexts.append(built)
+        return contexts[0]
+
+    def run_job(job_id: int) -> float | None:
+        return run_draft_job(context(), job_id)
+
+    def warm_up() -> None:
+        if identity is not None:
+            bundle = getattr(context().drafter, "bundle", None)
+            if callable(bundle):
+                bundle()
+
+    # The heartbeat starts with the queue, releasing the jobs this node's previous run
+    # held, so the reconciler's first pass at start hands them out again at once; the
+    # worker thread loads the model before taking the first job.
+    return EmbeddedWorkQueue(run_job, heartbeat, warm_up)
 
 
 @dataclass
@@ -130,7 +149,9 @@ class NodeServices:
         swept = self.store.sweep_temporaries()
         if swept:
             log_event(logger, logging.WARNING, "partial_writes_removed", count=swept)
-        self.reconciler.start(requeue_all_waiting=not self.settings.broker.url)
+        # Whatever the queue held may be gone (an in-process queue, a broker restarted with
+        # the host): every waiting job is enqueued once now; claims make copies harmless.
+        self.reconciler.start(requeue_all_waiting=True)
         self._started.append("reconciler")
         self.listener.start()
         self._started.append("listener")

@@ -73,3 +73,23 @@ class IgnoreReason(enum.Enum):
     NOT_CHEST = "body part is not the chest"
     NO_FRONTAL_VIEW = "no frontal (PA/AP) view"
     NO_IMAGES = "no image instances"
+    NO_PATIENT_ID = "no PatientID: the study cannot be attributed to a patient"
+
+
+class QuarantineReason(enum.Enum):
+    """Why a received instance was kept aside instead of joining its study."""
+
+    CONTENT_CONFLICT = "an instance with this SOP Instance UID and other content is stored"
+    STUDY_CONFLICT = "this SOP Instance UID is stored under another study or series"
+    PATIENT_IDENTITY_CONFLICT = "patient identity conflict"
+
+
+class QuarantineState(enum.Enum):
+    """What became of a quarantined instance."""
+
+    QUARANTINED = "quarantined"
+    """Kept aside, awaiting an admin; never served or drafted."""
+    ACCEPTED = "accepted"
+    """An admin accepted it into its study (it is an ordinary instance now)."""
+    DISCARDED = "discarded"
+    """An admin discarded it (its file is deleted; the row stays for the audit trail)."""

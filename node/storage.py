@@ -20,6 +20,10 @@ from pathlib import Path
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
+#: Folder of the storage root holding quarantined instances (never a UID, so never a study).
+QUARANTINE_FOLDER = "quarantine"
+
+
 class StorageFullError(OSError):
     """The storage volume is past its watermark or out of space."""
 
@@ -119,6 +123,42 @@ class InstanceStore:
             raise ValueError(f"not a valid DICOM UID: {sop_instance_uid!r}")
         folder = self.relative_folder(study_uid, series_uid)
         return f"{folder}/{sop_instance_uid}_{sha256[:16]}.dcm"
+
+    def quarantine_path(
+        self, study_uid: str, series_uid: str, sop_instance_uid: str, sha256: str
+    ) -> str:
+        """Return where a quarantined copy is kept, relative to the root.
+
+        ``quarantine/<study>/<series>/<sop>_<digest>.dcm``: beside, never inside, the
+        study folders the node serves from.
+
+        Raises
+        ------
+        ValueError
+            If a UID is not a valid DICOM UID.
+        """
+        return f"{QUARANTINE_FOLDER}/" + self.relative_path(
+            study_uid, series_uid, sop_instance_uid, sha256)
+
+    def move(self, source: str, target: str) -> Path:
+        """Rename a stored file to another relative path, durably (same volume).
+
+        Returns
+        -------
+        Path
+            The new absolute path; both folders are fsynced.
+
+        Raises
+        ------
+        OSError
+            If the rename fails (the source is then unchanged).
+        """
+        final = self.absolute(target)
+        _make_dirs_durably(final.parent)
+        os.rename(self.absolute(source), final)
+        _fsync_dir(final.parent)
+        _fsync_dir(self.absolute(source).parent)
+        return final
 
     def absolute(self, relative_path: str) -> Path:
         """Return the absolute path of a stored file."""

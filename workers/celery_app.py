@@ -8,9 +8,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
-from node.config import BrokerSettings
+from node.config import BrokerSettings, load_settings
+from node.jobs.queue import DRAFT_TASK_NAME, create_celery_client
+from node.logs import log_event
+
+logger = logging.getLogger(__name__)
 
 
 def create_celery_app(broker: BrokerSettings, *, include_tasks: bool = True) -> Celery:
@@ -26,27 +32,18 @@ def create_celery_app(broker: BrokerSettings, *, include_tasks: bool = True) -> 
     Returns
     -------
     Celery
-        The configured application.
+        The configured application: the node's client settings
+        (:func:`node.jobs.queue.create_celery_client`) and the worker's.
     """
-    app = Celery("radnode", broker=broker.url or "memory://", set_as_current=False)
-    transport_options = {"visibility_timeout": broker.visibility_timeout_seconds}
+    app = create_celery_client(broker)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        result_backend=None,
-        broker_transport_options=transport_options,
-        result_backend_transport_options=transport_options,
-        broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_soft_shutdown_timeout=60.0,
         worker_enable_soft_shutdown_on_idle=True,
-        task_default_queue=broker.draft_queue,
-        task_routes={"radnode.draft": {"queue": broker.draft_queue}},
-        task_serializer="json",
-        accept_content=["json"],
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
@@ -56,3 +53,24 @@ def create_celery_app(broker: BrokerSettings, *, include_tasks: bool = True) -> 
         app.conf.include = ["workers.tasks"]
         install_celery_heartbeat()
     return app
+
+
+def hand_back_and_stop_consuming(app: Celery, job_id: int, hostname: str | None) -> None:
+    """A broken worker (its model cannot load) gives job ``job_id`` back to the queue and
+    stops taking tasks from it; it stays up, marked broken in its heartbeat.
+
+    Parameters
+    ----------
+    app
+        The worker's Celery application.
+    job_id
+        The job just handed back (QUEUED again in the database).
+    hostname
+        This worker's Celery node name (the control message's destination).
+    """
+    queue = load_settings().broker.draft_queue
+    app.send_task(DRAFT_TASK_NAME, args=[job_id], queue=queue)
+    if hostname:
+        app.control.cancel_consumer(queue, destination=[hostname])
+    log_event(logger, logging.ERROR, "worker_broken_stopped_consuming", job_id=job_id,
+              queue=queue)

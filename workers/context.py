@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import DecodeEngineMode, InstanceSource, Settings, load_settings
+from node.db.engine import Database
 from node.jobs.bundle_identity import read_bundle_identity
 from node.reports.sr_content import ModelProvenance
-from node.runtime import Database
 from node.storage import InstanceStore
-from workers.errors import PermanentJobError
+from workers.errors import ModelUnavailableError, PermanentJobError
 from workers.instance_source import HttpInstances, InstanceProvider, SharedFolderInstances
 from workers.jobs import DraftLike, JobContext
 
@@ -73,23 +73,42 @@ class BundleDrafter:
         self.decode_engine = decode_engine
         self.engine_batch = engine_batch
         self._bundle: Any = None
+        self.broken_reason: str | None = None
+        """Why the bundle failed to load (then this drafter never tries again)."""
 
     def bundle(self) -> Any:
-        """Return the loaded bundle, loading it on the first call."""
+        """Return the loaded bundle, loading it on the first call.
+
+        Raises
+        ------
+        ModelUnavailableError
+            When the bundle fails to load; the drafter is then broken (the worker's
+            heartbeat says why) and every later call raises at once.
+        """
         if self._bundle is None:
             with _load_lock:
+                if self.broken_reason is not None:
+                    raise ModelUnavailableError(self.broken_reason)
                 if self._bundle is None:
-                    from workers.inference.bundle import load_bundle
-
-                    device = resolve_device(self.device)
-                    self._bundle = load_bundle(
-                        self.bundle_dir, device=device,
-                        decode_engine=engine_wanted(self.decode_engine, device),
-                        engine_batch=self.engine_batch,
-                        engine_required=self.decode_engine is DecodeEngineMode.ON,
-                        engine_max_new_tokens=int(
-                            self.generation_overrides.get("max_new_tokens", 0)) or None)
+                    try:
+                        self._bundle = self._load()
+                    except Exception as exc:
+                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        self.broken_reason = (f"model bundle {self.bundle_dir} failed to "
+                                              f"load: {first}")[:1000]
+                        raise ModelUnavailableError(self.broken_reason) from exc
         return self._bundle
+
+    def _load(self) -> Any:
+        from workers.inference.bundle import load_bundle
+
+        device = resolve_device(self.device)
+        return load_bundle(
+            self.bundle_dir, device=device,
+            decode_engine=engine_wanted(self.decode_engine, device),
+            engine_batch=self.engine_batch,
+            engine_required=self.decode_engine is DecodeEngineMode.ON,
+            engine_max_new_tokens=int(self.generation_overrides.get("max_new_tokens", 0)) or None)
 
     def __call__(self, paths: Sequence[Path], indication: str | None) -> DraftLike:
         from workers.inference.drafting import draft_study
@@ -101,6 +120,34 @@ class BundleDrafter:
         result: DraftLike = draft_study(list(paths), bundle, indication=indication,
                                         generation=generation, seed=self.seed)
         return result
+
+
+def bundle_problem(bundle_dir: Path) -> str | None:
+    """Why the model bundle at ``bundle_dir`` cannot be used, without loading it.
+
+    Reads the manifest and checks that every file it lists is present (sizes and
+    hashes are left to ``radnode model verify``).
+
+    Returns
+    -------
+    str or None
+        One line naming the path and the problem; ``None`` when the bundle looks whole.
+    """
+    from workers.inference.manifest import MANIFEST_FILENAME, BundleManifest
+
+    if not (bundle_dir / MANIFEST_FILENAME).is_file():
+        return f"no model bundle at {bundle_dir} (no {MANIFEST_FILENAME})"
+    try:
+        manifest = BundleManifest.load(bundle_dir)
+    except Exception as exc:  # noqa: BLE001 - any parse or validation error makes it unusable
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"model bundle at {bundle_dir} has an unreadable manifest: {first}"
+    missing = sorted(rel for rel in manifest.files if not (bundle_dir / rel).is_file())
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more"
+                                           if len(missing) > 3 else "")
+        return f"model bundle at {bundle_dir} lacks {shown}"
+    return None
 
 
 def build_job_context(
@@ -168,6 +215,25 @@ def build_instance_provider(settings: Settings, store: InstanceStore) -> Instanc
                          timeout_seconds=worker.fetch_timeout_seconds,
                          attempts=worker.fetch_attempts, scratch_dir=worker.scratch_dir,
                          ssl_context=ssl_context)
+
+
+def preload_model() -> str | None:
+    """Load this process's model now (before a worker consumes anything).
+
+    Returns
+    -------
+    str or None
+        One line naming the bundle and why it failed to load; ``None`` when loaded.
+    """
+    drafter = process_job_context().drafter
+    if not isinstance(drafter, BundleDrafter):
+        return None
+    try:
+        drafter.bundle()
+    except ModelUnavailableError as exc:
+        lines = str(exc).strip().splitlines()
+        return lines[0] if lines else type(exc).__name__
+    return None
 
 
 @cache

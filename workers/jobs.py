@@ -29,8 +29,8 @@ from node.reports.drafts import StoredSR, write_draft_sr
 from node.reports.sr_content import ModelProvenance, ReportContent
 from node.states import JobState, ReportState, StudyState
 from node.storage import InstanceStore
-from workers.errors import is_permanent
-from workers.heartbeat import JOBS_IN_FLIGHT
+from workers.errors import ModelUnavailableError, is_permanent
+from workers.heartbeat import JOBS_IN_FLIGHT, WorkerIdentity
 from workers.inference.degeneracy import DraftQuality, assess_draft, describe
 from workers.instance_source import InstanceProvider, InstanceRef, SharedFolderInstances
 
@@ -87,6 +87,9 @@ class JobContext:
     labeler: Labeler | None = None
     instances: InstanceProvider | None = None
     """Where instances are read: the storage folder (``None``) or the node over HTTP."""
+    holder: WorkerIdentity | None = None
+    """The beating worker process that claims jobs (``None``: no heartbeat, the jobs'
+    leases are ``[jobs] lease_seconds``)."""
 
     def instance_provider(self) -> InstanceProvider:
         """The provider of the study's instance files for a job attempt."""
@@ -101,6 +104,7 @@ class _Claim:
     study_uid: str
     instances: list[InstanceRef]
     indication: str | None
+    incarnation: str | None
 
 
 def _backoff(policy: JobSettings, attempt: int) -> float:
@@ -129,7 +133,11 @@ def _claim(ctx: JobContext, job_id: int, now: dt.datetime) -> _Claim | None:
         job.state = JobState.RUNNING
         job.attempts += 1
         job.started_at = now
-        job.lease_expires_at = now + dt.timedelta(seconds=ctx.policy.lease_seconds)
+        holder = ctx.holder
+        lease = holder.lease_seconds if holder is not None else ctx.policy.lease_seconds
+        job.lease_expires_at = now + dt.timedelta(seconds=lease)
+        job.worker_name = holder.name if holder is not None else None
+        job.worker_incarnation = holder.incarnation if holder is not None else None
         study.state = StudyState.DRAFTING
         _audit(session, now, "job_started", job, attempt=job.attempts)
         instances = [
@@ -141,7 +149,7 @@ def _claim(ctx: JobContext, job_id: int, now: dt.datetime) -> _Claim | None:
             )
         ]
         return _Claim(job.id, study.id, job.attempts, study.study_instance_uid, instances,
-                      study.reason_for_exam)
+                      study.reason_for_exam, job.worker_incarnation)
 
 
 def _fail(session: Session, job: Job, study: Study, now: dt.datetime, error_class: str,
@@ -157,7 +165,8 @@ def _fail(session: Session, job: Job, study: Study, now: dt.datetime, error_clas
 
 def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, sr: StoredSR,
                     labelling: DraftLabelling, quality: DraftQuality,
-                    now: dt.datetime) -> None:
+                    now: dt.datetime) -> bool:
+    """Record the draft; ``False`` when another attempt's draft was recorded first."""
     try:
         with ctx.sessions.begin() as session:
             job = session.get(Job, claim.job_id, with_for_update=True)
@@ -187,6 +196,7 @@ def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, sr: Stored
                 study.state_reason = None
             study.urgent = labelling.urgent
             study.urgent_findings = labelling.flags or None
+            job.worker_name = job.worker_incarnation = None
             _audit(session, now, "job_succeeded", job, attempt=claim.attempt)
     except IntegrityError:
         # The unique report-per-job constraint: a redelivered copy got there first.
@@ -196,6 +206,14 @@ def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, sr: Stored
         if sr.path is not None and kept != sr.path:
             ctx.store.remove(sr.path)
         log_event(logger, logging.INFO, "draft_already_recorded", job_id=claim.job_id)
+        return False
+    return True
+
+
+def _superseded(job: Job, claim: _Claim) -> bool:
+    """Whether this attempt lost the job: finished, released, or claimed again since."""
+    return (job.state != JobState.RUNNING or job.attempts != claim.attempt
+            or job.worker_incarnation != claim.incarnation)
 
 
 def _record_failure(ctx: JobContext, claim: _Claim, exc: BaseException,
@@ -205,6 +223,18 @@ def _record_failure(ctx: JobContext, claim: _Claim, exc: BaseException,
         job = session.get(Job, claim.job_id, with_for_update=True)
         study = session.get(Study, claim.study_id)
         assert job is not None and study is not None
+        if _superseded(job, claim):
+            return None  # another attempt holds or finished the job: leave it to that one
+        if isinstance(exc, ModelUnavailableError):
+            # The worker is broken, not the job: back to the queue without an attempt.
+            job.state = JobState.QUEUED
+            job.attempts = max(0, job.attempts - 1)
+            job.lease_expires_at = None
+            job.worker_name = job.worker_incarnation = None
+            job.enqueued_at = now
+            study.state = StudyState.QUEUED
+            _audit(session, now, "job_handed_back", job, error=type(exc).__name__)
+            return None
         trace = "".join(traceback.format_exception(exc))
         message = str(exc)[:2000]
         if permanent or job.attempts >= ctx.policy.max_attempts:
@@ -213,6 +243,7 @@ def _record_failure(ctx: JobContext, claim: _Claim, exc: BaseException,
         delay = _backoff(ctx.policy, job.attempts)
         job.state = JobState.RETRYING
         job.lease_expires_at = None
+        job.worker_name = job.worker_incarnation = None
         job.enqueued_at = now + dt.timedelta(seconds=delay)
         job.error_class, job.error_message, job.error_traceback = type(exc).__name__, message, trace
         study.state = StudyState.QUEUED
@@ -235,6 +266,12 @@ def run_draft_job(ctx: JobContext, job_id: int) -> float | None:
     float or None
         Seconds to wait before the next attempt; ``None`` when nothing is left
         to do (drafted, failed for good, or being run elsewhere).
+
+    Raises
+    ------
+    ModelUnavailableError
+        When this process's model cannot be loaded: the job is back in the queue
+        (QUEUED, no attempt counted) for another worker to take.
     """
     claim = _claim(ctx, job_id, utcnow())
     if claim is None:
@@ -244,13 +281,15 @@ def run_draft_job(ctx: JobContext, job_id: int) -> float | None:
               attempt=claim.attempt)
     provider = ctx.instance_provider()
     try:
-        with JOBS_IN_FLIGHT.track(), \
+        with JOBS_IN_FLIGHT.track(job_id), \
                 provider.local_copies(claim.study_uid, claim.instances) as paths:
             draft = ctx.drafter(paths, claim.indication)
             quality = draft_quality(draft)
             findings = draft.findings or draft.raw_text
-            labelling = label_draft(ctx.labeler or default_labeler(), findings,
-                                    draft.impression, ctx.quality.urgent_observations)
+            labeler = ctx.labeler or default_labeler(ctx.quality.labeler_rules_dir)
+            labelling = label_draft(labeler, findings, draft.impression,
+                                    ctx.quality.urgent_observations,
+                                    include_uncertain=ctx.quality.urgent_uncertain)
             sr = write_draft_sr(
                 ctx.store if provider.shares_storage else None,
                 paths,
@@ -265,8 +304,11 @@ def run_draft_job(ctx: JobContext, job_id: int) -> float | None:
         log_event(logger, logging.WARNING, "job_attempt_failed", job_id=job_id,
                   study_id=claim.study_id, error=type(exc).__name__,
                   retry_in=delay)
+        if isinstance(exc, ModelUnavailableError):
+            raise
         return delay
-    _record_success(ctx, claim, draft, sr, labelling, quality, utcnow())
-    log_event(logger, logging.INFO, "job_succeeded", job_id=job_id, study_id=claim.study_id,
-              urgent=labelling.urgent, degenerate=quality.degenerate)
+    if _record_success(ctx, claim, draft, sr, labelling, quality, utcnow()):
+        log_event(logger, logging.INFO, "job_succeeded", job_id=job_id,
+                  study_id=claim.study_id, urgent=labelling.urgent,
+                  degenerate=quality.degenerate)
     return None

@@ -4,6 +4,11 @@ Worker and GPU heartbeats shown on the monitoring page; the bearer tokens of ser
 accounts (drafting workers that fetch instances over WADO-RS) and the draft SRs such
 workers hand over to the node in the report row.
 
+Downgrading keeps every user row (the audit trail refers to them) but leaves no role the
+older schema cannot load: a worker service account, whose tokens go with
+``service_tokens``, becomes a deactivated radiologist account. Its password is already
+unusable, so it cannot sign in until an admin gives it a password and reactivates it.
+
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-23 09:00:00.000000
@@ -64,6 +69,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    users = sa.table('users', sa.column('role', sa.String()), sa.column('active', sa.Boolean()))
+    op.execute(users.update().where(users.c.role == 'WORKER')
+               .values(role='RADIOLOGIST', active=False))
     with op.batch_alter_table('service_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_service_tokens_user_id'))
     op.drop_table('service_tokens')

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.assembly.selection import InstanceFacts, decide
+from node.assembly.selection import InstanceFacts, SelectionDecision, decide
 from node.config import AssemblySettings
 from node.db.models import AuditEvent, Instance, Study
 from node.db.types import utcnow
 from node.logs import log_event
 from node.periodic import PeriodicThread
-from node.states import StudyState
+from node.states import IgnoreReason, StudyState
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,11 @@ class AssemblyService:
                 for i in study.instances
             ]
             decision = decide(facts, self.settings.selection)
+            if decision.draft and not (study.patient_id or "").strip():
+                # Nothing to attribute the report to, nor to check arriving instances
+                # against: never drafted.
+                decision = SelectionDecision(False, IgnoreReason.NO_PATIENT_ID.value,
+                                             IgnoreReason.NO_PATIENT_ID)
             study.state = StudyState.STABLE if decision.draft else StudyState.IGNORED
             study.state_reason = decision.reason
             study.stable_at = now

@@ -18,11 +18,11 @@ from node.audit_export import (
     render_lines,
 )
 from node.config import load_settings
+from node.db.engine import Database
 from node.db.models import AuditEvent
 from node.db.types import utcnow
 from node.logs import configure_logging
 from node.retention import RetentionService
-from node.runtime import Database
 from node.storage import InstanceStore
 
 CLI_ACTOR = "cli"

@@ -10,6 +10,7 @@ from node.cli import (
     data_commands,
     demo_command,
     eval_commands,
+    label_command,
     model_commands,
     node_commands,
     web_commands,
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_command.register(commands)
     web_commands.register(commands)
     eval_commands.register(commands)
+    label_command.register(commands)
     data_commands.register(commands)
     return parser
 

@@ -13,11 +13,12 @@ from typing import Any
 from sqlalchemy import func, select
 
 from node.config import load_settings
+from node.db.engine import Database
 from node.db.migrate import current_revision, upgrade
 from node.db.models import Instance, Study
 from node.db.types import utcnow
 from node.logs import configure_logging, log_event
-from node.runtime import Database, NodeServices
+from node.runtime import NodeServices
 
 logger = logging.getLogger("node.cli")
 

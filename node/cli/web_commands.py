@@ -11,18 +11,18 @@ from pathlib import Path
 from sqlalchemy import select
 
 from node.config import load_settings
+from node.db.engine import Database
 from node.db.models import AuditEvent, User
 from node.db.types import utcnow
-from node.runtime import Database
 from node.states import Role
 from node.users import UserError, check_password_policy, create_user
 
 
-def _read_password(from_stdin: bool) -> str:
+def _read_password(from_stdin: bool, related: list[str]) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass("password: ")
-    check_password_policy(first)
+    check_password_policy(first, related)
     if getpass.getpass("password again: ") != first:
         raise UserError("the passwords differ")
     return first
@@ -31,7 +31,8 @@ def _read_password(from_stdin: bool) -> str:
 def _user_add(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
-        password = _read_password(args.password_stdin)
+        password = _read_password(args.password_stdin,
+                                  [args.username, args.name, args.organization or ""])
         database = Database.from_settings(settings, migrate=settings.database.migrate_on_start)
         with database.sessions.begin() as session:
             user = create_user(

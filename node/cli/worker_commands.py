@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from node.config import load_settings
 from node.logs import configure_logging
@@ -16,6 +17,14 @@ def _worker(args: argparse.Namespace) -> int:
         print("radnode worker needs [broker] url (redis://...); "
               "with the embedded default, `radnode serve` drafts in-process.")
         return 2
+    from workers.context import bundle_problem, preload_model
+
+    # A worker that cannot draft never takes a task: the bundle is checked and the model
+    # loaded before the worker consumes (one line naming the path on failure, exit 3).
+    problem = bundle_problem(settings.model.bundle) or preload_model()
+    if problem is not None:
+        print(f"radnode worker: {problem}", file=sys.stderr)
+        return 3
     from workers.celery_app import create_celery_app
 
     app = create_celery_app(settings.broker)

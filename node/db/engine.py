@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from node.db.migrate import upgrade
+
+if TYPE_CHECKING:
+    from node.config import Settings
 
 
 def _prepare_sqlite(engine: Engine) -> None:
@@ -45,7 +51,9 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
     Returns
     -------
     Engine
-        The configured engine. For SQLite the parent folder is created.
+        The configured engine. For SQLite the parent folder is created. Statement
+        parameters never appear in error messages or logs (``hide_parameters``): they
+        carry patient data typed into searches and forms.
     """
     parsed = make_url(url)
     if parsed.drivername == "postgresql":
@@ -54,13 +62,15 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            parsed, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}
+            parsed, echo=echo, hide_parameters=True,
+            connect_args={"check_same_thread": False, "timeout": 30},
         )
         _prepare_sqlite(engine)
         return engine
     return create_engine(
         parsed,
         echo=echo,
+        hide_parameters=True,
         pool_pre_ping=True,
         pool_size=10,
         max_overflow=20,
@@ -71,3 +81,19 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Return a session factory whose objects stay readable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@dataclass
+class Database:
+    """An engine and its session factory."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, migrate: bool = False) -> Database:
+        """Connect (and optionally migrate) the configured database."""
+        engine = create_db_engine(settings.database.url, echo=settings.database.echo)
+        if migrate:
+            upgrade(engine)
+        return cls(engine, create_session_factory(engine))

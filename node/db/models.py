@@ -23,8 +23,16 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from node.db.types import UTCDateTime, utcnow
-from node.states import ExportState, JobState, ReportState, Role, StudyState
-from workers.evaluation.observations import Mention, Observation
+from node.observations import Mention, Observation
+from node.states import (
+    ExportState,
+    JobState,
+    QuarantineReason,
+    QuarantineState,
+    ReportState,
+    Role,
+    StudyState,
+)
 
 UID = String(64)
 AE_TITLE = String(16)
@@ -59,6 +67,7 @@ class Study(Base):
     state: Mapped[StudyState] = mapped_column(_enum(StudyState), default=StudyState.RECEIVING)
     state_reason: Mapped[str | None] = mapped_column(Text)
     patient_id: Mapped[str | None] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(324))
     patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     patient_sex: Mapped[str | None] = mapped_column(String(16))
@@ -118,6 +127,46 @@ class Instance(Base):
     study: Mapped[Study] = relationship(back_populates="instances")
 
 
+class QuarantinedInstance(Base):
+    """A received instance kept aside instead of joining its study (never served or drafted).
+
+    ``path`` is relative to the storage root, under its ``quarantine/`` folder. The
+    acknowledged instance it conflicts with (``instance_id``) is never changed by it.
+    """
+
+    __tablename__ = "quarantined_instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[QuarantineState] = mapped_column(
+        _enum(QuarantineState), default=QuarantineState.QUARANTINED)
+    reason: Mapped[QuarantineReason] = mapped_column(
+        Enum(QuarantineReason, native_enum=False, length=32, validate_strings=True))
+    detail: Mapped[str | None] = mapped_column(Text)
+    """Which attributes conflict (names only, never their values)."""
+    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    study_id: Mapped[int | None] = mapped_column(
+        ForeignKey("studies.id", ondelete="SET NULL"), index=True)
+    """The study it would have joined (``None`` when no such study is stored)."""
+    instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("instances.id", ondelete="SET NULL"))
+    """The stored instance with the same SOP Instance UID, which stays what is served."""
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    path: Mapped[str | None] = mapped_column(String(512))
+    """The quarantined file; ``None`` once discarded or accepted (moved)."""
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    calling_ae: Mapped[str | None] = mapped_column(AE_TITLE)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    resolved_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
 class Job(Base):
     """A drafting job: one per study and model version (retries reuse the row)."""
 
@@ -139,6 +188,10 @@ class Job(Base):
     acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     """When an admin acknowledged the failure (it then leaves the triage list)."""
     acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    worker_name: Mapped[str | None] = mapped_column(String(128))
+    """The worker process that claimed the job last (its heartbeat name)."""
+    worker_incarnation: Mapped[str | None] = mapped_column(String(32))
+    """That process's incarnation: a restarted worker of the same name is another one."""
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -190,14 +243,20 @@ class Report(Base):
     series_instance_uid: Mapped[str | None] = mapped_column(UID)
     sr_path: Mapped[str | None] = mapped_column(String(512))
     """The report's SR file, relative to the storage root (``None`` until written)."""
-    pending_sr_data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    pending_sr_data: Mapped[bytes | None] = mapped_column(
+        LargeBinary, deferred=True, deferred_raiseload=True)
     """The draft SR of a worker without the node's storage folder, until the node writes
-    it to storage and sets ``sr_path`` (see :mod:`node.reports.handover`)."""
+    it to storage and sets ``sr_path`` (see :mod:`node.reports.handover`). Not loaded with
+    the row: a query that reads it asks for it (``undefer(Report.pending_sr_data)``);
+    reading it otherwise raises rather than loading it behind the caller's back."""
     predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), unique=True)
     """The version this one supersedes: the draft it signs or the final it amends. Unique:
     a version is superseded at most once, so a repeated sign-off cannot make two finals."""
     signed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     signed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    signed_evidence: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    """What the radiologist saw when signing: SOP Instance UID to the SHA-256 of each
+    instance file (see :mod:`node.reports.evidence`); ``None`` for drafts."""
     rejected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     """When a radiologist rejected this draft as unusable (the study stays DRAFTED)."""
     rejected_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
@@ -275,19 +334,23 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
-class LoginFailure(Base):
-    """A failed login, counted by every web process to throttle guessing.
+class LoginAttemptWindow(Base):
+    """Failed logins of one throttle key in its current window: one row per key, a counter.
 
-    ``key_hash`` is the SHA-256 of the lower-cased username and the client address.
+    ``key_hash`` is the SHA-256 of the key: the lower-cased username with the client
+    address, or the client address alone. An attempt is counted *before* its password is
+    checked (a conditional update), so concurrent attempts cannot pass the limit; rows of
+    windows that have ended are deleted as new attempts arrive.
     """
 
-    __tablename__ = "login_failures"
+    __tablename__ = "login_attempt_windows"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key_hash: Mapped[str] = mapped_column(String(64))
-    failed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-
-    __table_args__ = (Index(None, "key_hash", "failed_at"),)
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    """Attempts counted in the window (a success takes its own back)."""
+    refusals: Mapped[int] = mapped_column(Integer, default=0)
+    """Attempts refused in the window because the limit was reached."""
 
 
 class WebSession(Base):
@@ -340,3 +403,7 @@ class WorkerHeartbeat(Base):
     jobs_in_flight: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_beat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    incarnation: Mapped[str | None] = mapped_column(String(32))
+    """Random per process start: tells a restarted worker from its previous run."""
+    broken_reason: Mapped[str | None] = mapped_column(Text)
+    """Why the worker cannot draft (its model failed to load); it takes no task then."""

@@ -20,6 +20,43 @@ class HeaderError(ValueError):
     """The dataset cannot be understood (answered with 0xC210)."""
 
 
+class ControlCharacterError(HeaderError):
+    """An indexed text value holds a NUL character (answered with 0xC210 and audited).
+
+    PostgreSQL cannot store NUL in text and SQLite can; refusing it on both keeps one
+    outcome on every database. Trailing NUL padding is not refused (pydicom strips it).
+    """
+
+    def __init__(self, keyword: str) -> None:
+        super().__init__(f"{keyword} contains a NUL character")
+        self.keyword = keyword
+
+
+#: Indexed header facts and the attribute each one comes from (for refusal messages).
+_INDEXED_KEYWORDS = {
+    "patient_id": "PatientID", "issuer_of_patient_id": "IssuerOfPatientID",
+    "patient_name": "PatientName", "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex", "accession_number": "AccessionNumber",
+    "study_id_text": "StudyID", "study_date": "StudyDate", "study_time": "StudyTime",
+    "study_description": "StudyDescription",
+    "referring_physician": "ReferringPhysicianName",
+    "reason_for_exam": "ReasonForTheRequestedProcedure", "modality": "Modality",
+    "body_part": "BodyPartExamined", "view_position": "ViewPosition",
+    "image_laterality": "ImageLaterality", "series_description": "SeriesDescription",
+}
+
+
+def _refuse_nul(header: InstanceHeader) -> None:
+    """Raise :class:`ControlCharacterError` if an indexed text value holds NUL."""
+    values: dict[str, str | None] = {**header.patient, **header.study}
+    for name in ("modality", "body_part", "view_position", "image_laterality",
+                 "series_description"):
+        values[name] = getattr(header, name)
+    for name, value in values.items():
+        if value is not None and "\x00" in value:
+            raise ControlCharacterError(_INDEXED_KEYWORDS[name])
+
+
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
 
 
@@ -145,6 +182,8 @@ def parse_header(encoded: bytes) -> InstanceHeader:
     HeaderError
         If the bytes are truncated or do not decode, required UIDs are missing
         or invalid, or the pixel data does not match its header.
+    ControlCharacterError
+        If an indexed text value (patient, study or series facts) holds a NUL.
     """
     try:
         check_part10(encoded)
@@ -177,6 +216,7 @@ def parse_header(encoded: bytes) -> InstanceHeader:
             columns=_int(ds, "Columns"),
             patient={
                 "patient_id": _text(ds, "PatientID", 64),
+                "issuer_of_patient_id": _text(ds, "IssuerOfPatientID", 64),
                 "patient_name": _text(ds, "PatientName", 324),
                 "patient_birth_date": _text(ds, "PatientBirthDate", 8),
                 "patient_sex": _text(ds, "PatientSex", 16),
@@ -191,6 +231,7 @@ def parse_header(encoded: bytes) -> InstanceHeader:
                 "reason_for_exam": _reason_for_exam(ds),
             },
         )
+        _refuse_nul(header)
         _check_pixel_data(ds, transfer_syntax)
     except HeaderError:
         raise

@@ -19,12 +19,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.db.models import AuditEvent, Instance, Study
+from node.db.models import AuditEvent, Instance, QuarantinedInstance, Study
 from node.db.types import utcnow
-from node.dicom.header import HeaderError, InstanceHeader, parse_header
+from node.dicom.header import ControlCharacterError, HeaderError, InstanceHeader, parse_header
+from node.dicom.identity import IDENTITY_KEYWORDS, identity_conflicts
 from node.dicom.statuses import StoreStatus
 from node.logs import log_event
-from node.states import StudyState
+from node.states import QuarantineReason, QuarantineState, StudyState
 from node.storage import InstanceStore, StorageFullError
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,38 @@ class IngestOutcome:
     study_id: int | None = None
     instance_id: int | None = None
     duplicate: bool = False
-    replaced: bool = False
+    quarantined: QuarantineReason | None = None
+    quarantine_id: int | None = None
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """The acknowledged instance already stored under a SOP Instance UID."""
+
+    id: int
+    path: str
+    sha256: str
+    study_id: int
+    study_uid: str
+    series_uid: str
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where a received instance goes: its study, or quarantine for ``quarantine``."""
+
+    digest: str | None
+    existing: _Stored | None
+    quarantine: QuarantineReason | None
+    conflicts: list[str]
+
+
+class _Replan(Exception):
+    """What the plan assumed changed before the row was written; plan again."""
+
+
+def _identity_of(study: Study) -> dict[str, str | None]:
+    return {name: getattr(study, name) for name in IDENTITY_KEYWORDS}
 
 
 class InstanceIngestor:
@@ -108,6 +140,7 @@ class InstanceIngestor:
             calling_ae=received.calling_ae,
             study_id=outcome.study_id,
             instance_id=outcome.instance_id,
+            quarantined=outcome.quarantined.name if outcome.quarantined else None,
             bytes=len(received.encoded),
         )
         return outcome
@@ -122,6 +155,9 @@ class InstanceIngestor:
             )
         try:
             header = parse_header(received.encoded)
+        except ControlCharacterError as exc:
+            self._audit_refusal(received, str(exc), exc.keyword)
+            return IngestOutcome(StoreStatus.CANNOT_UNDERSTAND, str(exc))
         except HeaderError as exc:
             return IngestOutcome(StoreStatus.CANNOT_UNDERSTAND, str(exc))
         if header.sop_class_uid != received.requested_sop_class_uid:
@@ -134,64 +170,199 @@ class InstanceIngestor:
                 StoreStatus.CANNOT_UNDERSTAND,
                 "SOP Instance UID in the dataset differs from the request",
             )
-        try:
-            existing = self._existing(header.sop_instance_uid)
-        except SQLAlchemyError as exc:
-            return IngestOutcome(
-                StoreStatus.OUT_OF_RESOURCES, f"database unavailable: {exc.__class__.__name__}"
-            )
-        folder = self.store.relative_folder(header.study_instance_uid, header.series_instance_uid)
+        digest: str | None = None
+        for attempt in (1, 2, 3):
+            try:
+                plan = self._plan(header, digest, received.encoded)
+            except SQLAlchemyError as exc:
+                return IngestOutcome(
+                    StoreStatus.OUT_OF_RESOURCES, f"database unavailable: {exc.__class__.__name__}"
+                )
+            if isinstance(plan, IngestOutcome):
+                return plan
+            digest = plan.digest
+            if plan.quarantine is not None:
+                return self._quarantine(header, received, plan)
+            outcome = self._store(header, received, plan, last_attempt=attempt == 3)
+            if outcome is not None:
+                return outcome
+        return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, "database conflict")
+
+    def _plan(
+        self, header: InstanceHeader, digest: str | None, data: bytes
+    ) -> _Plan | IngestOutcome:
+        """Decide where the instance goes: its study, quarantine, or nowhere (a re-send)."""
+        existing = self._existing(header.sop_instance_uid)
         if existing is None:
+            conflicts = self._identity_conflicts(header)
+            if conflicts:
+                return _Plan(digest or _sha256_hex(data), None,
+                             QuarantineReason.PATIENT_IDENTITY_CONFLICT, conflicts)
+            return _Plan(digest, None, None, [])
+        digest = digest or _sha256_hex(data)
+        if existing.sha256 == digest:
+            if self.store.absolute(existing.path).is_file():
+                return IngestOutcome(StoreStatus.SUCCESS, "identical re-send", duplicate=True)
+            return _Plan(digest, existing, None, [])  # stored again after a purge
+        if (existing.study_uid, existing.series_uid) != (
+                header.study_instance_uid, header.series_instance_uid):
+            return _Plan(digest, existing, QuarantineReason.STUDY_CONFLICT,
+                         ["StudyInstanceUID" if existing.study_uid != header.study_instance_uid
+                          else "SeriesInstanceUID"])
+        conflicts = self._identity_conflicts(header)
+        if conflicts:
+            return _Plan(digest, existing, QuarantineReason.PATIENT_IDENTITY_CONFLICT, conflicts)
+        return _Plan(digest, existing, QuarantineReason.CONTENT_CONFLICT, [])
+
+    def _identity_conflicts(self, header: InstanceHeader) -> list[str]:
+        with self.session_factory() as session:
+            study = session.execute(
+                select(Study).where(Study.study_instance_uid == header.study_instance_uid)
+            ).scalar_one_or_none()
+            if study is None:
+                return []
+            return identity_conflicts(_identity_of(study), header.patient)
+
+    def _store(self, header: InstanceHeader, received: ReceivedInstance, plan: _Plan, *,
+               last_attempt: bool) -> IngestOutcome | None:
+        """Write and index an instance joining its study; ``None``: plan again."""
+        folder = self.store.relative_folder(header.study_instance_uid, header.series_instance_uid)
+        if plan.digest is None:
             # A new instance, the usual case: hash while the bytes are written and
             # fsynced (both release the GIL), then name the file after the digest.
             pending_digest = self._digest(received.encoded)
             staged = self._stage(folder, received.encoded)
             digest = pending_digest.result()
         else:
-            digest = _sha256_hex(received.encoded)
-            if existing[1] == digest and self.store.absolute(existing[0]).is_file():
-                return IngestOutcome(StoreStatus.SUCCESS, "identical re-send", duplicate=True)
+            digest = plan.digest
             staged = self._stage(folder, received.encoded)
         if isinstance(staged, IngestOutcome):
             return staged
-
         relative = self.store.relative_path(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid, digest
         )
+        keep = plan.existing.path if plan.existing is not None else None
         try:
             self.store.publish(staged, relative)
         except OSError as exc:
             with contextlib.suppress(OSError):
-                self._discard(relative, existing)
+                self._discard(relative, keep)
             return IngestOutcome(
                 StoreStatus.OUT_OF_RESOURCES, f"storage write failed: {exc.strerror}"
             )
+        try:
+            study_id, instance_id = self._index(header, received, relative, digest)
+        except _Replan:
+            # Another association stored this SOP Instance UID, or another patient's
+            # instance in this study, since the plan was made: plan again.
+            self._discard(relative, keep)
+            return None
+        except IntegrityError:
+            # A concurrent association created the same study or instance first; the
+            # next pass finds it.
+            self._discard(relative, keep)
+            return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, "database conflict") \
+                if last_attempt else None
+        except SQLAlchemyError as exc:
+            self._discard(relative, keep)
+            return IngestOutcome(
+                StoreStatus.OUT_OF_RESOURCES, f"database unavailable: {exc.__class__.__name__}"
+            )
+        return IngestOutcome(StoreStatus.SUCCESS, "stored", study_id=study_id,
+                             instance_id=instance_id)
 
-        for attempt in (1, 2):
-            try:
-                study_id, instance_id, old_path = self._index(header, received, relative, digest)
-                break
-            except IntegrityError:
-                # A concurrent association created the same study or instance
-                # first; the second pass finds it and updates it.
-                if attempt == 2:
-                    self._discard(relative, existing)
-                    return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, "database conflict")
-            except SQLAlchemyError as exc:
-                self._discard(relative, existing)
-                return IngestOutcome(
-                    StoreStatus.OUT_OF_RESOURCES, f"database unavailable: {exc.__class__.__name__}"
-                )
-        if old_path is not None and old_path != relative:
-            self.store.remove(old_path)
-        replaced = existing is not None and existing[1] != digest
-        return IngestOutcome(
-            StoreStatus.SUCCESS,
-            "replaced a previous version" if replaced else "stored",
-            study_id=study_id,
-            instance_id=instance_id,
-            replaced=replaced,
-        )
+    def _quarantine(self, header: InstanceHeader, received: ReceivedInstance,
+                    plan: _Plan) -> IngestOutcome:
+        """Keep the instance aside (answered Success: the sender's data is kept)."""
+        assert plan.quarantine is not None and plan.digest is not None
+        digest = plan.digest
+        try:
+            with self.session_factory() as session:
+                kept = session.scalar(select(QuarantinedInstance.id).where(
+                    QuarantinedInstance.sop_instance_uid == header.sop_instance_uid,
+                    QuarantinedInstance.sha256 == digest,
+                    QuarantinedInstance.state == QuarantineState.QUARANTINED))
+        except SQLAlchemyError as exc:
+            return IngestOutcome(
+                StoreStatus.OUT_OF_RESOURCES, f"database unavailable: {exc.__class__.__name__}")
+        if kept is not None:
+            return IngestOutcome(StoreStatus.SUCCESS, "identical re-send of a quarantined "
+                                 "instance", duplicate=True, quarantine_id=kept)
+        relative = self.store.quarantine_path(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid, digest)
+        folder, _, _ = relative.rpartition("/")
+        staged = self._stage(folder, received.encoded)
+        if isinstance(staged, IngestOutcome):
+            return staged
+        try:
+            self.store.publish(staged, relative)
+        except OSError as exc:
+            return IngestOutcome(
+                StoreStatus.OUT_OF_RESOURCES, f"storage write failed: {exc.strerror}")
+        try:
+            study_id, quarantine_id = self._record_quarantine(header, received, plan, relative)
+        except SQLAlchemyError as exc:
+            # A concurrent identical copy may have recorded the same file: keep it then.
+            with contextlib.suppress(SQLAlchemyError), self.session_factory() as session:
+                if session.scalar(select(QuarantinedInstance.id).where(
+                        QuarantinedInstance.path == relative).limit(1)) is None:
+                    self.store.remove(relative)
+            return IngestOutcome(
+                StoreStatus.OUT_OF_RESOURCES, f"database unavailable: {exc.__class__.__name__}")
+        return IngestOutcome(StoreStatus.SUCCESS, f"quarantined: {plan.quarantine.value}",
+                             study_id=study_id, quarantine_id=quarantine_id,
+                             quarantined=plan.quarantine)
+
+    def _record_quarantine(self, header: InstanceHeader, received: ReceivedInstance,
+                           plan: _Plan, relative: str) -> tuple[int | None, int]:
+        assert plan.quarantine is not None and plan.digest is not None
+        now = utcnow()
+        with self.session_factory.begin() as session:
+            study_id = session.scalar(select(Study.id).where(
+                Study.study_instance_uid == header.study_instance_uid))
+            kept = QuarantinedInstance(
+                state=QuarantineState.QUARANTINED, reason=plan.quarantine,
+                detail=", ".join(plan.conflicts) or None,
+                sop_instance_uid=header.sop_instance_uid, sop_class_uid=header.sop_class_uid,
+                study_instance_uid=header.study_instance_uid,
+                series_instance_uid=header.series_instance_uid, study_id=study_id,
+                instance_id=plan.existing.id if plan.existing is not None else None,
+                patient_id=header.patient["patient_id"],
+                issuer_of_patient_id=header.patient["issuer_of_patient_id"],
+                patient_name=header.patient["patient_name"],
+                patient_birth_date=header.patient["patient_birth_date"],
+                path=relative, size_bytes=len(received.encoded), sha256=plan.digest,
+                calling_ae=received.calling_ae, received_at=now,
+            )
+            session.add(kept)
+            session.flush()
+            session.add(AuditEvent(
+                at=now, actor=f"ae:{received.calling_ae}", action="instance_quarantined",
+                object_type="instance", object_id=header.sop_instance_uid,
+                study_id=study_id if study_id is not None else (
+                    plan.existing.study_id if plan.existing is not None else None),
+                details={
+                    "reason": plan.quarantine.name, "quarantine_id": kept.id,
+                    "conflicting": plan.conflicts, "sha256": plan.digest,
+                    "stored_sha256": plan.existing.sha256 if plan.existing else None,
+                    "bytes": len(received.encoded),
+                },
+            ))
+            return study_id, kept.id
+
+    def _audit_refusal(self, received: ReceivedInstance, reason: str, keyword: str) -> None:
+        """Record a refused instance in the audit trail (best effort: the status stands)."""
+        try:
+            with self.session_factory.begin() as session:
+                session.add(AuditEvent(
+                    at=utcnow(), actor=f"ae:{received.calling_ae}", action="instance_refused",
+                    object_type="instance", object_id=received.requested_sop_instance_uid,
+                    details={"status": f"0x{StoreStatus.CANNOT_UNDERSTAND:04X}",
+                             "reason": reason, "attribute": keyword},
+                ))
+        except SQLAlchemyError:
+            logger.warning("refusal_not_audited", extra={
+                "sop_instance_uid": received.requested_sop_instance_uid})
 
     def _digest(self, data: bytes) -> Future[str]:
         """Start the SHA-256 of ``data``: on a helper thread when large, else inline."""
@@ -212,29 +383,36 @@ class InstanceIngestor:
                 StoreStatus.OUT_OF_RESOURCES, f"storage write failed: {exc.strerror}"
             )
 
-    def _existing(self, sop_instance_uid: str) -> tuple[str, str] | None:
+    def _existing(self, sop_instance_uid: str) -> _Stored | None:
         with self.session_factory() as session:
             row = session.execute(
-                select(Instance.path, Instance.sha256).where(
-                    Instance.sop_instance_uid == sop_instance_uid
-                )
+                select(Instance.id, Instance.path, Instance.sha256, Instance.study_id,
+                       Study.study_instance_uid, Instance.series_instance_uid)
+                .join(Study, Study.id == Instance.study_id)
+                .where(Instance.sop_instance_uid == sop_instance_uid)
             ).first()
-        return (row[0], row[1]) if row else None
+        return _Stored(*row) if row else None
 
-    def _discard(self, relative: str, existing: tuple[str, str] | None) -> None:
+    def _discard(self, relative: str, keep: str | None) -> None:
         """Remove a file written for a row that was not committed."""
-        if existing is None or existing[0] != relative:
+        if relative != keep:
             self.store.remove(relative)
 
     def _index(
         self, header: InstanceHeader, received: ReceivedInstance, relative: str, digest: str
-    ) -> tuple[int, int, str | None]:
-        """Upsert study and instance rows in one transaction.
+    ) -> tuple[int, int]:
+        """Insert (or, after a purge, restore) the instance row and touch its study.
 
         Returns
         -------
         tuple
-            Study id, instance id, and the previous file path when replaced.
+            Study id and instance id.
+
+        Raises
+        ------
+        _Replan
+            If, under the study lock, the SOP Instance UID is stored with other content or
+            the instance's patient identity disagrees with the study's.
         """
         now = utcnow()
         with self.session_factory.begin() as session:
@@ -257,29 +435,23 @@ class InstanceIngestor:
                 )
                 session.add(study)
                 session.flush()
-            else:
-                self._touch_study(session, study, header, now)
-
             instance = session.execute(
                 select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
             ).scalar_one_or_none()
-            old_path = instance.path if instance is not None else None
+            if instance is not None:
+                if instance.sha256 != digest or instance.study_id != study.id:
+                    raise _Replan()
+                if instance.purged_at is None:
+                    return study.id, instance.id  # a concurrent identical re-send
+            elif identity_conflicts(_identity_of(study), header.patient):
+                raise _Replan()
+            touch_study(session, study, header, now)
+            restored = instance is not None
             if instance is None:
                 instance = Instance(sop_instance_uid=header.sop_instance_uid)
                 session.add(instance)
             instance.study_id = study.id
-            instance.sop_class_uid = header.sop_class_uid
-            instance.series_instance_uid = header.series_instance_uid
-            instance.series_number = header.series_number
-            instance.instance_number = header.instance_number
-            instance.modality = header.modality
-            instance.body_part = header.body_part
-            instance.view_position = header.view_position
-            instance.image_laterality = header.image_laterality
-            instance.series_description = header.series_description
-            instance.transfer_syntax_uid = header.transfer_syntax_uid
-            instance.rows = header.rows
-            instance.columns = header.columns
+            describe_instance(instance, header)
             instance.path = relative
             instance.size_bytes = len(received.encoded)
             instance.sha256 = digest
@@ -291,37 +463,55 @@ class InstanceIngestor:
                 AuditEvent(
                     at=now,
                     actor=f"ae:{received.calling_ae}",
-                    action="instance_replaced" if old_path else "instance_received",
+                    action="instance_restored" if restored else "instance_received",
                     object_type="instance",
                     object_id=header.sop_instance_uid,
                     study_id=study.id,
                     details={"bytes": len(received.encoded), "sha256": digest},
                 )
             )
-            return study.id, instance.id, old_path
+            return study.id, instance.id
 
-    @staticmethod
-    def _touch_study(
-        session: Session, study: Study, header: InstanceHeader, now: dt.datetime
-    ) -> None:
-        """Record new activity on a known study and reopen it where that applies."""
-        study.last_received_at = now
-        for key, value in {**header.patient, **header.study}.items():
-            if getattr(study, key) is None and value is not None:
-                setattr(study, key, value)
-        if study.state in REOPENING_STATES:
-            study.state = StudyState.RECEIVING
-            study.state_reason = None
-            study.stable_at = None
-        elif study.state != StudyState.RECEIVING:
-            session.add(
-                AuditEvent(
-                    at=now,
-                    actor="system",
-                    action="late_instance",
-                    object_type="study",
-                    object_id=study.study_instance_uid,
-                    study_id=study.id,
-                    details={"state": study.state.name},
-                )
+
+def touch_study(session: Session, study: Study, header: InstanceHeader, now: dt.datetime) -> None:
+    """Record an instance joining a study, and reopen the study where that applies.
+
+    Facts the study lacks are taken from the instance; a STABLE or IGNORED study goes back
+    to RECEIVING; a study further on records a ``late_instance`` audit event.
+    """
+    study.last_received_at = now
+    for key, value in {**header.patient, **header.study}.items():
+        if getattr(study, key) is None and value is not None:
+            setattr(study, key, value)
+    if study.state in REOPENING_STATES:
+        study.state = StudyState.RECEIVING
+        study.state_reason = None
+        study.stable_at = None
+    elif study.state != StudyState.RECEIVING:
+        session.add(
+            AuditEvent(
+                at=now,
+                actor="system",
+                action="late_instance",
+                object_type="study",
+                object_id=study.study_instance_uid,
+                study_id=study.id,
+                details={"state": study.state.name},
             )
+        )
+
+
+def describe_instance(instance: Instance, header: InstanceHeader) -> None:
+    """Copy the header facts the node indexes onto an instance row."""
+    instance.sop_class_uid = header.sop_class_uid
+    instance.series_instance_uid = header.series_instance_uid
+    instance.series_number = header.series_number
+    instance.instance_number = header.instance_number
+    instance.modality = header.modality
+    instance.body_part = header.body_part
+    instance.view_position = header.view_position
+    instance.image_laterality = header.image_laterality
+    instance.series_description = header.series_description
+    instance.transfer_syntax_uid = header.transfer_syntax_uid
+    instance.rows = header.rows
+    instance.columns = header.columns

@@ -8,12 +8,47 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from celery import Celery
+
 from node.config import BrokerSettings
 from node.logs import log_event
 
 logger = logging.getLogger(__name__)
 
 DRAFT_TASK_NAME = "radnode.draft"
+BROKER_CHECK_TIMEOUT_SECONDS = 2.0
+
+
+def create_celery_client(broker: BrokerSettings) -> Celery:
+    """Build a Celery client that sends tasks by name to ``broker``.
+
+    The worker's application (``workers.celery_app``) starts from this one and adds
+    what only a consuming worker needs; the node uses it as it is.
+
+    Parameters
+    ----------
+    broker
+        Broker URL (``redis://…``), queue names and visibility timeout.
+
+    Returns
+    -------
+    Celery
+        A client with no tasks registered.
+    """
+    app = Celery("radnode", broker=broker.url or "memory://", set_as_current=False)
+    transport_options = {"visibility_timeout": broker.visibility_timeout_seconds}
+    app.conf.update(
+        task_ignore_result=True,
+        result_backend=None,
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=broker.draft_queue,
+        task_routes={DRAFT_TASK_NAME: {"queue": broker.draft_queue}},
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
 
 
 class Startable(Protocol):
@@ -35,6 +70,17 @@ class WorkQueue(Protocol):
         """Queue drafting of ``job_id``; return a task id when the queue has one."""
         ...
 
+    def broker_identity(self) -> str | None:
+        """The identity of the broker's current run (it changes when a broker restarts
+        and forgets its messages); ``None`` for a queue without a broker.
+
+        Raises
+        ------
+        Exception
+            When the broker cannot be reached.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections and threads."""
         ...
@@ -50,10 +96,8 @@ class CeleryWorkQueue:
     """
 
     def __init__(self, broker: BrokerSettings) -> None:
-        from workers.celery_app import create_celery_app
-
         self.broker = broker
-        self.app = create_celery_app(broker, include_tasks=False)
+        self.app = create_celery_client(broker)
 
     def enqueue_draft(self, job_id: int, *, delay_seconds: float = 0.0) -> str | None:
         result = self.app.send_task(
@@ -63,6 +107,14 @@ class CeleryWorkQueue:
             countdown=delay_seconds or None,
         )
         return str(result.id)
+
+    def broker_identity(self) -> str | None:
+        with self.app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
+                                         timeout=BROKER_CHECK_TIMEOUT_SECONDS)
+            client = connection.default_channel.client
+            info = client.info("server")
+        return str(info.get("run_id") or "")
 
     def close(self) -> None:
         self.app.close()
@@ -82,12 +134,17 @@ class EmbeddedWorkQueue:
     heartbeat
         Started with the queue and stopped by :meth:`close`: the worker heartbeat of
         this process (``workers.heartbeat.HeartbeatWriter``).
+    warm_up
+        Run first in the worker thread (loading the model), so the first job after a
+        start does not wait for it.
     """
 
     def __init__(self, run_job: Callable[[int], float | None],
-                 heartbeat: Startable | None = None) -> None:
+                 heartbeat: Startable | None = None,
+                 warm_up: Callable[[], None] | None = None) -> None:
         self._run_job = run_job
         self._heartbeat = heartbeat
+        self._warm_up = warm_up
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
@@ -107,7 +164,15 @@ class EmbeddedWorkQueue:
             self._queue.put(job_id)
         return None
 
+    def broker_identity(self) -> str | None:
+        return None
+
     def _loop(self) -> None:
+        if self._warm_up is not None:
+            try:
+                self._warm_up()
+            except Exception:  # the first job tries again and records the failure
+                logger.exception("embedded_warm_up_failed")
         while True:
             job_id = self._queue.get()
             if job_id is None:

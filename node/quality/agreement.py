@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from workers.evaluation.observations import Mention, Observation, ReportLabels
+from node.observations import Mention, Observation, ReportLabels
 
 _ABSENT = frozenset({Mention.NEGATIVE, Mention.NOT_MENTIONED})
 

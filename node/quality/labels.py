@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+from node.observations import Mention, Observation, ReportLabels
 from node.reports.sr_template import Presence
-from workers.evaluation.observations import Mention, Observation, ReportLabels
 
 #: Labels one report text (``workers.evaluation.labeler.label_report`` by default).
 Labeler = Callable[[str], ReportLabels]
@@ -28,11 +30,27 @@ PRESENCE_OF_MENTION: Mapping[Mention, Presence] = {
 UNCERTAIN_FLAG_PREFIX = "possible "
 
 
-def default_labeler() -> Labeler:
-    """The node's CheXpert labeler (imported when first needed)."""
+def default_labeler(rules_dir: Path | None = None) -> Labeler:
+    """The node's CheXpert labeler (imported when first needed).
+
+    Parameters
+    ----------
+    rules_dir
+        A site's folder of labeler rule files (``[quality] labeler_rules_dir``), added to
+        the shipped phrase tables; ``None`` for the shipped tables alone.
+
+    Raises
+    ------
+    workers.evaluation.labeler_rules.RulesError
+        If the site's rule files are malformed.
+    """
     from workers.evaluation.labeler import label_report
 
-    return label_report
+    if rules_dir is None:
+        return label_report
+    from workers.evaluation.labeler_rules import site_rules
+
+    return partial(label_report, rules=site_rules(Path(rules_dir).resolve()))
 
 
 def report_text(findings: str, impression: str) -> str:
@@ -71,8 +89,9 @@ def coded_observations(labels: ReportLabels) -> dict[str, Presence]:
             for observation, mention in labels.mentioned().items()}
 
 
-def urgent_flags(labels: ReportLabels, urgent_observations: Sequence[str]) -> list[str]:
-    """Triage flags of the urgent observations a report finds present or possible.
+def urgent_flags(labels: ReportLabels, urgent_observations: Sequence[str], *,
+                 include_uncertain: bool = False) -> list[str]:
+    """Triage flags of the urgent observations a report finds present (or possible).
 
     Parameters
     ----------
@@ -80,12 +99,15 @@ def urgent_flags(labels: ReportLabels, urgent_observations: Sequence[str]) -> li
         The report's labels.
     urgent_observations
         Observation names (``QualitySettings.urgent_observations``).
+    include_uncertain
+        Whether an uncertain mention flags too (``QualitySettings.urgent_uncertain``).
 
     Returns
     -------
     list of str
         ``"pneumothorax"`` for a positive mention, ``"possible pneumothorax"`` for an
-        uncertain one, in CheXpert order; empty when the report is routine.
+        uncertain one when ``include_uncertain``, in CheXpert order; empty when the report
+        is routine.
 
     Raises
     ------
@@ -100,7 +122,7 @@ def urgent_flags(labels: ReportLabels, urgent_observations: Sequence[str]) -> li
         mention = labels[observation]
         if mention is Mention.POSITIVE:
             flags.append(observation.value.lower())
-        elif mention is Mention.UNCERTAIN:
+        elif mention is Mention.UNCERTAIN and include_uncertain:
             flags.append(UNCERTAIN_FLAG_PREFIX + observation.value.lower())
     return flags
 
@@ -124,11 +146,13 @@ class DraftLabelling:
 
 
 def label_draft(labeler: Labeler, findings: str, impression: str,
-                urgent_observations: Sequence[str]) -> DraftLabelling:
+                urgent_observations: Sequence[str], *,
+                include_uncertain: bool = False) -> DraftLabelling:
     """Label a draft's text and derive its coded observations and urgent flags."""
     labels = labeler(report_text(findings, impression))
     return DraftLabelling(labels, coded_observations(labels),
-                          urgent_flags(labels, urgent_observations))
+                          urgent_flags(labels, urgent_observations,
+                                       include_uncertain=include_uncertain))
 
 
 __all__ = [

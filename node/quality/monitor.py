@@ -89,7 +89,7 @@ def record_signoff_agreement(session: Session, draft: Report, final: Report,
         raise ValueError("the report is not signed")
     try:
         with session.begin_nested():
-            label = labeler or default_labeler()
+            label = labeler or default_labeler(quality.labeler_rules_dir)
             draft_labels = (labels_from_json(draft.labels) if draft.labels
                             else label(report_text(draft.findings, draft.impression)))
             if not draft.labels:

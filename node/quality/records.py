@@ -15,8 +15,8 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from node.db.models import ObservationAgreement, Report
+from node.observations import Observation, ReportLabels
 from node.quality.agreement import AgreementCounts, pairs_of
-from workers.evaluation.observations import Observation, ReportLabels
 
 #: Recorded for a draft that does not name its model.
 UNKNOWN_MODEL = "unknown"

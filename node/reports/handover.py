@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from node.db.models import AuditEvent, Export, Job, Report, Study
 from node.db.types import utcnow
@@ -127,6 +127,7 @@ def _store_one(sessions: sessionmaker[Session], store: InstanceStore, report_id:
             .join(Study, Study.id == Report.study_id)
             .where(Report.id == report_id, Report.pending_sr_data.is_not(None),
                    Report.sr_path.is_(None))
+            .options(undefer(Report.pending_sr_data))
             .with_for_update(skip_locked=True, of=Report)
         ).first()
         if row is None:

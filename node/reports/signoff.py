@@ -34,7 +34,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from node.config import Destination, QualitySettings
 from node.db.models import AuditEvent, Instance, Report, Study, User
@@ -43,6 +43,7 @@ from node.exports.service import queue_exports
 from node.logs import log_event
 from node.quality.labels import Labeler
 from node.quality.monitor import record_signoff_agreement
+from node.reports.evidence import EvidenceChanged, record_evidence, verify_evidence
 from node.reports.sr_builder import build_final_sr, sr_to_bytes
 from node.reports.sr_content import (
     ModelProvenance,
@@ -86,6 +87,14 @@ class NotPermitted(SignoffError):
     """The user may not sign, amend or reject (not an active radiologist)."""
 
 
+class EvidenceMismatch(SignoffError):
+    """A stored image no longer holds what was signed (or what its row records)."""
+
+    def __init__(self, changed: EvidenceChanged) -> None:
+        super().__init__(str(changed))
+        self.changed = changed
+
+
 class AlreadySigned(SignoffError):
     """The version was already superseded: signed, amended or rejected by someone else."""
 
@@ -120,8 +129,8 @@ def _check_radiologist(user: User) -> None:
 
 
 def _locked_report(session: Session, report_id: int) -> Report:
-    report = session.get(Report, report_id, with_for_update=True,
-                         populate_existing=True)
+    report = session.get(Report, report_id, with_for_update=True, populate_existing=True,
+                         options=[undefer(Report.pending_sr_data)])
     if report is None:
         raise ReportNotFound(f"no report {report_id}")
     return report
@@ -266,6 +275,12 @@ def _write_version(
     if amendment and previous is not None and (
             (previous.findings, previous.impression) == (content.findings, content.impression)):
         raise SignoffError("the amendment changes nothing")
+    try:
+        if amendment:
+            verify_evidence(session, store, study.id)
+        signed_evidence = record_evidence(session, store, study.id)
+    except EvidenceChanged as exc:
+        raise EvidenceMismatch(exc) from exc
     evidence = _evidence(session, store, study, predecessor_ds)
     model = _model_of(predecessor, predecessor_ds)
     verifier = verifier_of(user)
@@ -292,7 +307,7 @@ def _write_version(
         impression=content.impression, model_name=model.name, model_version=model.version,
         device_uid=model.device_uid, sop_instance_uid=sop_uid, series_instance_uid=series_uid,
         sr_path=relative, predecessor_id=predecessor.id, signed_by_id=user.id, signed_at=now,
-        created_at=now,
+        created_at=now, signed_evidence=signed_evidence,
     )
     try:
         with session.begin_nested():
@@ -362,6 +377,8 @@ def sign_report(
         If there is no such report.
     AlreadySigned
         If the draft (or another draft of the study) is already signed.
+    EvidenceMismatch
+        If a stored image file no longer holds the digest recorded when it was received.
     SignoffError
         If the report is not a draft, the text is empty or invalid, or the study's images
         are missing.
@@ -422,6 +439,8 @@ def amend_report(
         As for :func:`sign_report`.
     AlreadySigned
         If the report was already amended (it is no longer the current version).
+    EvidenceMismatch
+        If a stored image no longer holds what the current report was signed on.
     SignoffError
         If the report is not a final report, or the amendment changes nothing.
     """
@@ -511,6 +530,7 @@ def reject_draft(
 __all__ = [
     "FINAL_SERIES_NUMBER",
     "AlreadySigned",
+    "EvidenceMismatch",
     "NotPermitted",
     "ReportNotFound",
     "SignoffError",

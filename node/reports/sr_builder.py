@@ -55,6 +55,12 @@ _REQUIRED_EVIDENCE = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID",
                       "StudyInstanceUID", "PatientID")
 
 
+class EvidenceError(ValueError):
+    """The source images cannot be reported on together: one lacks an identifying
+    attribute, they belong to different studies or patients, or one is given twice.
+    Deterministic: retrying cannot help."""
+
+
 def _software_version() -> str:
     try:
         return version("radnode")
@@ -100,25 +106,25 @@ def _check_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:
         belong to different studies or patients, or one is given twice.
     """
     if isinstance(evidence, Dataset) or not evidence:
-        raise ValueError("evidence must be a non-empty sequence of source image datasets")
+        raise EvidenceError("evidence must be a non-empty sequence of source image datasets")
     for ds in evidence:
         missing = [k for k in _REQUIRED_EVIDENCE if not ds.get(k)]
         if missing:
-            raise ValueError(f"evidence instance lacks {', '.join(missing)}")
+            raise EvidenceError(f"evidence instance lacks {', '.join(missing)}")
     studies = {str(ds.StudyInstanceUID) for ds in evidence}
     patients = {str(ds.PatientID) for ds in evidence}
     if len(studies) != 1 or len(patients) != 1:
-        raise ValueError("all evidence must belong to one study of one patient")
+        raise EvidenceError("all evidence must belong to one study of one patient")
     sop_uids = [str(ds.SOPInstanceUID) for ds in evidence]
     if len(set(sop_uids)) != len(sop_uids):
-        raise ValueError("an evidence instance is given more than once")
+        raise EvidenceError("an evidence instance is given more than once")
     return [_header_only(ds) for ds in evidence]
 
 
 def _check_uids(**uids: str) -> None:
     for what, value in uids.items():
         if not isinstance(value, str) or not is_valid_uid(value):
-            raise ValueError(f"{what} {value!r} is not a valid DICOM UID")
+            raise EvidenceError(f"{what} {value!r} is not a valid DICOM UID")
 
 
 def _coding_schemes(template: ReportTemplate,

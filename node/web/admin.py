@@ -6,8 +6,12 @@ a CSRF-checked POST, audited with the admin's id:
 
 * job: ``retry`` (QUEUED again with its attempts reset, enqueued on the node's work
   queue), ``discard`` (the study becomes IGNORED), ``acknowledge`` (leaves the list);
+* delayed job (waiting or running longer than ``[jobs] delayed_after_seconds``, see
+  :mod:`node.web.delayed_jobs`): ``requeue`` (taken from its holder, QUEUED, enqueued now);
 * export: ``retry`` (PENDING now, its maximum age restarting), ``discard`` (no more
-  attempts), ``acknowledge`` (leaves the list).
+  attempts), ``acknowledge`` (leaves the list);
+* quarantined instance: ``accept`` into its study, ``discard``
+  (:mod:`node.web.quarantine_view`).
 """
 
 from __future__ import annotations
@@ -26,21 +30,26 @@ from node.db.types import utcnow
 from node.jobs.bundle_identity import read_bundle_identity
 from node.logs import log_event
 from node.states import ExportState, JobState, StudyState
-from node.web.deps import AdminDep, CsrfAdminDep, audit, get_context, render
+from node.web.delayed_jobs import REQUEUE_STATES, delayed_jobs, requeue_now
+from node.web.deps import AdminDep, CsrfAdminDep, RowId, audit, get_context, render
+from node.web.quarantine_view import DONE_MESSAGES as QUARANTINE_DONE
+from node.web.quarantine_view import quarantine_rows
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
-JOB_ACTIONS = ("retry", "discard", "acknowledge")
+JOB_ACTIONS = ("retry", "discard", "acknowledge", "requeue")
 EXPORT_ACTIONS = ("retry", "discard", "acknowledge")
 DONE_MESSAGES = {
     "job-retry": "The job is queued again.",
     "job-retry-later": "The job is queued again; the reconciler will hand it to a worker.",
     "job-discard": "The job is discarded; the study is now ignored.",
     "job-acknowledge": "The job failure is acknowledged.",
+    "job-requeue": "The job is queued again now.",
     "export-retry": "The export will be attempted now.",
     "export-discard": "The export is discarded; it will not be attempted again.",
     "export-acknowledge": "The export failure is acknowledged.",
+    **QUARANTINE_DONE,
 }
 IGNORED_LIMIT = 50
 
@@ -95,12 +104,17 @@ def triage(request: Request, viewer: AdminDep) -> Response:
         ignored = list(session.scalars(
             select(Study).where(Study.state == StudyState.IGNORED)
             .order_by(Study.last_received_at.desc()).limit(IGNORED_LIMIT)))
+        quarantined = quarantine_rows(session, show_all=show_all)
         retrying_jobs = len(session.scalars(select(Job.id).where(
             Job.state == JobState.RETRYING)).all())
+        delayed = delayed_jobs(session, utcnow(), ctx.settings.jobs.delayed_after_seconds)
         audit(session, viewer, "triage_viewed", "triage",
-              details={"jobs": len(jobs), "exports": len(exports)})
+              details={"jobs": len(jobs), "exports": len(exports),
+                       "quarantined": len(quarantined), "delayed": len(delayed)})
     return render(request, "triage.html", {
         "nav": "triage", "jobs": jobs, "exports": exports, "ignored": ignored,
+        "quarantined": quarantined,
+        "delayed": delayed, "delayed_after": ctx.settings.jobs.delayed_after_seconds,
         "retrying_jobs": retrying_jobs, "show_all": show_all,
         "done": DONE_MESSAGES.get(request.query_params.get("done", "")),
         "ignored_limit": IGNORED_LIMIT,
@@ -112,9 +126,9 @@ def _back(done: str) -> Response:
 
 
 @router.post("/admin/jobs/{job_id}/{action}")
-def job_action(job_id: int, action: str, request: Request,
+def job_action(job_id: RowId, action: str, request: Request,
                viewer: CsrfAdminDep) -> Response:
-    """Retry, discard or acknowledge a failed job."""
+    """Retry, discard or acknowledge a failed job; re-queue a delayed one now."""
     if action not in JOB_ACTIONS:
         raise HTTPException(404, "unknown action")
     ctx = get_context(request)
@@ -123,11 +137,14 @@ def job_action(job_id: int, action: str, request: Request,
         job = session.get(Job, job_id, with_for_update=True)
         if job is None:
             raise HTTPException(404, "no such job")
-        if job.state != JobState.FAILED:
-            raise HTTPException(409, f"the job is {job.state.name}, not FAILED")
+        allowed = REQUEUE_STATES if action == "requeue" else (JobState.FAILED,)
+        if job.state not in allowed:
+            raise HTTPException(409, f"the job is {job.state.name}")
         study = session.get_one(Study, job.study_id)
         details: dict[str, Any] = {"error_class": job.error_class, "attempts": job.attempts}
-        if action == "retry":
+        if action == "requeue":
+            details = requeue_now(job, study, now)
+        elif action == "retry":
             job.state = JobState.QUEUED
             job.attempts = 0
             job.enqueued_at = now
@@ -144,12 +161,12 @@ def job_action(job_id: int, action: str, request: Request,
                 study.state = StudyState.IGNORED
                 study.state_reason = "drafting discarded by an administrator"
         verb = {"retry": "job_retry_requested", "discard": "job_discarded",
-                "acknowledge": "job_acknowledged"}[action]
+                "acknowledge": "job_acknowledged", "requeue": "job_requeue_requested"}[action]
         audit(session, viewer, verb, "job", job.id, study_id=study.id, details=details,
               now=now)
     log_event(logger, logging.INFO, "triage_action", action=f"job_{action}", job_id=job_id,
               user_id=viewer.id)
-    if action == "retry":
+    if action in ("retry", "requeue"):
         if ctx.work_queue is None:
             return _back("job-retry-later")
         try:
@@ -162,7 +179,7 @@ def job_action(job_id: int, action: str, request: Request,
 
 
 @router.post("/admin/exports/{export_id}/{action}")
-def export_action(export_id: int, action: str, request: Request,
+def export_action(export_id: RowId, action: str, request: Request,
                   viewer: CsrfAdminDep) -> Response:
     """Retry, discard or acknowledge a failed or retrying export."""
     if action not in EXPORT_ACTIONS:

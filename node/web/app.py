@@ -9,31 +9,40 @@ says so.
 
 from __future__ import annotations
 
+import logging
+from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from node.config import Settings
+from node.logs import log_event
 from node.storage import InstanceStore
-from node.web import admin, audit, auth, metrics, study, worklist
+from node.web import admin, audit, auth, metrics, quarantine_view, study, worklist
 from node.web.deps import Forbidden, LoginRequired, WebContext, render
 from node.web.dicomweb import build_dicomweb_router
+from node.web.errors import STORAGE_FULL_MESSAGE, database_full
 from node.web.formatting import install_filters
 from node.web.imaging import ImageRenderer
-from node.web.security import CookieSigner, LoginThrottle, resolve_secret_key
+from node.web.security import CookieSigner, resolve_secret_key
 from node.web.service_auth import ServiceTokenRefused, require_instance_reader
+from node.web.throttle import LoginThrottle
 
 if TYPE_CHECKING:
+    from node.db.engine import Database
     from node.exports.service import ExportService
     from node.jobs.queue import WorkQueue
-    from node.runtime import Database
+
+logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent
 CONTENT_SECURITY_POLICY = (
@@ -47,10 +56,14 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
+#: Every response but the static files may carry patient data: no cache keeps a copy.
+NO_STORE = (b"cache-control", b"no-store")
 
 
 class SecurityHeaders:
-    """Add the security headers to every response (pure ASGI, works with streaming)."""
+    """Add the security headers to every response (pure ASGI, works with streaming), and
+    ``Cache-Control: no-store`` to every response outside ``/static`` that sets no
+    ``Cache-Control`` of its own."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -60,15 +73,30 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        cacheable = str(scope.get("path", "")).startswith("/static/")
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+                if not cacheable and NO_STORE[0] not in present:
+                    headers.append(NO_STORE)
                 message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def render_error(request: Request, title: str, message: str, status_code: int) -> Response:
+    """The error page; a bare one when the page itself cannot be made (database down)."""
+    try:
+        return render(request, "error.html", {"title": title, "message": message},
+                      status_code=status_code)
+    except DBAPIError:
+        return HTMLResponse(f"<!doctype html><title>{escape(title)}</title>"
+                            f"<h1>{escape(title)}</h1><p>{escape(message)}</p>",
+                            status_code=status_code)
 
 
 def _wants_html(request: Request) -> bool:
@@ -110,14 +138,15 @@ def create_app(
         work_queue=work_queue,
         signer=CookieSigner(resolve_secret_key(settings.web)),
         throttle=LoginThrottle(database.sessions, settings.web.login_max_failures,
-                               settings.web.login_window_seconds),
+                               settings.web.login_window_seconds,
+                               settings.web.login_max_failures_per_address),
         templates=templates, renderer=ImageRenderer(store),
     )
     app = FastAPI(title="radnode", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = ctx
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
-    for module in (auth, worklist, study, admin, audit, metrics):
+    for module in (auth, worklist, study, admin, quarantine_view, audit, metrics):
         app.include_router(module.router)
     app.include_router(
         build_dicomweb_router(database.sessions, store,
@@ -145,6 +174,34 @@ def create_app(
                                                   "message": exc.message}, status_code=403)
         return JSONResponse({"detail": exc.message}, status_code=403)
 
+    @app.exception_handler(RequestValidationError)
+    def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # The default answer echoes the input (possibly patient data); name the fields only.
+        fields = sorted({str(error["loc"][-1]) for error in exc.errors() if error.get("loc")})
+        message = "Invalid or out-of-range value: " + ", ".join(fields)
+        if _wants_html(request) or request.method == "POST":
+            return render(request, "error.html", {"title": "Bad request",
+                                                  "message": message}, status_code=400)
+        return JSONResponse({"detail": message}, status_code=400)
+
+    @app.exception_handler(DBAPIError)
+    def _database_error(request: Request, exc: DBAPIError) -> Response:
+        # The engine hides statement parameters; log only the error class and route.
+        route = request.scope.get("route")
+        refused = isinstance(exc, DataError)
+        full = database_full(exc)
+        log_event(logger, logging.WARNING if refused else logging.ERROR, "database_error",
+                  error=type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__,
+                  route=getattr(route, "name", "?"), method=request.method, disk_full=full)
+        status = 400 if refused else 503
+        message = ("The request contains a value the database cannot store or search for."
+                   if refused else STORAGE_FULL_MESSAGE if full
+                   else "The database cannot answer right now. Try again shortly.")
+        if _wants_html(request) or request.method == "POST":
+            return render_error(request, "Bad request" if refused else "Unavailable",
+                                message, status)
+        return JSONResponse({"detail": message}, status_code=status)
+
     @app.exception_handler(StarletteHTTPException)
     def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if _wants_html(request) or (request.method == "POST"
@@ -158,4 +215,4 @@ def create_app(
     return app
 
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "render_error"]

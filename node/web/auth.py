@@ -1,8 +1,10 @@
 """Login and logout.
 
 ``GET /login`` sets a signed pre-login cookie and renders a form whose CSRF token is bound
-to it; ``POST /login`` checks that token, the throttle (too many failures for the username
-and client address: 429), then the password. A successful login creates a
+to it; ``POST /login`` checks that token, reserves an attempt with the throttle (too many
+failures for the username and client address, or for the address: 429, see
+:mod:`node.web.throttle`), then checks the password with no database transaction open.
+A successful login creates a
 :class:`~node.db.models.WebSession` row and sets the login cookie (HttpOnly,
 SameSite=Strict, Secure when configured). ``POST /logout`` ends the row.
 """
@@ -12,16 +14,17 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
 
-from node.db.models import AuditEvent, WebSession
+from node.db.models import AuditEvent, User, WebSession
 from node.db.types import utcnow
 from node.logs import log_event
-from node.users import authenticate
+from node.users import check_password, find_login_candidate
 from node.web.deps import (
     CsrfUserDep,
     audit,
@@ -32,6 +35,9 @@ from node.web.deps import (
     session_lifetimes,
 )
 from node.web.security import LOGIN_COOKIE, LOGIN_COOKIE_MAX_AGE, SESSION_COOKIE, token_hash
+
+if TYPE_CHECKING:
+    from node.db.engine import Database
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -62,6 +68,23 @@ def _login_page(request: Request, *, error: str | None = None, username: str = "
     return response
 
 
+def _record_failure(database: Database, username: str, address: str, action: str) -> None:
+    """Audit a failed or throttled login in a short transaction of its own.
+
+    Only attempts the throttle let through are audited one by one (at most its limits per
+    window), plus the first refusal of each key per window; so a flood cannot grow the
+    audit trail without bound. A failed write (full disk) is logged, not raised: the
+    attempt is refused either way.
+    """
+    try:
+        with database.sessions.begin() as session:
+            session.add(AuditEvent(at=utcnow(), actor=username or "-", action=action,
+                                   object_type="user", details={"client": address}))
+    except (DBAPIError, OSError) as exc:
+        log_event(logger, logging.ERROR, "audit_unrecorded", action=action,
+                  error=type(exc).__name__)
+
+
 @router.get("/login")
 def login_form(request: Request,
                next_path: Annotated[str, Query(alias="next")] = "/") -> Response:
@@ -88,37 +111,40 @@ def login(
         return _login_page(request, error="The login form expired. Please try again.",
                            username=username, next_path=next_path, status_code=403)
     address = client_address(request)
-    key = f"{username.lower()}|{address}"
-    wait = ctx.throttle.retry_after(key)
-    if wait > 0:
+    reservation = ctx.throttle.reserve(username, address)
+    if not reservation.allowed:
+        if reservation.first_refusal:
+            _record_failure(ctx.database, username, address, "login_throttled")
         response = _login_page(
             request, username=username, next_path=next_path, status_code=429,
-            error=f"Too many failed logins. Try again in {math.ceil(wait / 60)} minute(s).")
-        response.headers["Retry-After"] = str(math.ceil(wait))
+            error="Too many failed logins. Try again in "
+                  f"{math.ceil(reservation.retry_after / 60)} minute(s).")
+        response.headers["Retry-After"] = str(math.ceil(reservation.retry_after))
         return response
-    now = utcnow()
-    with ctx.database.sessions.begin() as session:
-        user = authenticate(session, username, password) if username and password else None
-        if user is None:
-            session.add(AuditEvent(at=now, actor=username or "-", action="login_failed",
-                                   object_type="user", details={"client": address}))
-        else:
-            idle, lifetime = session_lifetimes(ctx.settings)
-            token = ctx.signer.new_token()
-            web_session = WebSession(token_hash=token_hash(token), user_id=user.id,
-                                     created_at=now, last_seen_at=now,
-                                     expires_at=now + lifetime, client_address=address)
-            session.add(web_session)
-            session.add(AuditEvent(at=now, actor=user.username, user_id=user.id,
-                                   action="login", object_type="user",
-                                   object_id=str(user.id), details={"client": address}))
-            user_id = user.id
-    if user is None:
-        ctx.throttle.failed(key)
+    # No transaction is open while the password is hashed (see node.users).
+    candidate = find_login_candidate(ctx.database.sessions, username) if password else None
+    checked = check_password(candidate, password)
+    if candidate is None or not checked.ok:
+        _record_failure(ctx.database, username, address, "login_failed")
         log_event(logger, logging.WARNING, "login_failed")
         return _login_page(request, error="Unknown username or wrong password.",
                            username=username, next_path=next_path, status_code=401)
-    ctx.throttle.succeeded(key)
+    ctx.throttle.succeeded(reservation)
+    now = utcnow()
+    idle, lifetime = session_lifetimes(ctx.settings)
+    token = ctx.signer.new_token()
+    with ctx.database.sessions.begin() as session:
+        if checked.new_hash is not None:
+            session.execute(update(User).where(User.id == candidate.id,
+                                               User.password_hash == candidate.password_hash)
+                            .values(password_hash=checked.new_hash))
+        session.add(WebSession(token_hash=token_hash(token), user_id=candidate.id,
+                               created_at=now, last_seen_at=now,
+                               expires_at=now + lifetime, client_address=address))
+        session.add(AuditEvent(at=now, actor=candidate.username, user_id=candidate.id,
+                               action="login", object_type="user",
+                               object_id=str(candidate.id), details={"client": address}))
+    user_id = candidate.id
     log_event(logger, logging.INFO, "login", user_id=user_id)
     response = RedirectResponse(next_path, status_code=303)
     response.set_cookie(SESSION_COOKIE, ctx.signer.sign_session(token),

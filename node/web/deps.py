@@ -15,31 +15,45 @@ page for a browser, 401 otherwise); a user without the role raises :class:`Forbi
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Form, Path, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from node.config import Settings
 from node.db.models import AuditEvent, User, WebSession
 from node.db.types import utcnow
+from node.logs import log_event
 from node.states import Role
 from node.storage import InstanceStore
 from node.web.imaging import ImageRenderer
-from node.web.security import SESSION_COOKIE, CookieSigner, LoginThrottle, token_hash
+from node.web.security import SESSION_COOKIE, CookieSigner, token_hash
+from node.web.throttle import LoginThrottle
 
 if TYPE_CHECKING:
+    from node.db.engine import Database
     from node.exports.service import ExportService
     from node.jobs.queue import WorkQueue
-    from node.runtime import Database
+
+logger = logging.getLogger(__name__)
 
 #: ``last_seen_at`` is written at most this often per login.
 TOUCH_INTERVAL = dt.timedelta(seconds=60)
+
+#: The largest row id (a signed 64-bit integer); larger ids in a URL or form answer 400.
+MAX_ROW_ID = 2**63 - 1
+
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+"""A route parameter: a database row id taken from the URL path."""
+FormRowId = Annotated[int, Form(ge=1, le=MAX_ROW_ID)]
+"""A form field: a database row id."""
 
 
 class LoginRequired(Exception):
@@ -120,27 +134,42 @@ def current_viewer(request: Request) -> Viewer | None:
     viewer: Viewer | None = None
     if token is not None:
         now = utcnow()
-        with ctx.database.sessions.begin() as session:
+        with ctx.database.sessions() as session:
             row = session.execute(
                 select(WebSession, User)
                 .join(User, User.id == WebSession.user_id)
                 .where(WebSession.token_hash == token_hash(token),
                        WebSession.ended_at.is_(None))
             ).first()
-            if row is not None:
-                web_session, user = row
-                expired = (web_session.expires_at <= now
-                           or web_session.last_seen_at + idle <= now)
-                if expired or not user.active:
-                    if web_session.ended_at is None:
-                        web_session.ended_at = now
-                else:
-                    if now - web_session.last_seen_at >= TOUCH_INTERVAL:
-                        web_session.last_seen_at = now
-                    viewer = Viewer(user.id, user.username, user.display_name, user.role,
-                                    web_session.id, ctx.signer.csrf_token("session", token))
+        change: dict[str, dt.datetime] = {}
+        if row is not None:
+            web_session, user = row
+            expired = (web_session.expires_at <= now
+                       or web_session.last_seen_at + idle <= now)
+            if expired or not user.active:
+                change = {"ended_at": now}
+            else:
+                if now - web_session.last_seen_at >= TOUCH_INTERVAL:
+                    change = {"last_seen_at": now}
+                viewer = Viewer(user.id, user.username, user.display_name, user.role,
+                                web_session.id, ctx.signer.csrf_token("session", token))
+            if change:
+                _update_session(ctx.database, web_session.id, change)
     request.state.viewer = viewer
     return viewer
+
+
+def _update_session(database: Database, web_session_id: int,
+                    values: Mapping[str, dt.datetime]) -> None:
+    """End or touch a login; a full database volume skips the touch (the login goes on)
+    but an expired login is refused all the same (it is checked on every request)."""
+    try:
+        with database.sessions.begin() as session:
+            session.execute(update(WebSession).where(WebSession.id == web_session_id)
+                            .values(**values))
+    except DBAPIError as exc:
+        log_event(logger, logging.WARNING, "web_session_unrecorded",
+                  error=type(exc.orig or exc).__name__)
 
 
 def require_user(request: Request) -> Viewer:
@@ -215,6 +244,28 @@ def audit(session: Session, viewer: Viewer, action: str, object_type: str,
     ))
 
 
+def audit_view(database: Database, viewer: Viewer, action: str, object_type: str,
+               object_id: object = None, *, study_id: int | None = None,
+               details: Mapping[str, Any] | None = None) -> None:
+    """Audit a read (a page or image shown) in a short transaction of its own.
+
+    A read is served even when its audit event cannot be written (the database's volume
+    is full): the event then goes to the log at ERROR as ``audit_unrecorded`` with the
+    user, action and object ids (no patient data), so the access stays on record and the
+    failure is visible to monitoring. Writes (sign-off, amendments, admin actions) keep
+    their audit event in their own transaction: without it they do not happen.
+    """
+    try:
+        with database.sessions.begin() as session:
+            audit(session, viewer, action, object_type, object_id, study_id=study_id,
+                  details=details)
+    except DBAPIError as exc:
+        log_event(logger, logging.ERROR, "audit_unrecorded", action=action,
+                  user_id=viewer.id, object_type=object_type,
+                  object_id=None if object_id is None else str(object_id),
+                  study_id=study_id, error=type(exc.orig or exc).__name__)
+
+
 def render(request: Request, template: str, context: Mapping[str, Any] | None = None,
            *, status_code: int = 200) -> HTMLResponse:
     """Render a page with the signed-in user, CSRF token and navigation."""
@@ -235,10 +286,14 @@ __all__ = [
     "CsrfUserDep",
     "UserDep",
     "Forbidden",
+    "FormRowId",
     "LoginRequired",
+    "MAX_ROW_ID",
+    "RowId",
     "Viewer",
     "WebContext",
     "audit",
+    "audit_view",
     "client_address",
     "current_viewer",
     "get_context",

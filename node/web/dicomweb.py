@@ -47,7 +47,7 @@ from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.dicom.qr_keys import (
@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 
+#: The largest ``limit`` or ``offset`` accepted (a signed 64-bit integer); larger: 400.
+MAX_QUERY_NUMBER = 2**63 - 1
 #: The most matches one search returns; ask for the rest with ``offset``.
 MAX_RESULTS = 1000
 #: Binary values longer than this (bytes) are left out of metadata.
@@ -123,6 +125,8 @@ def _non_negative(name: str, value: str) -> int:
         raise HTTPException(400, f"{name} must be a whole number") from None
     if number < 0:
         raise HTTPException(400, f"{name} must not be negative")
+    if number > MAX_QUERY_NUMBER:
+        raise HTTPException(400, f"{name} is out of range")
     return number
 
 
@@ -247,6 +251,10 @@ class _DicomWeb:
                 matches = find(session, query)
         except QueryError as exc:
             raise HTTPException(400, str(exc)) from exc
+        except DataError as exc:  # a value the database refuses (a NUL byte)
+            log_event(logger, logging.WARNING, "dicomweb_value_refused",
+                      error=type(exc.orig or exc).__name__)
+            raise HTTPException(400, "a search value the database cannot compare") from exc
         except SQLAlchemyError as exc:
             log_event(logger, logging.ERROR, "dicomweb_database_error",
                       error=type(exc).__name__)

@@ -6,7 +6,8 @@
   with server-drawn SVG charts;
 * ``GET /metrics`` — Prometheus text exposition (``radnode_*``; no patient data, no login);
 * ``GET /healthz`` — the process answers;
-* ``GET /readyz`` — the database answers and storage accepts new data (503 otherwise).
+* ``GET /readyz`` — the database answers and storage accepts new data (503 otherwise);
+  the storage volume's free and total bytes and the watermarks are in ``storage``.
 """
 
 from __future__ import annotations
@@ -151,12 +152,20 @@ def readyz(request: Request) -> Response:
         checks["database"] = "ok"
     except Exception as exc:  # any driver error means not ready
         checks["database"] = f"unavailable: {type(exc).__name__}"
+    storage: dict[str, object] = {}
     try:
-        checks["storage"] = "ok" if ctx.store.capacity().accepting else "full"
+        capacity = ctx.store.capacity()
+        checks["storage"] = "ok" if capacity.accepting else "full"
+        storage = {"free_bytes": capacity.free_bytes, "total_bytes": capacity.total_bytes,
+                   "used_percent": round(capacity.used_percent, 1),
+                   "min_free_bytes": ctx.store.min_free_bytes,
+                   "max_used_percent": ctx.store.max_used_percent}
     except OSError as exc:
         checks["storage"] = f"unavailable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
     if not ready:
         logger.warning("not_ready", extra={"checks": checks})
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+    if storage:
+        body["storage"] = storage
+    return JSONResponse(body, status_code=200 if ready else 503)

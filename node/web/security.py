@@ -1,17 +1,15 @@
-"""Login cookies, CSRF tokens, login throttling and the signing key.
+"""Login cookies, CSRF tokens and the signing key.
 
 * The browser holds a random login token signed with the node's secret key (itsdangerous);
   the database holds only its SHA-256 (:class:`~node.db.models.WebSession`), so a login can
   be ended server-side and a stolen database yields no usable cookie.
 * CSRF tokens are HMACs of the login token (or, before login, of a signed random nonce held
   in a separate cookie): a POST must carry the token that only pages of this origin see.
-* :class:`LoginThrottle` refuses a username and client address after too many failures in
-  a sliding window, counted in the database so that every web process sees them.
+* Login throttling is in :mod:`node.web.throttle`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import os
@@ -19,12 +17,8 @@ import secrets
 from pathlib import Path
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import WebSettings
-from node.db.models import LoginFailure
-from node.db.types import utcnow
 
 SESSION_COOKIE = "radnode_session"
 LOGIN_COOKIE = "radnode_login"
@@ -125,71 +119,10 @@ class CookieSigner:
         return hmac.compare_digest(self.csrf_token(purpose, value), presented)
 
 
-class LoginThrottle:
-    """At most ``max_failures`` failed logins per key within ``window_seconds``.
-
-    Failures are rows of :class:`~node.db.models.LoginFailure`, so every web process
-    (and every node behind a load balancer) counts the same failures. The key (username
-    and client address) is stored only as its SHA-256. A successful login clears the
-    key's failures; failures older than the window are deleted as new ones arrive.
-
-    Parameters
-    ----------
-    sessions
-        The node's database sessions.
-    max_failures
-        Failures allowed in the window; the next attempt is refused.
-    window_seconds
-        Length of the sliding window.
-    """
-
-    def __init__(self, sessions: sessionmaker[Session], max_failures: int,
-                 window_seconds: float) -> None:
-        self.sessions = sessions
-        self.max_failures = max_failures
-        self.window = dt.timedelta(seconds=window_seconds)
-
-    @staticmethod
-    def key_hash(key: str) -> str:
-        """SHA-256 (hex) of a throttle key, as stored in the database."""
-        return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-    def retry_after(self, key: str, now: dt.datetime | None = None) -> float:
-        """Seconds until ``key`` may try again; 0 when it may now."""
-        now = now or utcnow()
-        with self.sessions() as session:
-            recent = session.scalars(
-                select(LoginFailure.failed_at)
-                .where(LoginFailure.key_hash == self.key_hash(key),
-                       LoginFailure.failed_at > now - self.window)
-                .order_by(LoginFailure.failed_at.desc())
-                .limit(self.max_failures)
-            ).all()
-        if len(recent) < self.max_failures:
-            return 0.0
-        oldest_counted = recent[-1]
-        return max((oldest_counted + self.window - now).total_seconds(), 1.0)
-
-    def failed(self, key: str, now: dt.datetime | None = None) -> None:
-        """Record a failed login for ``key`` (and forget failures past the window)."""
-        now = now or utcnow()
-        with self.sessions.begin() as session:
-            session.execute(delete(LoginFailure)
-                            .where(LoginFailure.failed_at <= now - self.window))
-            session.add(LoginFailure(key_hash=self.key_hash(key), failed_at=now))
-
-    def succeeded(self, key: str) -> None:
-        """Forget the failures of ``key``."""
-        with self.sessions.begin() as session:
-            session.execute(delete(LoginFailure)
-                            .where(LoginFailure.key_hash == self.key_hash(key)))
-
-
 __all__ = [
     "LOGIN_COOKIE",
     "SESSION_COOKIE",
     "CookieSigner",
-    "LoginThrottle",
     "resolve_secret_key",
     "token_hash",
 ]

@@ -9,18 +9,24 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from node.db.models import Export, Instance, Report, Study, User
 from node.jobs.bundle_identity import BundleIdentity, read_bundle_identity
+from node.logs import log_event
+from node.reports.evidence import EvidenceChanged, audit_mismatch, verify_evidence
 from node.reports.signoff import (
     AlreadySigned,
+    EvidenceMismatch,
     NotPermitted,
     SignoffError,
     amend_report,
@@ -28,20 +34,26 @@ from node.reports.signoff import (
     sign_report,
 )
 from node.states import ReportState
+from node.storage import StorageFullError
 from node.web.deps import (
     CsrfUserDep,
     Forbidden,
+    FormRowId,
+    RowId,
     UserDep,
     Viewer,
-    audit,
+    audit_view,
     get_context,
     render,
 )
+from node.web.errors import STORAGE_FULL_MESSAGE, database_full
 from node.web.imaging import ImageDecodeError, WindowInfo
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
+#: The largest window centre or width accepted from the query string (beyond any pixel range).
+MAX_WINDOW_VALUE = 1e9
 _SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 DONE_MESSAGES = {
     "signed": "Report signed. The verified report is queued for delivery.",
@@ -65,11 +77,35 @@ def _bundle_for(ctx_bundle: BundleIdentity | None, report: Report | None) -> Bun
     return ctx_bundle
 
 
+def _refuse_changed_evidence(request: Request, viewer: Viewer, study_id: int,
+                             error: EvidenceChanged, during: str) -> HTTPException:
+    """Audit a signed-evidence mismatch and return the 409 to raise."""
+    ctx = get_context(request)
+    with ctx.database.sessions.begin() as session:
+        audit_mismatch(session, study_id, error, actor=viewer.username, user_id=viewer.id,
+                       during=during)
+    log_event(logger, logging.ERROR, "signed_evidence_mismatch", study_id=study_id,
+              report_id=error.report_id, instances=len(error.changed), during=during)
+    return HTTPException(409, str(error))
+
+
+def _check_signed_evidence(request: Request, viewer: Viewer, study_id: int, during: str,
+                           sop_instance_uids: set[str] | None = None) -> None:
+    """Refuse (409, audited) when a stored image differs from what was signed."""
+    ctx = get_context(request)
+    try:
+        with ctx.database.sessions() as session:
+            verify_evidence(session, ctx.store, study_id, sop_instance_uids)
+    except EvidenceChanged as exc:
+        raise _refuse_changed_evidence(request, viewer, study_id, exc, during) from exc
+
+
 def _study_page(request: Request, viewer: Viewer, study_id: int, *,
                 error: str | None = None, form: dict[str, str] | None = None,
                 status_code: int = 200) -> Response:
     ctx = get_context(request)
-    with ctx.database.sessions.begin() as session:
+    _check_signed_evidence(request, viewer, study_id, "study_page")
+    with ctx.database.sessions() as session:
         study = session.get(Study, study_id)
         if study is None:
             raise HTTPException(404, "no such study")
@@ -85,7 +121,7 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         exports = list(session.scalars(
             select(Export).where(Export.report_id == current.id).order_by(Export.id))
         ) if current is not None else []
-        audit(session, viewer, "study_viewed", "study", study.id, study_id=study.id)
+    audit_view(ctx.database, viewer, "study_viewed", "study", study.id, study_id=study.id)
     images: list[ImageView] = []
     for instance in instances:
         if instance.purged_at is not None:
@@ -114,14 +150,14 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
 
 
 @router.get("/studies/{study_id}")
-def study_view(study_id: int, request: Request,
+def study_view(study_id: RowId, request: Request,
                viewer: UserDep) -> Response:
     """The study page."""
     return _study_page(request, viewer, study_id)
 
 
 @router.get("/studies/{study_id}/image/{instance_id}.png")
-def study_image(study_id: int, instance_id: int, request: Request,
+def study_image(study_id: RowId, instance_id: RowId, request: Request,
                 viewer: UserDep) -> Response:
     """An image of the study as PNG; ``wc`` and ``ww`` choose the window."""
     ctx = get_context(request)
@@ -132,6 +168,8 @@ def study_image(study_id: int, instance_id: int, request: Request,
         if instance.purged_at is not None:
             raise HTTPException(410, "the image was removed by the retention policy")
         path = instance.path
+        sop_instance_uid = instance.sop_instance_uid
+    _check_signed_evidence(request, viewer, study_id, "image", {sop_instance_uid})
     try:
         center = _number(request.query_params.get("wc"))
         width = _number(request.query_params.get("ww"))
@@ -152,9 +190,12 @@ def _number(value: str | None) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError as exc:
         raise ValueError("window centre and width must be numbers") from exc
+    if not math.isfinite(number) or abs(number) > MAX_WINDOW_VALUE:
+        raise ValueError("window centre and width are out of range")
+    return number
 
 
 def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
@@ -182,9 +223,24 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
         raise Forbidden(str(exc)) from exc
     except AlreadySigned as exc:
         return _study_page(request, viewer, study_id, error=str(exc), status_code=409)
+    except EvidenceMismatch as exc:
+        raise _refuse_changed_evidence(request, viewer, study_id, exc.changed, action) from exc
     except SignoffError as exc:
         return _study_page(request, viewer, study_id, error=str(exc), form=form,
                            status_code=400)
+    except (OSError, DBAPIError) as exc:
+        # Nothing was committed: the draft stands and the typed text is shown again.
+        if isinstance(exc, DBAPIError) and not database_full(exc):
+            raise
+        log_event(logger, logging.ERROR, "signoff_not_saved", study_id=study_id,
+                  report_id=report_id, action=action, error=type(exc).__name__)
+        full = isinstance(exc, DBAPIError) or exc.errno in (errno.ENOSPC, errno.EDQUOT) \
+            or isinstance(exc, StorageFullError)
+        reason = STORAGE_FULL_MESSAGE if full else (
+            "The report could not be written to storage.")
+        return _study_page(request, viewer, study_id, form=form, status_code=503,
+                           error=f"Not saved: {reason} Your text is kept below; copy it "
+                                 "or try again once the problem is solved.")
     if action != "reject" and ctx.exporter is not None:
         ctx.exporter.notify()
     done = {"sign": "signed", "amend": "amended", "reject": "rejected"}[action]
@@ -192,8 +248,8 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
 
 
 @router.post("/studies/{study_id}/sign")
-def sign(study_id: int, request: Request, viewer: CsrfUserDep,
-         report_id: Annotated[int, Form()], findings: Annotated[str, Form()] = "",
+def sign(study_id: RowId, request: Request, viewer: CsrfUserDep,
+         report_id: FormRowId, findings: Annotated[str, Form()] = "",
          impression: Annotated[str, Form()] = "") -> Response:
     """Sign the draft with the text as edited."""
     return _signoff(request, viewer, study_id, report_id, "sign",
@@ -201,8 +257,8 @@ def sign(study_id: int, request: Request, viewer: CsrfUserDep,
 
 
 @router.post("/studies/{study_id}/amend")
-def amend(study_id: int, request: Request, viewer: CsrfUserDep,
-          report_id: Annotated[int, Form()], findings: Annotated[str, Form()] = "",
+def amend(study_id: RowId, request: Request, viewer: CsrfUserDep,
+          report_id: FormRowId, findings: Annotated[str, Form()] = "",
           impression: Annotated[str, Form()] = "") -> Response:
     """Sign an amendment of the current final report."""
     return _signoff(request, viewer, study_id, report_id, "amend",
@@ -210,8 +266,8 @@ def amend(study_id: int, request: Request, viewer: CsrfUserDep,
 
 
 @router.post("/studies/{study_id}/reject")
-def reject(study_id: int, request: Request, viewer: CsrfUserDep,
-           report_id: Annotated[int, Form()], reason: Annotated[str, Form()] = "") -> Response:
+def reject(study_id: RowId, request: Request, viewer: CsrfUserDep,
+           report_id: FormRowId, reason: Annotated[str, Form()] = "") -> Response:
     """Reject the draft with a reason."""
     return _signoff(request, viewer, study_id, report_id, "reject",
                     {"reason": reason, "mode": "reject"})

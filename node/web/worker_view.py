@@ -36,6 +36,8 @@ class WorkerRow:
     last_beat_at: dt.datetime
     beat_age_seconds: float
     alive: bool
+    broken_reason: str | None = None
+    """Why the worker takes no task (its model failed to load), when it says so."""
 
     @property
     def memory_bar(self) -> Markup | None:
@@ -79,6 +81,7 @@ def worker_panel(session: Session, settings: Settings, now: dt.datetime) -> Work
             memory_total_bytes=beat.gpu_memory_total_bytes, model=model,
             jobs_in_flight=beat.jobs_in_flight, last_beat_at=beat.last_beat_at,
             beat_age_seconds=age, alive=age <= stale_after,
+            broken_reason=beat.broken_reason,
         ))
     rows.sort(key=lambda row: (not row.alive, row.name))
     return WorkerPanel(rows, stale_after)

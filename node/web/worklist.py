@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from node.db.models import Instance, Report, Study
 from node.db.types import utcnow
 from node.states import ReportState, StudyState
-from node.web.deps import UserDep, audit, get_context, render
+from node.web.deps import UserDep, audit_view, get_context, render
 
 router = APIRouter()
 
@@ -102,10 +102,12 @@ def worklist_query(filters: WorklistFilters) -> Select[Study]:
             and_(Report.state == ReportState.DRAFT, Report.rejected_at.is_not(None)))
         query = query.where(Study.id.in_(rejected))
     if filters.text:
-        pattern = f"%{filters.text.lower()}%"
-        query = query.where(or_(func.lower(Study.patient_name).like(pattern),
-                                func.lower(Study.patient_id).like(pattern),
-                                func.lower(Study.accession_number).like(pattern)))
+        # A literal substring: ``%`` and ``_`` typed by the user match only themselves.
+        needle = filters.text.lower()
+        query = query.where(or_(
+            func.lower(Study.patient_name).contains(needle, autoescape=True),
+            func.lower(Study.patient_id).contains(needle, autoescape=True),
+            func.lower(Study.accession_number).contains(needle, autoescape=True)))
     return query.order_by(Study.urgent.desc(), Study.first_received_at.asc(),
                           Study.id.asc()).limit(WORKLIST_LIMIT)
 
@@ -142,11 +144,11 @@ def worklist(request: Request, viewer: UserDep) -> Response:
     """The worklist page."""
     ctx = get_context(request)
     filters = WorklistFilters.from_query(request.query_params)
-    with ctx.database.sessions.begin() as session:
+    with ctx.database.sessions() as session:
         rows = worklist_rows(session, filters)
         counts = state_counts(session)
-        audit(session, viewer, "worklist_viewed", "worklist",
-              details={"state": filters.state, "rows": len(rows)})
+    audit_view(ctx.database, viewer, "worklist_viewed", "worklist",
+               details={"state": filters.state, "rows": len(rows)})
     return render(request, "worklist.html", {
         "rows": rows, "counts": counts, "filters": filters, "states": list(StudyState),
         "now": utcnow(), "limit": WORKLIST_LIMIT, "nav": "worklist",

@@ -11,8 +11,20 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Enum,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    inspect,
+    select,
+)
+from sqlalchemy.exc import IntegrityError, InvalidRequestError, StatementError
+from sqlalchemy.orm import undefer
+from sqlalchemy.orm.exc import DetachedInstanceError
 
 from node.db.migrate import MIGRATIONS_DIR, alembic_config, current_revision, upgrade
 from node.db.models import Base, Export, Instance, Job, Report, Study, User
@@ -242,3 +254,73 @@ def test_states_are_stored_by_name(database: Database) -> None:
         raw = connection.exec_driver_sql("SELECT state FROM studies").scalar_one()
     assert raw == "IGNORED"
 
+
+
+def _migrate(database: Database, revision: str, *, down: bool) -> None:
+    from alembic import command
+
+    with database.engine.begin() as connection:
+        config = alembic_config(database.engine)
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def test_downgrade_below_worker_accounts_leaves_only_roles_the_older_schema_loads(
+        database: Database) -> None:
+    """Worker service accounts become deactivated radiologists; rows and audit stay."""
+    _migrate(database, "0004", down=True)
+    now = dt.datetime.now(dt.UTC)
+    tables = MetaData()
+    tables.reflect(database.engine, only=["users", "audit_events", "service_tokens"])
+    users, audit, tokens = (tables.tables[n] for n in ("users", "audit_events", "service_tokens"))
+    account = {"display_name": "X^Y", "password_hash": "!", "active": True, "created_at": now}
+    with database.engine.begin() as connection:
+        connection.execute(users.insert(), [
+            {"id": 1, "username": "mcurie", "role": "RADIOLOGIST", **account},
+            {"id": 2, "username": "root", "role": "ADMIN", **account},
+            {"id": 3, "username": "gpu-a", "role": "WORKER", **account},
+        ])
+        connection.execute(tokens.insert().values(token_hash="0" * 64, user_id=3,
+                                                  created_at=now))
+        connection.execute(audit.insert().values(at=now, actor="root", user_id=3,
+                                                 action="service_token_issued",
+                                                 object_type="user", object_id="3"))
+
+    _migrate(database, "0003", down=True)
+
+    older_role = Enum("RADIOLOGIST", "ADMIN", native_enum=False, length=24,
+                      validate_strings=True)
+    older_users = Table("users", MetaData(), Column("id", Integer, primary_key=True),
+                        Column("username", String(64)), Column("role", older_role),
+                        Column("active", Boolean))
+    with database.engine.connect() as connection:
+        rows = connection.execute(select(older_users).order_by(older_users.c.id)).all()
+        audit_user = connection.execute(select(audit.c.user_id)).scalar_one()
+    assert [tuple(row) for row in rows] == [(1, "mcurie", "RADIOLOGIST", True),
+                                            (2, "root", "ADMIN", True),
+                                            (3, "gpu-a", "RADIOLOGIST", False)]
+    assert audit_user == 3
+    upgrade(database.engine)
+    assert current_revision(database.engine) == HEAD
+    with database.sessions() as session:
+        assert session.get_one(User, 3).role is Role.RADIOLOGIST
+
+
+def test_a_reports_handed_over_sr_is_loaded_only_when_asked_for(database: Database) -> None:
+    """The SR bytes stay out of ordinary report queries; reading them unasked raises."""
+    study_id = _add_study(database)
+    with database.sessions.begin() as session:
+        report = Report(study_id=study_id, state=ReportState.DRAFT, pending_sr_data=b"SR")
+        session.add(report)
+        session.flush()
+        report_id = report.id
+    with database.sessions() as session:
+        plain = session.scalars(select(Report)).one()
+        assert "pending_sr_data" not in inspect(plain).dict
+        with pytest.raises(InvalidRequestError, match="raiseload"):
+            _ = plain.pending_sr_data  # no lazy load behind the caller's back
+    with pytest.raises(DetachedInstanceError, match="pending_sr_data"):
+        _ = plain.pending_sr_data
+    with database.sessions() as session:
+        asked = session.get_one(Report, report_id, options=[undefer(Report.pending_sr_data)])
+    assert asked.pending_sr_data == b"SR"

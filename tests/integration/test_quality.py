@@ -23,6 +23,7 @@ from sqlalchemy import select
 from node.config import Settings
 from node.db.models import Job, ObservationAgreement, Report, Study
 from node.db.types import utcnow
+from node.observations import Mention, Observation, ReportLabels
 from node.quality.agreement import AgreementCounts
 from node.quality.records import ModelKey, daily_agreement, record_agreement, window_stats
 from node.reports.signoff import sign_report
@@ -43,7 +44,6 @@ from tests.integration.web_seed import (
     store_instances,
     user_by_name,
 )
-from workers.evaluation.observations import Mention, Observation, ReportLabels
 from workers.jobs import JobContext, run_draft_job
 
 P, N, M = Mention.POSITIVE, Mention.NEGATIVE, Mention.NOT_MENTIONED
@@ -104,7 +104,7 @@ class DraftingEnv:
 @pytest.fixture
 def drafting(tmp_path: Path, database_url: str) -> Iterator[DraftingEnv]:
     settings = make_settings(tmp_path, database_url, quality={
-        "urgent_observations": ["Pneumothorax", "Pleural Effusion"]})
+        "urgent_observations": ["Pneumothorax", "Pleural Effusion"], "urgent_uncertain": True})
     database = Database.from_settings(settings, migrate=True)
     store = InstanceStore(settings.storage.root, min_free_mb=1, max_used_percent=100)
     yield DraftingEnv(settings, database, store)

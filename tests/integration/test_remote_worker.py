@@ -22,6 +22,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
+from sqlalchemy.orm import undefer
 
 from node.config import Destination, ExportSettings, InstanceSource, Settings
 from node.db.models import AuditEvent, Export, Instance, Job, Report, ServiceToken, Study
@@ -155,7 +156,8 @@ def test_remote_worker_drafts_from_fetched_instances(tmp_path: Path,
     assert worker_files == []  # nothing written worker-side
     with node.database.sessions() as session:
         job = session.get_one(Job, job_id)
-        report = session.scalars(select(Report).where(Report.job_id == job_id)).one()
+        report = session.scalars(select(Report).where(Report.job_id == job_id)
+                                 .options(undefer(Report.pending_sr_data))).one()
         assert job.state is JobState.SUCCEEDED
         assert report.state is ReportState.DRAFT
         assert report.sr_path is None and report.pending_sr_data is not None
@@ -166,7 +168,8 @@ def test_remote_worker_drafts_from_fetched_instances(tmp_path: Path,
     assert store_handed_over_srs(node.database.sessions, node.store) == 1
     assert store_handed_over_srs(node.database.sessions, node.store) == 0
     with node.database.sessions() as session:
-        report = session.scalars(select(Report).where(Report.job_id == job_id)).one()
+        report = session.scalars(select(Report).where(Report.job_id == job_id)
+                                 .options(undefer(Report.pending_sr_data))).one()
         assert report.sr_path is not None and report.pending_sr_data is None
         sr = dcmread(node.store.absolute(report.sr_path))
     assert str(sr.SOPInstanceUID) == report.sop_instance_uid
@@ -367,7 +370,7 @@ def test_corrupt_handed_over_sr_is_failed_visibly_and_the_rest_go_on(
     assert export_id in claimed and sent_uid in sender.sent
     with node.database.sessions() as session:
         assert session.get_one(Export, export_id).state is ExportState.SENT
-        good = session.get_one(Report, good_report)
+        good = session.get_one(Report, good_report, options=[undefer(Report.pending_sr_data)])
         assert good.sr_path is not None and good.pending_sr_data is None
         assert session.get(Report, bad_report) is None  # out of the queue, exports with it
         assert session.scalars(select(Export).where(Export.report_id == bad_report)).all() == []
@@ -395,7 +398,7 @@ def test_full_storage_keeps_the_sr_queued_without_stopping_exports(
     monkeypatch.setattr(node.store, "write", full)
     assert _export_service(node, AcceptingSender()).deliver_due() == [export_id]
     with node.database.sessions() as session:
-        report = session.get_one(Report, report_id)
+        report = session.get_one(Report, report_id, options=[undefer(Report.pending_sr_data)])
         assert report.sr_path is None and report.pending_sr_data is not None
         assert session.get_one(Export, export_id).state is ExportState.SENT
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
-from node.db.models import AuditEvent, Instance, Study
+from node.db.models import AuditEvent, Instance, QuarantinedInstance, Study
 from node.runtime import NodeServices
 from node.states import StudyState
 from node.web import create_app
@@ -239,28 +239,31 @@ def test_identical_resend_is_not_duplicated(node: NodeServices, tmp_path: Path) 
     assert stored_files(node.store.root) == [node.store.absolute(row.path)]
 
 
-def test_changed_resend_replaces_previous_version(node: NodeServices, tmp_path: Path) -> None:
-    """A re-send with other content replaces the instance: one row, new bytes, old file gone."""
+def test_changed_resend_never_replaces_the_stored_instance(
+        node: NodeServices, tmp_path: Path) -> None:
+    """A re-send with other content is answered Success and kept in quarantine; the stored
+    instance, its row and its file stay as first acknowledged."""
     ds = make_cxr_dataset(rows=32, cols=32, series_description="CHEST PA")
     first = write_dataset(ds, tmp_path / "v1.dcm")
     assert store_successes(storescu(node.listener.port, [first])) == 1
     old = _assert_stored_exactly(node, first)
-    old_file = node.store.absolute(old.path)
 
     ds.SeriesDescription = "CHEST PA CORRECTED"
     second = write_dataset(ds, tmp_path / "v2.dcm")
     assert store_successes(storescu(node.listener.port, [second])) == 1
-    new = _assert_stored_exactly(node, second)
+    kept = _assert_stored_exactly(node, first)
 
-    assert new.id == old.id
-    assert new.sha256 != old.sha256
-    assert new.series_description == "CHEST PA CORRECTED"
-    assert not old_file.exists()
-    assert stored_files(node.store.root) == [node.store.absolute(new.path)]
+    assert (kept.id, kept.sha256, kept.path) == (old.id, old.sha256, old.path)
+    assert kept.series_description == "CHEST PA"
     with node.database.sessions() as session:
-        assert len(session.scalars(select(Instance)).all()) == 1
+        [quarantined] = session.scalars(select(QuarantinedInstance)).all()
         actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
-    assert actions.count("instance_replaced") == 1
+    assert quarantined.path is not None
+    _, stored_dataset = read_part10(node.store.absolute(quarantined.path))
+    assert stored_dataset == read_part10(second)[1]
+    assert sorted(stored_files(node.store.root)) == sorted(
+        [node.store.absolute(kept.path), node.store.absolute(quarantined.path)])
+    assert actions.count("instance_quarantined") == 1
 
 
 def test_concurrent_associations_share_one_study(node: NodeServices) -> None:

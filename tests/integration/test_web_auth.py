@@ -226,6 +226,11 @@ def test_user_add_command(tmp_path: Path, database_url: str,
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert main(["user", "add", "other", "--role", "admin", "--name", "Admin^Ada",
                  "--password-stdin"]) == 2
+    for weak in ("1234567890", "mcuriemcurie", "Curie^Marie2", "password1234"):
+        monkeypatch.setattr("sys.stdin", io.StringIO(weak + "\n"))
+        assert main(["user", "add", "mcurie2", "--role", "admin", "--name", "Curie^Marie",
+                     "--password-stdin"]) == 2, weak
+        assert "too easy to guess" in capsys.readouterr().err
     monkeypatch.setattr("sys.stdin", io.StringIO("a long passphrase\n"))
     assert main(["user", "add", "MCURIE", "--role", "admin", "--name", "Admin^Ada",
                  "--password-stdin"]) == 2

@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from node.db.models import WorkerHeartbeat
 from node.db.types import utcnow
 from node.runtime import Database, NodeServices
 from node.states import Role
-from tests.conftest import DEMO_BUNDLE_DIR, REPO_ROOT, make_settings
+from tests.conftest import DEMO_BUNDLE_DIR, REPO_ROOT, free_port, make_settings
 from tests.integration.dicom_net import wait_for
 from tests.integration.web_seed import (
     HTML,
@@ -107,6 +108,29 @@ def test_embedded_worker_beats_while_the_node_runs(node: NodeServices) -> None:
     assert row.pid == os.getpid()
     assert row.device == device_status(node.settings.worker.device).device
     assert row.jobs_in_flight == 0
+
+
+def test_two_embedded_nodes_on_one_host_keep_one_row_each(tmp_path: Path,
+                                                        database_url: str) -> None:
+    """Nodes on one host and one database: one on a fixed port, two on system-chosen ones."""
+    port = free_port()
+    nodes = [NodeServices.build(make_settings(tmp_path / f"n{index}", database_url,
+                                              dicom={"port": dicom_port}))
+             for index, dicom_port in enumerate((port, 0, 0))]
+    try:
+        for services in nodes:
+            services.start()
+        wait_for(lambda: len(_rows(nodes[0].database)) == 3, timeout=10,
+                 what="three embedded heartbeats")
+        names = [row.worker_name for row in _rows(nodes[0].database)]
+        assert len(set(names)) == 3
+        assert f"embedded@{socket.gethostname()}:{port}" in names
+        nodes[1].stop()
+        nodes.pop(1)
+        assert len(_rows(nodes[0].database)) == 2
+    finally:
+        for services in nodes:
+            services.stop()
 
 
 @pytest.fixture

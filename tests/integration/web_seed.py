@@ -270,6 +270,9 @@ class RecordingQueue:
         self.enqueued.append(job_id)
         return None
 
+    def broker_identity(self) -> str | None:
+        return None
+
     def close(self) -> None:
         return None
 

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from node.config import ConfigError, load_settings
+from node.observations import Mention, Observation, ReportLabels
 from node.quality.agreement import AgreementCounts, same_finding, tally, tally_reports
 from node.quality.labels import (
     coded_observations,
@@ -19,7 +20,6 @@ from node.quality.labels import (
 )
 from node.web.quality_view import agreement_chart
 from workers.evaluation.labeler import label_report
-from workers.evaluation.observations import Mention, Observation, ReportLabels
 
 P, N, U, M = Mention.POSITIVE, Mention.NEGATIVE, Mention.UNCERTAIN, Mention.NOT_MENTIONED
 
@@ -108,12 +108,17 @@ def test_coded_observations_use_sr_presence_in_chexpert_order() -> None:
 
 
 def test_urgent_flags_follow_the_configured_observations() -> None:
-    """Positive gives the name, uncertain 'possible …'; unconfigured findings are routine."""
+    """Positive gives the name; uncertain flags 'possible …' only when configured."""
     labels = ReportLabels({Observation.PNEUMOTHORAX: P, Observation.PLEURAL_EFFUSION: U,
                            Observation.FRACTURE: P, Observation.EDEMA: N})
     assert urgent_flags(labels, ["Pneumothorax"]) == ["pneumothorax"]
     assert urgent_flags(labels, ["Pleural Effusion", "Pneumothorax", "Edema"]) == [
-        "pneumothorax", "possible pleural effusion"]
+        "pneumothorax"]
+    assert urgent_flags(labels, ["Pleural Effusion", "Pneumothorax", "Edema"],
+                        include_uncertain=True) == ["pneumothorax", "possible pleural effusion"]
+    hedged = ReportLabels({Observation.PNEUMOTHORAX: U})
+    assert urgent_flags(hedged, ["Pneumothorax"]) == []
+    assert load_settings().quality.urgent_uncertain is False
     assert urgent_flags(labels, []) == []
     with pytest.raises(ValueError):
         urgent_flags(labels, ["Spleen"])

@@ -22,7 +22,13 @@ EXAMPLE = REPO_ROOT / "deploy" / "radnode.example.toml"
 def test_shared_folder_is_the_default() -> None:
     worker = load_settings().worker
     assert worker.instance_source is InstanceSource.SHARED
-    assert (worker.heartbeat_seconds, worker.stale_after_seconds) == (15.0, 60.0)
+    assert (worker.heartbeat_seconds, worker.lost_after_seconds,
+            worker.stale_after_seconds) == (10.0, 30.0, 60.0)
+
+
+def test_a_worker_is_lost_only_after_two_missed_beats() -> None:
+    with pytest.raises(ConfigError, match="at least twice heartbeat_seconds"):
+        load_settings(worker={"heartbeat_seconds": 10, "lost_after_seconds": 15})
 
 
 def test_http_source_needs_a_node_url_and_a_token() -> None:

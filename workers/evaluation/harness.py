@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from node.observations import SIX_FINDINGS, ReportLabels
 from workers.evaluation.bootstrap import (
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
@@ -36,7 +37,6 @@ from workers.evaluation.metrics import (
     per_observation_f1,
     presence_matrix,
 )
-from workers.evaluation.observations import SIX_FINDINGS, ReportLabels
 from workers.evaluation.text_metrics import bleu_from_counts, bleu_stats, rouge_l
 
 Progress = Callable[[str, float], None]

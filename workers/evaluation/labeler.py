@@ -13,7 +13,9 @@ stages of the CheXpert labeler, without any model:
    Alternatives joined by "or" are uncertain ("atelectasis or pneumonia").
 3. **Aggregation** per observation over the report: positive beats uncertain beats negative;
    heart failure makes Cardiomegaly uncertain unless it is positive; No Finding is positive
-   exactly when no observation other than Support Devices is positive or uncertain.
+   exactly when no observation other than Support Devices is positive or uncertain and no
+   finding outside the 14 (No Finding's own mention phrases: spine, aorta, hyperinflation,
+   granulomas…) is present or possible.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from node.observations import Mention, Observation, ReportLabels
 from workers.evaluation.labeler_rules import LabelerRules, ObservationRules, default_rules
-from workers.evaluation.observations import Mention, Observation, ReportLabels
 
 _SENTENCE_END = re.compile(
     r"(?<!\bvs\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bdr\.)(?<=[.!?])(?=\s|$)|\n+"
@@ -34,7 +36,10 @@ _LIST_CONJUNCTION = re.compile(r"^\s*(?:,\s*)?(?:(?:and|or|and/or|as well as)\s+
                                r"new|acute|basilar|apical|lobe|lower|upper|middle|pleural|"
                                r"pulmonary|\w+al)\s+){0,3}$")
 _ALTERNATIVE = re.compile(r"^\s*(?:,\s*)?(?:or|and/or)\s+(?:[\w-]+\s+){0,2}$")
+_WORD = re.compile(r"\S+")
 _NEGATION_WORD = re.compile(r"\b(?:not|no)\b|n't\b")
+_NOT_ALTERNATIVES = (Observation.NO_FINDING, Observation.LUNG_OPACITY)
+_JOINED_BY_AND = re.compile(r"^\s*(?:,\s*)?and\s+(?!/)(?:[\w-]+\s+){0,3}$")
 
 
 class CueKind(StrEnum):
@@ -82,13 +87,17 @@ class LabelledMention:
     sentence
         The (lower-case, whitespace-normalised) clause the mention is in.
     text
-        The words of the mention.
+        The words of the mention (lower case).
+    start, end
+        Where the mention lies in the report text (``text[start:end]``), when known.
     """
 
     observation: Observation
     mention: Mention
     sentence: str
     text: str
+    start: int | None = None
+    end: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,42 @@ class _Found:
     span: Span
     normal: bool
     flags_uncertain: tuple[Observation, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    """A lower-case, single-spaced sentence and where each of its characters came from."""
+
+    text: str
+    offsets: tuple[int, ...]
+
+    def original(self, start: int, end: int) -> tuple[int, int]:
+        """The range ``[start, end)`` of this sentence as a range of the report text."""
+        return self.offsets[start], self.offsets[end - 1] + 1
+
+
+def _sentences(text: str) -> list[_Sentence]:
+    pieces: list[tuple[int, int]] = []
+    position = 0
+    for separator in _SENTENCE_END.finditer(text):
+        pieces.append((position, separator.start()))
+        position = separator.end()
+    pieces.append((position, len(text)))
+    sentences = []
+    for start, end in pieces:
+        chars: list[str] = []
+        offsets: list[int] = []
+        for word in _WORD.finditer(text, start, end):
+            if chars:
+                chars.append(" ")
+                offsets.append(offsets[-1] + 1)
+            lower = word.group(0).lower()
+            last = word.end() - 1
+            chars.append(lower)
+            offsets.extend(min(word.start() + i, last) for i in range(len(lower)))
+        if chars:
+            sentences.append(_Sentence("".join(chars), tuple(offsets)))
+    return sentences
 
 
 def split_sentences(text: str) -> list[str]:
@@ -112,25 +157,33 @@ def split_sentences(text: str) -> list[str]:
     list of str
         Non-empty sentences in order.
     """
-    sentences = []
-    for piece in _SENTENCE_END.split(text):
-        sentence = " ".join(piece.lower().split())
-        if sentence:
-            sentences.append(sentence)
-    return sentences
+    return [sentence.text for sentence in _sentences(text)]
+
+
+def _clause_spans(sentence: str, rules: LabelerRules) -> list[Span]:
+    pieces = []
+    start = 0
+    for boundary in rules.cues.clause_boundaries.finditer(sentence):
+        pieces.append(Span(start, boundary.start()))
+        start = boundary.start() if boundary.group(0)[0].isalpha() else boundary.end()
+        if boundary.group(0).startswith(","):
+            start = boundary.start() + 1
+    pieces.append(Span(start, len(sentence)))
+    spans = []
+    for piece in pieces:
+        begin, end = piece.start, piece.end
+        while begin < end and sentence[begin] in " ,":
+            begin += 1
+        while end > begin and sentence[end - 1] in " ,":
+            end -= 1
+        if end > begin:
+            spans.append(Span(begin, end))
+    return spans
 
 
 def split_clauses(sentence: str, rules: LabelerRules) -> list[str]:
     """Split a sentence at clause boundaries (";", "but", ", there", "and the", …)."""
-    clauses = []
-    start = 0
-    for boundary in rules.cues.clause_boundaries.finditer(sentence):
-        clauses.append(sentence[start:boundary.start()])
-        start = boundary.start() if boundary.group(0)[0].isalpha() else boundary.end()
-        if boundary.group(0).startswith(","):
-            start = boundary.start() + 1
-    clauses.append(sentence[start:])
-    return [c.strip(" ,") for c in clauses if c.strip(" ,")]
+    return [sentence[s.start:s.end] for s in _clause_spans(sentence, rules)]
 
 
 def _spans(pattern: re.Pattern[str], text: str) -> list[Span]:
@@ -141,10 +194,15 @@ def _find_cues(clause: str, rules: LabelerRules) -> tuple[list[Cue], list[Cue]]:
     """Pre-cues and post-cues of a clause; negations inside uncertainty cues are dropped."""
     cues = rules.cues
     negated = _spans(cues.negated_uncertainty, clause)
-    uncertain_pre = [s for s in _spans(cues.pre_uncertainty, clause)
-                     if not any(n.contains(s) for n in negated)]
-    uncertain_post = [s for s in _spans(cues.post_uncertainty, clause)
-                      if not any(n.contains(s) for n in negated)]
+    not_uncertain = _spans(cues.pseudo_uncertainty, clause)
+
+    def uncertainties(pattern: re.Pattern[str]) -> list[Span]:
+        return [s for s in _spans(pattern, clause)
+                if not any(n.contains(s) for n in negated)
+                and not any(p.overlaps(s) for p in not_uncertain)]
+
+    uncertain_pre = uncertainties(cues.pre_uncertainty)
+    uncertain_post = uncertainties(cues.post_uncertainty)
     shields = uncertain_pre + uncertain_post + _spans(cues.pseudo_negation, clause)
 
     def negations(pattern: re.Pattern[str]) -> list[Span]:
@@ -172,6 +230,8 @@ def _find_mentions(clause: str, rules: LabelerRules) -> list[_Found]:
 
 
 def _mentions_of(rules: ObservationRules, clause: str) -> list[_Found]:
+    if not rules.screen.search(clause):
+        return []
     excluded = [s for p in rules.exclusions for s in _spans(p, clause)]
     candidates = [(s, False) for p in rules.mentions for s in _spans(p, clause)]
     candidates += [(s, True) for p in rules.negative_mentions for s in _spans(p, clause)]
@@ -186,14 +246,22 @@ def _mentions_of(rules: ObservationRules, clause: str) -> list[_Found]:
 
 
 def _post_scope(clause: str, found: _Found, mentions: list[_Found]) -> Span:
-    """Where post-cues of a mention may lie: up to a comma or a mention not in its list."""
+    """Where post-cues of a mention may lie: past the rest of its list ("X, Y and Z have
+    cleared"), then up to a comma or a mention not in its list."""
+    list_end = found.span.end
+    for other in sorted(mentions, key=lambda m: m.span.start):
+        if other.span.start < list_end:
+            continue
+        if not _LIST_CONJUNCTION.match(clause[list_end:other.span.start]):
+            break
+        list_end = max(list_end, other.span.end)
     end = len(clause)
-    comma = clause.find(",", found.span.end)
+    comma = clause.find(",", list_end)
     if comma != -1:
         end = comma
     for other in mentions:
-        if other.span.start >= found.span.end and other.span.start < end:
-            between = clause[found.span.end:other.span.start]
+        if other.span.start >= list_end and other.span.start < end:
+            between = clause[list_end:other.span.start]
             if not _LIST_CONJUNCTION.match(between):
                 end = other.span.start
                 break
@@ -222,7 +290,10 @@ def _classify(clause: str, found: _Found, mentions: list[_Found], pre: list[Cue]
                    if nearest.span.end <= m.span.start and m.span.end <= found.span.start
                    and m.observation is not found.observation]
         affirmed = following is not None and following.kind is CueKind.AFFIRMATION
-        if not (between and affirmed):
+        # "No effusion and cardiomegaly is present" asserts the second mention; in
+        # "no effusion or pneumothorax is seen" the verb belongs to the negated list.
+        joined = between and _JOINED_BY_AND.match(clause[between[-1].span.end:found.span.start])
+        if not (joined and affirmed):
             return Mention.NEGATIVE
     if following is not None and following.kind is CueKind.NEGATION:
         return Mention.NEGATIVE
@@ -234,9 +305,16 @@ def _classify(clause: str, found: _Found, mentions: list[_Found], pre: list[Cue]
 
 
 def _is_alternative(clause: str, found: _Found, mentions: list[_Found]) -> bool:
-    """Whether the mention is one side of "X or Y" with another observation."""
+    """Whether the mention is one side of "X or Y" with another observation.
+
+    A descriptive lung opacity ("scarring", "infiltrate") is present whichever reading is
+    right, so it neither is made uncertain by an alternative nor makes one uncertain.
+    """
+    if found.observation is Observation.LUNG_OPACITY:
+        return False
     for other in mentions:
-        if other.observation is found.observation or other.flags_uncertain:
+        if other.observation in _NOT_ALTERNATIVES or other.observation is found.observation \
+                or other.flags_uncertain:
             continue
         if other.span.start >= found.span.end:
             gap = clause[found.span.end:other.span.start]
@@ -274,20 +352,25 @@ def label_mentions(text: str, rules: LabelerRules | None = None) -> list[Labelle
         raise TypeError(f"report text must be a string, not {type(text).__name__}")
     rules = rules or default_rules()
     labelled: list[LabelledMention] = []
-    for sentence in split_sentences(text):
-        for clause in split_clauses(sentence, rules):
+    for sentence in _sentences(text):
+        for clause_span in _clause_spans(sentence.text, rules):
+            clause = sentence.text[clause_span.start:clause_span.end]
             pre, post = _find_cues(clause, rules)
             mentions = _find_mentions(clause, rules)
             plain = [m for m in mentions if not m.flags_uncertain]
             for found in mentions:
                 label = _classify(clause, found, plain, pre, post)
-                if found.flags_uncertain:
+                if found.flags_uncertain or found.observation is Observation.NO_FINDING:
+                    # A present finding outside the 13 says "not No Finding"; an absent one
+                    # says nothing.
                     if label is Mention.NEGATIVE:
                         continue
-                    label = Mention.UNCERTAIN
+                    label = Mention.UNCERTAIN if found.flags_uncertain else Mention.NEGATIVE
+                start, end = sentence.original(clause_span.start + found.span.start,
+                                               clause_span.start + found.span.end)
                 labelled.append(LabelledMention(
                     found.observation, label, clause,
-                    clause[found.span.start:found.span.end],
+                    clause[found.span.start:found.span.end], start, end,
                 ))
     return labelled
 
@@ -299,7 +382,8 @@ def aggregate(mentions: list[LabelledMention]) -> ReportLabels:
     """Combine mention labels into one label per observation (CheXpert's rules).
 
     Positive beats uncertain beats negative; No Finding is positive exactly when no
-    observation other than Support Devices is positive or uncertain.
+    observation other than Support Devices is positive or uncertain and no No Finding
+    mention (a finding outside the 14, labelled negative) is given.
     """
     labels: dict[Observation, Mention] = {}
     for item in mentions:
@@ -308,20 +392,25 @@ def aggregate(mentions: list[LabelledMention]) -> ReportLabels:
             labels[item.observation] = item.mention
     findings = (o for o in Observation
                 if o not in (Observation.NO_FINDING, Observation.SUPPORT_DEVICES))
-    if not any(labels.get(o) in (Mention.POSITIVE, Mention.UNCERTAIN) for o in findings):
+    other_finding = Observation.NO_FINDING in labels
+    if not other_finding and not any(
+            labels.get(o) in (Mention.POSITIVE, Mention.UNCERTAIN) for o in findings):
         labels[Observation.NO_FINDING] = Mention.POSITIVE
     else:
         labels.pop(Observation.NO_FINDING, None)
     return ReportLabels(labels)
 
 
-def label_report(text: str) -> ReportLabels:
+def label_report(text: str, rules: LabelerRules | None = None) -> ReportLabels:
     """Label a report with the 14 CheXpert observations.
 
     Parameters
     ----------
     text
         The report text (findings and/or impression, any casing, several sentences).
+    rules
+        Phrase tables; the shipped ones by default (see :func:`~workers.evaluation.
+        labeler_rules.site_rules` for a site's additions).
 
     Returns
     -------
@@ -339,7 +428,7 @@ def label_report(text: str) -> ReportLabels:
     >>> labels[Observation.CARDIOMEGALY], labels[Observation.PLEURAL_EFFUSION]
     (<Mention.POSITIVE: 'positive'>, <Mention.NEGATIVE: 'negative'>)
     """
-    return aggregate(label_mentions(text))
+    return aggregate(label_mentions(text, rules))
 
 
 __all__ = ["CueKind", "LabelledMention", "aggregate", "label_mentions", "label_report",

@@ -2,7 +2,9 @@
 
 The tables are data: mention phrases, exclusions and size anchors per observation
 (``observations.toml``) and negation / uncertainty cues with their scope (``cues.toml``).
-This module turns them into compiled regular expressions once per process.
+This module turns them into compiled regular expressions once per process. A site may add
+or replace phrases in its own folder of rule files (``[quality] labeler_rules_dir``)
+without editing the shipped tables.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from workers.evaluation.observations import Observation
+from node.observations import Observation
 
 RULES_DIR = Path(__file__).resolve().parent / "rules"
 """Folder holding ``observations.toml`` and ``cues.toml``."""
@@ -53,6 +55,18 @@ class ObservationRules:
     exclusions: tuple[re.Pattern[str], ...]
     uncertain_elsewhere: tuple[re.Pattern[str], ...]
 
+    @property
+    def screen(self) -> re.Pattern[str]:
+        """One pattern matching wherever any mention phrase might (a fast first test)."""
+        return _screen(self.mentions + self.negative_mentions)
+
+
+@lru_cache(maxsize=256)
+def _screen(patterns: tuple[re.Pattern[str], ...]) -> re.Pattern[str]:
+    if not patterns:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(f"(?:{p.pattern})" for p in patterns))
+
 
 @dataclass(frozen=True)
 class CueRules:
@@ -60,6 +74,7 @@ class CueRules:
 
     clause_boundaries: re.Pattern[str]
     pseudo_negation: re.Pattern[str]
+    pseudo_uncertainty: re.Pattern[str]
     negated_uncertainty: re.Pattern[str]
     pre_negation: re.Pattern[str]
     post_negation: re.Pattern[str]
@@ -136,13 +151,81 @@ def _observation_rules(name: str, table: dict[str, Any],
     )
 
 
-def load_rules(rules_dir: Path = RULES_DIR) -> LabelerRules:
-    """Read and compile the phrase tables in ``rules_dir``.
+_OBSERVATION_LISTS = ("mentions", "exclusions", "normal_mentions", "anchors",
+                      "also_uncertain_when")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RulesError(f"{path}: {exc}") from exc
+
+
+def _phrase_list(value: object, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RulesError(f"{where}: expected a list of regular expressions")
+    return list(value)
+
+
+def _replaced(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> set[str]:
+    replace = _phrase_list(table.get("replace", []), f"{where} replace")
+    unknown = set(replace) - set(allowed)
+    if unknown:
+        raise RulesError(f"{where}: cannot replace {sorted(unknown)}; lists: {list(allowed)}")
+    return set(replace)
+
+
+def _merge_site_file(path: Path, observations: dict[str, dict[str, Any]],
+                     cues: dict[str, Any]) -> None:
+    """Add (or, for the lists named in ``replace``, substitute) a site file's phrases."""
+    site = _read_toml(path)
+    unknown_sections = set(site) - {"observations", "cues"}
+    if unknown_sections:
+        raise RulesError(f"{path}: unknown sections {sorted(unknown_sections)}; "
+                         "expected [observations.\"<name>\"] and [cues]")
+    for name, table in site.get("observations", {}).items():
+        where = f"{path} [observations.{name!r}]"
+        if name not in observations:
+            raise RulesError(f"{where}: unknown observation; valid: "
+                             + ", ".join(o.value for o in Observation))
+        unknown = set(table) - set(_OBSERVATION_LISTS) - {"replace"}
+        if unknown:
+            raise RulesError(f"{where}: unknown keys {sorted(unknown)}; "
+                             f"lists: {list(_OBSERVATION_LISTS)}")
+        replace = _replaced(table, _OBSERVATION_LISTS, where)
+        shipped = observations[name]
+        for key in _OBSERVATION_LISTS:
+            if key in table or key in replace:
+                phrases = _phrase_list(table.get(key, []), f"{where} {key}")
+                _compile(phrases, f"{where} {key}")
+                shipped[key] = phrases if key in replace else [*shipped.get(key, []), *phrases]
+    cue_table = site.get("cues", {})
+    cue_keys = tuple(CueRules.__dataclass_fields__)
+    unknown = set(cue_table) - set(cue_keys) - {"replace"}
+    if unknown:
+        raise RulesError(f"{path} [cues]: unknown keys {sorted(unknown)}; lists: {list(cue_keys)}")
+    replace = _replaced(cue_table, cue_keys, f"{path} [cues]")
+    for key in cue_keys:
+        if key in cue_table or key in replace:
+            phrases = _phrase_list(cue_table.get(key, []), f"{path} [cues] {key}")
+            _compile(phrases, f"{path} [cues] {key}")
+            cues[key] = phrases if key in replace else [*cues[key], *phrases]
+
+
+def load_rules(rules_dir: Path = RULES_DIR, site_dir: Path | None = None) -> LabelerRules:
+    """Read and compile the phrase tables in ``rules_dir``, with a site's additions.
 
     Parameters
     ----------
     rules_dir
         Folder with ``observations.toml`` and ``cues.toml``.
+    site_dir
+        Optional folder of site rule files (``*.toml``, read in name order). Each may hold
+        ``[observations."<name>"]`` tables (``mentions``, ``exclusions``,
+        ``normal_mentions``, ``anchors``, ``also_uncertain_when``) and a ``[cues]`` table
+        (any list of ``cues.toml``). Phrases are added to the shipped lists; the lists a
+        table names in ``replace = [...]`` are replaced instead.
 
     Returns
     -------
@@ -152,19 +235,23 @@ def load_rules(rules_dir: Path = RULES_DIR) -> LabelerRules:
     Raises
     ------
     RulesError
-        If an observation name is unknown or a pattern does not compile.
+        If a file cannot be read, an observation, section or list name is unknown, a
+        list is not a list of strings, or a pattern does not compile.
     """
-    observations_table = tomllib.loads((rules_dir / "observations.toml").read_text("utf-8"))
-    cues_table = tomllib.loads((rules_dir / "cues.toml").read_text("utf-8"))
+    observations_table = _read_toml(rules_dir / "observations.toml")
+    cues_table = _read_toml(rules_dir / "cues.toml")
+    observation_tables: dict[str, dict[str, Any]] = {
+        name: dict(table) for name, table in observations_table["observations"].items()}
+    if site_dir is not None:
+        if not site_dir.is_dir():
+            raise RulesError(f"site rules folder {site_dir} does not exist")
+        for path in sorted(site_dir.glob("*.toml")):
+            _merge_site_file(path, observation_tables, cues_table)
     attributes = observations_table["attributes"]
-    per_observation = {
-        name: _observation_rules(name, table, attributes)
-        for name, table in observations_table["observations"].items()
-    }
-    # "also_uncertain_when" on observation A lists phrases that make A uncertain.
     rules: list[ObservationRules] = []
-    for name, compiled in per_observation.items():
-        table = observations_table["observations"][name]
+    for name, table in observation_tables.items():
+        compiled = _observation_rules(name, table, attributes)
+        # "also_uncertain_when" on observation A lists phrases that make A uncertain.
         extra = _compile(list(table.get("also_uncertain_when", [])), f"observations.toml [{name}]")
         rules.append(ObservationRules(
             observation=compiled.observation,
@@ -186,5 +273,17 @@ def default_rules() -> LabelerRules:
     return load_rules()
 
 
+@lru_cache(maxsize=8)
+def site_rules(site_dir: Path) -> LabelerRules:
+    """The shipped phrase tables with a site folder's additions, compiled once per folder.
+
+    Raises
+    ------
+    RulesError
+        As :func:`load_rules`.
+    """
+    return load_rules(RULES_DIR, site_dir)
+
+
 __all__ = ["CueRules", "LabelerRules", "ObservationRules", "RULES_DIR", "RulesError",
-           "default_rules", "load_rules"]
+           "default_rules", "load_rules", "site_rules"]

@@ -15,7 +15,7 @@ from enum import StrEnum
 import numpy as np
 from numpy.typing import NDArray
 
-from workers.evaluation.observations import (
+from node.observations import (
     FIVE_CONDITIONS,
     SIX_FINDINGS,
     Mention,

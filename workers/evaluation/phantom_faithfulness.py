@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from node.observations import Mention, Observation
 from workers.evaluation.labeler import label_report
-from workers.evaluation.observations import Mention, Observation
 
 _IMPLIED: dict[Observation, frozenset[Observation]] = {
     Observation.CONSOLIDATION: frozenset({Observation.LUNG_OPACITY, Observation.PNEUMONIA}),

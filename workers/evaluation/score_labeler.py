@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.observations import Mention, Observation, ReportLabels
 from workers.evaluation.labeler import label_report
-from workers.evaluation.observations import Mention, Observation, ReportLabels
 
 LABELLED_SET = Path(__file__).resolve().parent / "data" / "labelled_reports.jsonl"
 """The shipped labelled set: one JSON object per line with ``id``, ``text`` and ``labels``."""
@@ -88,7 +88,13 @@ class LabelerScore:
 
 
 def expected_no_finding(labels: dict[Observation, Mention]) -> dict[Observation, Mention]:
-    """Add CheXpert's No Finding to hand-written labels (positive iff no finding is present)."""
+    """Add CheXpert's No Finding to hand-written labels (positive iff no finding is present).
+
+    An item whose only finding lies outside the 14 observations ("tortuous aorta") states
+    ``"No Finding": "not_mentioned"`` itself; an explicit No Finding label is kept.
+    """
+    if Observation.NO_FINDING in labels:
+        return labels
     present = (Mention.POSITIVE, Mention.UNCERTAIN)
     findings = [m for o, m in labels.items()
                 if o not in (Observation.NO_FINDING, Observation.SUPPORT_DEVICES)]

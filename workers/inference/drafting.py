@@ -41,6 +41,22 @@ INDICATION_ATTRIBUTES: tuple[str, ...] = (
 )
 
 
+class MixedStudyError(ValueError):
+    """The files belong to more than one patient or study: no one report can cover them.
+    Deterministic, so never retried."""
+
+
+def _check_one_patient(headers: Sequence[Dataset]) -> None:
+    """Raise :class:`MixedStudyError` unless every header names one patient and study."""
+    patients = {(str(h.get("PatientID", "") or ""), str(h.get("IssuerOfPatientID", "") or ""))
+                for h in headers}
+    studies = {str(h.get("StudyInstanceUID", "") or "") for h in headers}
+    if len(patients) > 1 or len(studies) > 1:
+        raise MixedStudyError(
+            f"the study's images belong to {len(patients)} patients and {len(studies)} "
+            "studies; one report cannot cover them")
+
+
 class NoFrontalImageError(ValueError):
     """The study has no image a frontal-view drafting model can use (permanent)."""
 
@@ -281,6 +297,8 @@ def draft_study(
 
     Raises
     ------
+    MixedStudyError
+        When the files belong to more than one patient or study.
     NoFrontalImageError
         When no file is a usable frontal (or view-less) image.
     ImageDecodeError
@@ -288,6 +306,7 @@ def draft_study(
     """
     started = time.perf_counter()
     usable, headers = _read_headers([Path(p) for p in paths])
+    _check_one_patient(headers)
     choice: FrontalChoice = select_frontal(headers)
     if choice.index is None:
         raise NoFrontalImageError(f"no usable image for drafting: {choice.reason}")
@@ -364,6 +383,7 @@ __all__ = [
     "INDICATION_ATTRIBUTES",
     "ImageUsed",
     "ModelUsed",
+    "MixedStudyError",
     "NoFrontalImageError",
     "draft_study",
     "indication_from_headers",

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from node.cli.main import main
+from node.observations import Mention, Observation
 from tests.conftest import DEMO_BUNDLE_DIR
 from workers.evaluation.labeler import label_report
-from workers.evaluation.observations import Mention, Observation
 from workers.inference.synth.studies import write_demo_studies
 
 Obs, M = Observation, Mention

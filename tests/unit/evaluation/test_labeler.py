@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from node.observations import Mention, Observation
 from workers.evaluation.labeler import (
     LabelledMention,
     aggregate,
@@ -11,7 +12,6 @@ from workers.evaluation.labeler import (
     label_report,
     split_sentences,
 )
-from workers.evaluation.observations import Mention, Observation
 from workers.evaluation.score_labeler import (
     LABELLED_SET,
     load_labelled_set,

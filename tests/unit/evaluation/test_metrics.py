@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from node.observations import Mention, Observation, ReportLabels
 from workers.evaluation.bootstrap import bootstrap, bootstrap_many, resample_indices
 from workers.evaluation.metrics import UncertainPolicy, clinical_f1
-from workers.evaluation.observations import Mention, Observation, ReportLabels
 
 Obs, M = Observation, Mention
 P, N, U, NM = M.POSITIVE, M.NEGATIVE, M.UNCERTAIN, M.NOT_MENTIONED

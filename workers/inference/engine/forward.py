@@ -137,6 +137,34 @@ class RotaryTables:
         self.sin = (angles.sin() * weights.rope_scale).to(weights.dtype)
 
 
+def _rotated_qkv(shape: DecoderShape, kernels: LayerKernels, qkv_weight: torch.Tensor,
+                 h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's queries, keys and values of (tokens, hidden) ``h``, rotary applied to q, k.
+
+    Returns (tokens, heads, head_dim) queries and (tokens, kv_heads, head_dim) keys and values.
+    """
+    tokens = int(h.shape[0])
+    qkv = F.linear(h, qkv_weight)
+    q, k, v = torch.split(qkv, [shape.q_width, shape.kv_width, shape.kv_width], dim=-1)
+    q = q.view(tokens, shape.num_heads, shape.head_dim)
+    k = k.view(tokens, shape.num_kv_heads, shape.head_dim)
+    v = v.view(tokens, shape.num_kv_heads, shape.head_dim)
+    q, k = kernels.rotate(q, k, cos, sin)
+    return q, k, v
+
+
+def _mlp(weights: DecoderWeights, kernels: LayerKernels, index: int, x: torch.Tensor,
+         h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``index``'s MLP added to the residual ``x``, then the next layer's (or final) norm."""
+    shape = weights.shape
+    layer = weights.layers[index]
+    mlp = F.linear(kernels.silu_mul(F.linear(h, layer.gate_up)), layer.down)
+    following = weights.layers[index + 1].input_norm if index + 1 < shape.num_layers \
+        else weights.final_norm
+    return kernels.add_rms_norm(x, mlp, following, shape.rms_eps)
+
+
 def prefill(
     weights: DecoderWeights,
     kernels: LayerKernels,
@@ -169,12 +197,7 @@ def prefill(
     x = embeds.to(dtype=weights.dtype)
     h = kernels.rms_norm(x, weights.layers[0].input_norm, eps)
     for index, layer in enumerate(weights.layers):
-        qkv = F.linear(h, layer.qkv)
-        q, k, v = torch.split(qkv, [shape.q_width, shape.kv_width, shape.kv_width], dim=-1)
-        q = q.view(length, shape.num_heads, shape.head_dim)
-        k = k.view(length, shape.num_kv_heads, shape.head_dim)
-        v = v.view(length, shape.num_kv_heads, shape.head_dim)
-        q, k = kernels.rotate(q, k, cos, sin)
+        q, k, v = _rotated_qkv(shape, kernels, layer.qkv, h, cos, sin)
         keys, values = k.transpose(0, 1), v.transpose(0, 1)
         cache.keys[index, slot, :, :length] = keys
         cache.values[index, slot, :, :length] = values
@@ -183,10 +206,7 @@ def prefill(
         )[0]
         attended = attended.transpose(0, 1).reshape(length, shape.q_width)
         x, h = kernels.add_rms_norm(x, F.linear(attended, layer.out), layer.post_norm, eps)
-        mlp = F.linear(kernels.silu_mul(F.linear(h, layer.gate_up)), layer.down)
-        following = weights.layers[index + 1].input_norm if index + 1 < shape.num_layers \
-            else weights.final_norm
-        x, h = kernels.add_rms_norm(x, mlp, following, eps)
+        x, h = _mlp(weights, kernels, index, x, h)
     return F.linear(h[-1:], weights.lm_head)[0].to(torch.float32)
 
 
@@ -235,12 +255,7 @@ def decode(
     x = F.embedding(inputs.tokens, weights.embed)
     h = kernels.rms_norm(x, weights.layers[0].input_norm, eps)
     for index, layer in enumerate(weights.layers):
-        qkv = F.linear(h, layer.qkv)
-        q, k, v = torch.split(qkv, [shape.q_width, shape.kv_width, shape.kv_width], dim=-1)
-        q = q.view(n, shape.num_heads, shape.head_dim)
-        k = k.view(n, shape.num_kv_heads, shape.head_dim)
-        v = v.view(n, shape.num_kv_heads, shape.head_dim)
-        q, k = kernels.rotate(q, k, cos, sin)
+        q, k, v = _rotated_qkv(shape, kernels, layer.qkv, h, cos, sin)
         layer_keys, layer_values = cache.keys[index], cache.values[index]
         layer_keys[inputs.slot_index, :, positions] = k
         layer_values[inputs.slot_index, :, positions] = v
@@ -249,10 +264,7 @@ def decode(
         x, h = kernels.add_rms_norm(
             x, F.linear(attended.reshape(n, shape.q_width), layer.out), layer.post_norm, eps
         )
-        mlp = F.linear(kernels.silu_mul(F.linear(h, layer.gate_up)), layer.down)
-        following = weights.layers[index + 1].input_norm if index + 1 < shape.num_layers \
-            else weights.final_norm
-        x, h = kernels.add_rms_norm(x, mlp, following, eps)
+        x, h = _mlp(weights, kernels, index, x, h)
     return F.linear(h, weights.lm_head).to(torch.float32)
 
 
