@@ -64,6 +64,42 @@ class TlsSettings(_Section):
     require_client_cert: bool = False
 
 
+class DicomPeer(_Section):
+    """A calling AE the listener accepts, and what it may do.
+
+    ``store``: send instances (C-STORE). ``query``: C-FIND. ``retrieve``: C-GET, and
+    C-MOVE to the destinations named in ``[[destinations]]``. A peer with ``host`` set
+    is accepted only from that address; with TLS, its client certificate must name it
+    (``tls_common_name``, or the AE title itself when that is unset).
+    """
+
+    ae_title: str
+    store: bool = True
+    query: bool = False
+    retrieve: bool = False
+    host: str | None = None
+    """The peer's IP address; associations from any other address are rejected."""
+    tls_common_name: str | None = None
+    """The subject common name of the client certificate issued to this peer."""
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_peer_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class DatasetLimitSettings(_Section):
+    """The largest data set inflated and the largest image decoded, checked before
+    either happens (an instance over a limit is refused with 0xA700)."""
+
+    max_inflated_bytes: int = Field(256 * 2**20, ge=1)
+    """Largest size of a Deflated Explicit VR Little Endian data set once inflated."""
+    max_pixels: int = Field(64 * 2**20, ge=1)
+    """Largest Rows x Columns x NumberOfFrames x SamplesPerPixel."""
+    max_pixel_bytes: int = Field(512 * 2**20, ge=1)
+    """Largest decoded pixel data in bytes (pixels x BitsAllocated / 8)."""
+
+
 class DicomSettings(_Section):
     """The DICOM listener: AE title, port, access policy and timeouts.
 
@@ -74,6 +110,10 @@ class DicomSettings(_Section):
     bind_address: str = "0.0.0.0"
     ae_title: str = "RADNODE"
     allowed_calling_aes: list[str] = Field(default_factory=list)
+    """Calling AEs accepted with every permission (store, query, retrieve). With
+    ``peers``, both lists are accepted; with neither, any AE is (an open node)."""
+    peers: list[DicomPeer] = Field(default_factory=list)
+    """Calling AEs accepted, each with its own permissions."""
     require_called_ae: bool = False
     max_pdu_size: int = Field(0, ge=0, le=0xFFFFFFFF)
     """Largest P-DATA PDU the node accepts, in bytes, offered to every peer at
@@ -84,6 +124,21 @@ class DicomSettings(_Section):
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(120.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)
+    association_request_timeout: float = Field(5.0, gt=0)
+    """Seconds a connection has to deliver its whole A-ASSOCIATE-RQ (TLS handshake
+    included); it is closed otherwise."""
+    pdu_progress_timeout: float = Field(10.0, gt=0)
+    """Seconds in which a PDU being received must complete, or advance by 64 KiB; a
+    peer trickling slower is cut off and its slot freed."""
+    max_pending_per_address: int = Field(8, ge=1)
+    """Connections from one address still sending their A-ASSOCIATE-RQ; more are closed."""
+    max_pending: int = Field(64, ge=1)
+    """Connections from all addresses still sending their A-ASSOCIATE-RQ."""
+    max_associations_per_address: int = Field(8, ge=1)
+    """Associations served at once for one source address."""
+    max_associations_per_ae: int = Field(8, ge=1)
+    """Associations served at once for one calling AE title."""
+    limits: DatasetLimitSettings = Field(default_factory=DatasetLimitSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
     @field_validator("ae_title")
@@ -95,6 +150,13 @@ class DicomSettings(_Section):
     @classmethod
     def _check_allowed(cls, values: list[str]) -> list[str]:
         return [_check_ae_title(v) for v in values]
+
+    @model_validator(mode="after")
+    def _check_peers(self) -> DicomSettings:
+        titles = [p.ae_title for p in self.peers]
+        if len(set(titles)) != len(titles):
+            raise ValueError("dicom.peers names an AE title twice")
+        return self
 
 
 class DatabaseSettings(_Section):
@@ -278,6 +340,14 @@ class WebSettings(_Section):
     """Failed logins allowed per client address within the window, whatever the usernames
     (bounds what a flood with random usernames can cost and store). Behind a proxy every
     client shares its address: raise it there."""
+    autosave_seconds: float = Field(2.0, gt=0)
+    """The study page saves the text being edited this long after the last keystroke."""
+    presence_heartbeat_seconds: float = Field(15.0, gt=0)
+    """How often an open study page tells the node that its user is reading the study."""
+    presence_expiry_seconds: float = Field(45.0, gt=0)
+    """A reader without a heartbeat for this long no longer counts as having it open."""
+    confirm_unedited_urgent: bool = True
+    """Ask for a confirmation before signing an unedited draft of an urgent study."""
 
 
 class SelectionSettings(_Section):

@@ -22,6 +22,7 @@ from node.jobs.scheduler import DraftScheduler, Reconciler
 from node.logs import log_event
 from node.retention import RetentionService
 from node.storage import InstanceStore
+from workers.inference.dicom_limits import DatasetLimits
 
 if TYPE_CHECKING:
     from node.web.server import WebServer
@@ -121,7 +122,8 @@ class NodeServices:
             min_free_mb=settings.storage.min_free_mb,
             max_used_percent=settings.storage.max_used_percent,
         )
-        ingestor = InstanceIngestor(store, database.sessions)
+        ingestor = InstanceIngestor(store, database.sessions,
+                                    DatasetLimits(**settings.dicom.limits.model_dump()))
         query_retrieve = QueryRetrieveService.from_settings(settings, database.sessions, store)
         listener = DicomListener(settings.dicom, ingestor, query_retrieve)
         work_queue = build_work_queue(settings, database)

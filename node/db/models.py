@@ -407,3 +407,35 @@ class WorkerHeartbeat(Base):
     """Random per process start: tells a restarted worker from its previous run."""
     broken_reason: Mapped[str | None] = mapped_column(Text)
     """Why the worker cannot draft (its model failed to load); it takes no task then."""
+
+
+class WorkingCopy(Base):
+    """A radiologist's unsigned text of one report, saved while they type.
+
+    One row per user and report version; it is replaced on every save and deleted once
+    the user signs, amends or discards it.
+    """
+
+    __tablename__ = "report_working_copies"
+    __table_args__ = (UniqueConstraint("user_id", "report_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"),
+                                           index=True)
+    findings: Mapped[str] = mapped_column(Text, default="")
+    impression: Mapped[str] = mapped_column(Text, default="")
+    saved_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StudyPresence(Base):
+    """Who has a study open: the study page's heartbeat, one row per user and study."""
+
+    __tablename__ = "study_presence"
+    __table_args__ = (UniqueConstraint("user_id", "study_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"),
+                                          index=True)
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

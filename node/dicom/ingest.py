@@ -23,10 +23,17 @@ from node.db.models import AuditEvent, Instance, QuarantinedInstance, Study
 from node.db.types import utcnow
 from node.dicom.header import ControlCharacterError, HeaderError, InstanceHeader, parse_header
 from node.dicom.identity import IDENTITY_KEYWORDS, identity_conflicts
+from node.dicom.refusals import RefusalRecorder
 from node.dicom.statuses import StoreStatus
 from node.logs import log_event
 from node.states import QuarantineReason, QuarantineState, StudyState
 from node.storage import InstanceStore, StorageFullError
+from workers.inference.dicom_limits import (
+    DEFAULT_LIMITS,
+    DatasetLimits,
+    LimitExceeded,
+    check_encoded,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +112,16 @@ class InstanceIngestor:
         Where instance files go.
     session_factory
         Database sessions.
+    limits
+        The largest inflated data set and image accepted, checked before parsing.
     """
 
-    def __init__(self, store: InstanceStore, session_factory: sessionmaker[Session]) -> None:
+    def __init__(self, store: InstanceStore, session_factory: sessionmaker[Session],
+                 limits: DatasetLimits = DEFAULT_LIMITS) -> None:
         self.store = store
         self.session_factory = session_factory
+        self.limits = limits
+        self.refusals = RefusalRecorder(session_factory)
         # Threads start on first use only (instances of 1 MiB or more).
         self._hasher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-hash")
 
@@ -153,6 +165,9 @@ class InstanceIngestor:
                 f"storage below watermark ({capacity.free_bytes // 2**20} MiB free, "
                 f"{capacity.used_percent:.1f}% used)",
             )
+        over_limit = self._over_limit(received)
+        if over_limit is not None:
+            return over_limit
         try:
             header = parse_header(received.encoded)
         except ControlCharacterError as exc:
@@ -363,6 +378,19 @@ class InstanceIngestor:
         except SQLAlchemyError:
             logger.warning("refusal_not_audited", extra={
                 "sop_instance_uid": received.requested_sop_instance_uid})
+
+    def _over_limit(self, received: ReceivedInstance) -> IngestOutcome | None:
+        """Refuse (0xA700, audited) an instance that inflates or decodes past a limit."""
+        try:
+            check_encoded(received.encoded, self.limits)
+        except LimitExceeded as exc:
+            status = StoreStatus.OUT_OF_RESOURCES
+            self.refusals.instance(calling_ae=received.calling_ae,
+                                   sop_instance_uid=received.requested_sop_instance_uid,
+                                   status=status, reason=str(exc),
+                                   details={"limit": exc.limit, "bytes": len(received.encoded)})
+            return IngestOutcome(status, f"over {exc.limit}: {exc}")
+        return None
 
     def _digest(self, data: bytes) -> Future[str]:
         """Start the SHA-256 of ``data``: on a helper thread when large, else inline."""

@@ -52,6 +52,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from node.config import Destination, Settings, TlsSettings
 from node.db.models import AuditEvent
 from node.db.types import utcnow
+from node.dicom.access import AccessPolicy, Permission
 from node.dicom.export import (
     MAX_PRESENTATION_CONTEXTS,
     UNCOMPRESSED_LITTLE_ENDIAN,
@@ -91,6 +92,18 @@ QUERY_RETRIEVE_SOP_CLASSES: tuple[str, ...] = (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
+FIND_SOP_CLASSES: tuple[str, ...] = (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+"""Classes a calling AE needs the query permission for."""
+RETRIEVE_SOP_CLASSES: tuple[str, ...] = (
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+"""Classes a calling AE needs the retrieve permission for."""
 
 # DIMSE statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4)
 PENDING = 0xFF00
@@ -100,6 +113,7 @@ OUT_OF_RESOURCES_MATCHES = 0xA701
 MOVE_DESTINATION_UNKNOWN = 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
+NOT_AUTHORIZED = 0x0124  # PS3.7 C.5.x general status: Refused, not authorized
 
 Handler = Callable[[Any], Iterator[Any]]
 
@@ -248,6 +262,16 @@ class QueryRetrieveService:
         self.ae_title = ae_title
         self.destinations = {d.ae_title: d for d in destinations}
         self.tls = tls or TlsSettings()
+        self.policy: AccessPolicy | None = None
+        """Who may query and retrieve; the listener sets it (``None``: anyone)."""
+
+    def _authorized(self, event: Any, permission: Permission) -> bool:
+        calling_ae = _calling_ae(event)
+        if self.policy is None or self.policy.allows(calling_ae, permission):
+            return True
+        log_event(logger, logging.WARNING, f"{permission.value}_not_authorized",
+                  calling_ae=calling_ae)
+        return False
 
     @classmethod
     def from_settings(
@@ -280,6 +304,9 @@ class QueryRetrieveService:
     def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         """Answer a C-FIND: one Pending response per match, then Success."""
         calling_ae = _calling_ae(event)
+        if not self._authorized(event, Permission.QUERY):
+            yield NOT_AUTHORIZED, None
+            return
         try:
             request = read_request(event.identifier, str(event.request.AffectedSOPClassUID))
             query = Query(request.level, request.filters, return_keys=set(request.filters))
@@ -318,6 +345,10 @@ class QueryRetrieveService:
     def on_get(self, event: Any) -> Iterator[Any]:
         """Answer a C-GET: the number of sub-operations, then one instance per yield."""
         calling_ae = _calling_ae(event)
+        if not self._authorized(event, Permission.RETRIEVE):
+            yield 1
+            yield NOT_AUTHORIZED, _failed_list()
+            return
         try:
             plan = self._plan(event, action="instances_retrieved", destination_ae=None)
         except _Refusal as refusal:
@@ -342,6 +373,8 @@ class QueryRetrieveService:
         calling_ae = _calling_ae(event)
         destination_ae = str(event.move_destination or "").strip()
         destination = self.destinations.get(destination_ae)
+        if not self._authorized(event, Permission.RETRIEVE):
+            destination = None
         if destination is None:
             log_event(logger, logging.WARNING, "move_destination_unknown",
                       calling_ae=calling_ae, destination_ae=destination_ae)
@@ -505,8 +538,10 @@ def _calling_ae(event: Any) -> str:
 
 
 __all__ = [
+    "FIND_SOP_CLASSES",
     "PATIENT_ROOT_MODELS",
     "QUERY_RETRIEVE_SOP_CLASSES",
+    "RETRIEVE_SOP_CLASSES",
     "STUDY_ROOT_MODELS",
     "QueryRequest",
     "QueryRetrieveService",

@@ -17,12 +17,14 @@ from pydicom import uid as dicom_uid
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from node.config import DicomSettings, TlsSettings
+from node.dicom.access import AccessPolicy, Permission
+from node.dicom.admission import GuardedAssociationServer
 from node.dicom.ingest import InstanceIngestor, ReceivedInstance
-from node.dicom.qr import QueryRetrieveService
+from node.dicom.qr import FIND_SOP_CLASSES, RETRIEVE_SOP_CLASSES, QueryRetrieveService
+from node.dicom.refusals import RefusalRecorder
 from node.dicom.statuses import StoreStatus
 from node.logs import log_event
 
@@ -113,24 +115,6 @@ def build_ssl_context(tls: TlsSettings, *, peer_timeout: float | None = None) ->
     return context
 
 
-class _PeerTimeoutServer(ThreadedAssociationServer):
-    """An association server whose accepted sockets time out.
-
-    pynetdicom reads a PDU with blocking ``recv`` calls on the accepted socket,
-    which has no timeout of its own: a peer that sends part of a PDU and then
-    stays silent would hold its thread, and one of the ``max_associations``
-    slots, for ever. Here a read that waits longer than ``peer_timeout``
-    fails, and the association ends as if the peer had closed the connection.
-    """
-
-    peer_timeout: float | None = None
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client_socket, address = super().get_request()
-        client_socket.settimeout(self.peer_timeout)
-        return client_socket, address
-
-
 class DicomListener:
     """A pynetdicom SCP bound to the ingest service.
 
@@ -154,19 +138,26 @@ class DicomListener:
         self.settings = settings
         self.ingestor = ingestor
         self.query_retrieve = query_retrieve
-        self._server: ThreadedAssociationServer | None = None
+        self.policy = AccessPolicy(settings)
+        if query_retrieve is not None:
+            query_retrieve.policy = self.policy
+        self.refusals = RefusalRecorder(ingestor.session_factory)
+        self._server: GuardedAssociationServer | None = None
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = self.settings.max_pdu_size
-        ae.maximum_associations = self.settings.max_associations
+        # Slots are counted by admission (node.dicom.admission), which frees them when a
+        # connection ends; pynetdicom's own count includes threads still winding down.
+        ae.maximum_associations = self.settings.max_associations + self.settings.max_pending
         ae.acse_timeout = self.settings.acse_timeout
         ae.dimse_timeout = self.settings.dimse_timeout
         ae.network_timeout = self.settings.network_timeout
         ae.require_called_aet = self.settings.require_called_ae
-        if self.settings.allowed_calling_aes:
-            ae.require_calling_aet = list(self.settings.allowed_calling_aes)
+        if not self.policy.open:
+            ae.require_calling_aet = [
+                *self.settings.allowed_calling_aes, *(p.ae_title for p in self.settings.peers)]
         ae.connection_timeout = self.settings.acse_timeout  # C-MOVE's outgoing associations
         ae.add_supported_context(Verification)
         roles = {"scu_role": True, "scp_role": True} if self.query_retrieve else {}
@@ -203,15 +194,18 @@ class DicomListener:
             else None
         )
         server = cast(
-            _PeerTimeoutServer,
+            GuardedAssociationServer,
             self.ae.make_server(
                 (self.settings.bind_address, self.settings.port),
                 evt_handlers=handlers,
                 ssl_context=context,
-                server_class=_PeerTimeoutServer,
+                server_class=GuardedAssociationServer,
             ),
         )
-        server.peer_timeout = self.settings.network_timeout
+        server.configure(self.settings, self.policy, self.refusals.association, {
+            Permission.QUERY: frozenset(FIND_SOP_CLASSES),
+            Permission.RETRIEVE: frozenset(RETRIEVE_SOP_CLASSES),
+        })
         # As AE.start_server does: serve from a daemon thread, and register the
         # server with the AE, whose list server.shutdown() removes it from.
         threading.Thread(
@@ -226,7 +220,11 @@ class DicomListener:
             ae_title=self.settings.ae_title,
             port=self.port,
             tls=context is not None,
+            open_to_any_ae=self.policy.open,
         )
+        if self.policy.open:
+            log_event(logger, logging.WARNING, "dicom_open_to_any_ae",
+                      hint="name the accepted AEs in [[dicom.peers]]")
 
     def stop(self) -> None:
         """Stop accepting associations and close the open ones."""
@@ -234,14 +232,23 @@ class DicomListener:
             self._server.shutdown()
             self._server = None
 
+    @property
+    def associations_in_use(self) -> int:
+        """Associations holding a slot now."""
+        return 0 if self._server is None else self._server.admission.in_use
+
     def _on_store(self, event: Any) -> int:
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        if not self.policy.allows(calling_ae, Permission.STORE):
+            log_event(logger, logging.WARNING, "store_not_authorized", calling_ae=calling_ae)
+            return int(StoreStatus.NOT_AUTHORIZED)
         try:
             request = event.request
             received = ReceivedInstance(
                 encoded=event.encoded_dataset(),
                 requested_sop_class_uid=str(request.AffectedSOPClassUID),
                 requested_sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                calling_ae=str(event.assoc.requestor.ae_title).strip(),
+                calling_ae=calling_ae,
             )
         except Exception:
             logger.exception("store_request_unreadable")

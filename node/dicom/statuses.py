@@ -10,6 +10,9 @@ class StoreStatus(enum.IntEnum):
 
     SUCCESS = 0x0000
     PROCESSING_FAILURE = 0x0110
+    NOT_AUTHORIZED = 0x0124
+    """Refused: the calling AE may not store (PS3.7 C.5.x general status)."""
     OUT_OF_RESOURCES = 0xA700
+    """Also answered for an instance over a size limit (inflated size, pixel count)."""
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC210

@@ -99,6 +99,10 @@ class AlreadySigned(SignoffError):
     """The version was already superseded: signed, amended or rejected by someone else."""
 
 
+class ConfirmationRequired(SignoffError):
+    """The draft of an urgent study is signed unedited: the radiologist must confirm it."""
+
+
 def final_series_uid(study_uid: str) -> str:
     """Series Instance UID of the verified reports of ``study_uid`` (one series per study)."""
     return str(generate_uid(entropy_srcs=[study_uid, "radnode-final-series"]))
@@ -336,6 +340,8 @@ def sign_report(
     destinations: Iterable[Destination] = (),
     quality: QualitySettings | None = None,
     labeler: Labeler | None = None,
+    confirm_unedited_urgent: bool = False,
+    unedited_urgent_confirmed: bool = False,
 ) -> Report:
     """Sign a draft: write the verified SR and record the FINAL report.
 
@@ -363,6 +369,12 @@ def sign_report(
         Agreement window, threshold and minimum reports; the defaults when ``None``.
     labeler
         The CheXpert labeler; the node's own by default.
+    confirm_unedited_urgent
+        Refuse to sign the unedited draft of an urgent study unless
+        ``unedited_urgent_confirmed`` (the site setting ``[web] confirm_unedited_urgent``).
+    unedited_urgent_confirmed
+        The radiologist confirmed signing the urgent draft unedited; recorded in the
+        audit trail (``unedited_urgent_confirmed``).
 
     Returns
     -------
@@ -377,6 +389,8 @@ def sign_report(
         If there is no such report.
     AlreadySigned
         If the draft (or another draft of the study) is already signed.
+    ConfirmationRequired
+        If an urgent study's draft is signed unedited without the confirmation asked for.
     EvidenceMismatch
         If a stored image file no longer holds the digest recorded when it was received.
     SignoffError
@@ -395,8 +409,19 @@ def sign_report(
         Report.state.in_([ReportState.FINAL, ReportState.AMENDED])))
     if signed is not None:
         raise AlreadySigned("the study already has a signed report; amend it instead")
+    study = session.get_one(Study, draft.study_id)
+    unedited = (findings.strip(), impression.strip()) == (draft.findings.strip(),
+                                                          draft.impression.strip())
+    urgent_unedited = unedited and study.urgent
+    if urgent_unedited and confirm_unedited_urgent and not unedited_urgent_confirmed:
+        raise ConfirmationRequired("this urgent draft is unedited: confirm that you sign it "
+                                   "as the model wrote it")
     final = _write_version(session, store, draft, user, findings, impression, now,
                            amendment=False)
+    if urgent_unedited and unedited_urgent_confirmed:
+        _audit(session, now, user, "unedited_urgent_confirmed", draft, {
+            "urgent_findings": list(study.urgent_findings or []),
+        })
     queue_exports(session, final, destinations, now=now)
     record_signoff_agreement(session, draft, final, quality or QualitySettings(), labeler)
     edited = (final.findings, final.impression) != (draft.findings.strip(),
@@ -530,6 +555,7 @@ def reject_draft(
 __all__ = [
     "FINAL_SERIES_NUMBER",
     "AlreadySigned",
+    "ConfirmationRequired",
     "EvidenceMismatch",
     "NotPermitted",
     "ReportNotFound",

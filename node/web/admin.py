@@ -24,9 +24,11 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from node.db.models import AuditEvent, Export, Job, Report, Study
 from node.db.types import utcnow
+from node.dicom.refusals import REFUSAL_ACTIONS
 from node.jobs.bundle_identity import read_bundle_identity
 from node.logs import log_event
 from node.states import ExportState, JobState, StudyState
@@ -52,6 +54,7 @@ DONE_MESSAGES = {
     **QUARANTINE_DONE,
 }
 IGNORED_LIMIT = 50
+REFUSAL_LIMIT = 50
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def triage(request: Request, viewer: AdminDep) -> Response:
         ignored = list(session.scalars(
             select(Study).where(Study.state == StudyState.IGNORED)
             .order_by(Study.last_received_at.desc()).limit(IGNORED_LIMIT)))
+        refusals = edge_refusals(session)
         quarantined = quarantine_rows(session, show_all=show_all)
         retrying_jobs = len(session.scalars(select(Job.id).where(
             Job.state == JobState.RETRYING)).all())
@@ -117,8 +121,16 @@ def triage(request: Request, viewer: AdminDep) -> Response:
         "delayed": delayed, "delayed_after": ctx.settings.jobs.delayed_after_seconds,
         "retrying_jobs": retrying_jobs, "show_all": show_all,
         "done": DONE_MESSAGES.get(request.query_params.get("done", "")),
-        "ignored_limit": IGNORED_LIMIT,
+        "ignored_limit": IGNORED_LIMIT, "refusals": refusals, "refusal_limit": REFUSAL_LIMIT,
     })
+
+
+def edge_refusals(session: Session) -> list[AuditEvent]:
+    """The latest refusals at the DICOM edge: associations turned away and instances
+    over a size limit (newest first)."""
+    return list(session.scalars(
+        select(AuditEvent).where(AuditEvent.action.in_(REFUSAL_ACTIONS))
+        .order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(REFUSAL_LIMIT)))
 
 
 def _back(done: str) -> Response:

@@ -63,6 +63,7 @@ from node.dicom.qr_keys import (
 from node.dicom.qr_query import find, find_objects
 from node.logs import log_event
 from node.storage import InstanceStore, is_valid_uid
+from workers.inference.dicom_limits import check_encoded
 
 logger = logging.getLogger(__name__)
 
@@ -357,6 +358,7 @@ class _DicomWeb:
         results = []
         for item in self._objects(filters):
             try:
+                check_encoded(self.store.absolute(item.path))  # before any inflation
                 dataset = dcmread(self.store.absolute(item.path), stop_before_pixels=True)
                 _strip_bulk_data(dataset)
                 results.append(dataset.to_json_dict())

@@ -23,6 +23,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from node.storage import InstanceStore
+from workers.inference.dicom_limits import LimitExceeded, check_encoded
 from workers.inference.preprocess import ImageDecodeError, load_display_image
 
 K = TypeVar("K")
@@ -117,7 +118,10 @@ class ImageRenderer:
         ds = self._datasets.get(relative_path)
         if ds is None:
             try:
+                check_encoded(self.store.absolute(relative_path))
                 ds = pydicom.dcmread(self.store.absolute(relative_path))
+            except LimitExceeded as exc:
+                raise ImageDecodeError("over a size limit", str(exc)) from exc
             except FileNotFoundError:
                 raise
             except Exception as exc:

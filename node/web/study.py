@@ -16,16 +16,18 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from node.db.models import Export, Instance, Report, Study, User
+from node.db.types import utcnow
 from node.jobs.bundle_identity import BundleIdentity, read_bundle_identity
 from node.logs import log_event
 from node.reports.evidence import EvidenceChanged, audit_mismatch, verify_evidence
 from node.reports.signoff import (
     AlreadySigned,
+    ConfirmationRequired,
     EvidenceMismatch,
     NotPermitted,
     SignoffError,
@@ -48,6 +50,13 @@ from node.web.deps import (
 )
 from node.web.errors import STORAGE_FULL_MESSAGE, database_full
 from node.web.imaging import ImageDecodeError, WindowInfo
+from node.web.reading import (
+    forget_working_copies,
+    readers_of,
+    save_working_copy,
+    stale_working_copy,
+    working_copy_of,
+)
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -59,6 +68,7 @@ DONE_MESSAGES = {
     "signed": "Report signed. The verified report is queued for delivery.",
     "amended": "Amendment signed. It supersedes the previous report.",
     "rejected": "Draft rejected. The study stays on the worklist.",
+    "discarded": "Your text was discarded.",
 }
 
 
@@ -121,6 +131,12 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         exports = list(session.scalars(
             select(Export).where(Export.report_id == current.id).order_by(Export.id))
         ) if current is not None else []
+        readers = readers_of(session, [study.id], exclude_user=viewer.id, now=utcnow(),
+                             expiry_seconds=ctx.settings.web.presence_expiry_seconds)
+        working = stale = None
+        if viewer.is_radiologist and current is not None:
+            working = working_copy_of(session, viewer.id, current.id)
+            stale = stale_working_copy(session, viewer.id, versions)
     audit_view(ctx.database, viewer, "study_viewed", "study", study.id, study_id=study.id)
     images: list[ImageView] = []
     for instance in instances:
@@ -137,6 +153,10 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
     draft = next((r for r in reversed(versions) if r.state == ReportState.DRAFT), None)
     bundle = _bundle_for(read_bundle_identity(ctx.settings.model.bundle), draft or current)
     editing = form or {}
+    if not editing and working is not None:
+        mode = "sign" if current is not None and current.state == ReportState.DRAFT else "amend"
+        editing = {"findings": working.findings, "impression": working.impression,
+                   "mode": mode}
     is_amendment = current is not None and current.state == ReportState.FINAL and any(
         v.id == current.predecessor_id and v.state != ReportState.DRAFT for v in versions)
     context: dict[str, Any] = {
@@ -145,6 +165,8 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         "error": error, "form": editing, "nav": "worklist",
         "done": DONE_MESSAGES.get(request.query_params.get("done", "")),
         "can_sign": viewer.is_radiologist, "is_amendment": is_amendment,
+        "readers": readers.get(study.id, []), "working": working, "stale": stale,
+        "web": ctx.settings.web,
     }
     return render(request, "study.html", context, status_code=status_code)
 
@@ -198,9 +220,40 @@ def _number(value: str | None) -> float | None:
     return number
 
 
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "")
+
+
+def _keep_text(request: Request, viewer: Viewer, report_id: int,
+               form: dict[str, str]) -> None:
+    """Save the text of a refused sign-off as the user's working copy (best effort)."""
+    try:
+        with get_context(request).database.sessions.begin() as session:
+            successor = session.scalar(select(Report).where(Report.predecessor_id == report_id))
+            if successor is not None and (successor.findings, successor.impression) == (
+                    form["findings"].strip(), form["impression"].strip()):
+                return  # the same text is signed already (a repeated submit): nothing to keep
+            if session.get(Report, report_id) is not None:
+                save_working_copy(session, viewer.id, report_id, form["findings"],
+                                  form["impression"], utcnow())
+    except Exception as exc:  # the page still holds the text
+        logger.warning("working_copy_not_saved", extra={"report_id": report_id,
+                                                        "error": type(exc).__name__})
+
+
+def _refused(request: Request, viewer: Viewer, study_id: int, status_code: int,
+             message: str, form: dict[str, str] | None, **extra: object) -> Response:
+    """Answer a refused sign-off: JSON for the page's script, else the page with the text."""
+    if _wants_json(request):
+        return JSONResponse({"detail": message, **extra}, status_code=status_code,
+                            headers={"Cache-Control": "no-store"})
+    return _study_page(request, viewer, study_id, error=message, form=form,
+                       status_code=status_code)
+
+
 def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
-             action: str, form: dict[str, str]) -> Response:
-    """Run one sign-off action in a transaction; re-render the page on refusal."""
+             action: str, form: dict[str, str], *, confirmed: bool = False) -> Response:
+    """Run one sign-off action in a transaction; on refusal keep the user's text."""
     ctx = get_context(request)
     if not viewer.is_radiologist:
         raise Forbidden("Only radiologists sign, amend or reject reports.")
@@ -213,23 +266,31 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
             if action == "sign":
                 sign_report(session, ctx.store, report_id, user, form["findings"],
                             form["impression"], destinations=ctx.settings.destinations,
-                            quality=ctx.settings.quality)
+                            quality=ctx.settings.quality,
+                            confirm_unedited_urgent=ctx.settings.web.confirm_unedited_urgent,
+                            unedited_urgent_confirmed=confirmed)
             elif action == "amend":
                 amend_report(session, ctx.store, report_id, user, form["findings"],
                              form["impression"], destinations=ctx.settings.destinations)
             else:
                 reject_draft(session, report_id, user, form["reason"])
+            if action != "reject":
+                forget_working_copies(session, viewer.id, study_id)
     except NotPermitted as exc:
         raise Forbidden(str(exc)) from exc
+    except ConfirmationRequired as exc:
+        return _refused(request, viewer, study_id, 428, str(exc), form, confirm=True)
     except AlreadySigned as exc:
-        return _study_page(request, viewer, study_id, error=str(exc), status_code=409)
+        if action != "reject":
+            _keep_text(request, viewer, report_id, form)
+        return _refused(request, viewer, study_id, 409, str(exc), form if action == "reject"
+                        else None, redirect=f"/studies/{study_id}")
     except EvidenceMismatch as exc:
         raise _refuse_changed_evidence(request, viewer, study_id, exc.changed, action) from exc
     except SignoffError as exc:
-        return _study_page(request, viewer, study_id, error=str(exc), form=form,
-                           status_code=400)
+        return _refused(request, viewer, study_id, 400, str(exc), form)
     except (OSError, DBAPIError) as exc:
-        # Nothing was committed: the draft stands and the typed text is shown again.
+        # Nothing was committed: the draft stands and the typed text is kept.
         if isinstance(exc, DBAPIError) and not database_full(exc):
             raise
         log_event(logger, logging.ERROR, "signoff_not_saved", study_id=study_id,
@@ -238,22 +299,28 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
             or isinstance(exc, StorageFullError)
         reason = STORAGE_FULL_MESSAGE if full else (
             "The report could not be written to storage.")
-        return _study_page(request, viewer, study_id, form=form, status_code=503,
-                           error=f"Not saved: {reason} Your text is kept below; copy it "
-                                 "or try again once the problem is solved.")
+        if action != "reject":
+            _keep_text(request, viewer, report_id, form)
+        return _refused(request, viewer, study_id, 503, f"Not saved: {reason} Your text is "
+                        "kept here; try again once the problem is solved.", form)
     if action != "reject" and ctx.exporter is not None:
         ctx.exporter.notify()
     done = {"sign": "signed", "amend": "amended", "reject": "rejected"}[action]
-    return RedirectResponse(f"/studies/{study_id}?done={done}", status_code=303)
+    target = f"/studies/{study_id}?done={done}"
+    if _wants_json(request):
+        return JSONResponse({"redirect": target}, headers={"Cache-Control": "no-store"})
+    return RedirectResponse(target, status_code=303)
 
 
 @router.post("/studies/{study_id}/sign")
 def sign(study_id: RowId, request: Request, viewer: CsrfUserDep,
          report_id: FormRowId, findings: Annotated[str, Form()] = "",
-         impression: Annotated[str, Form()] = "") -> Response:
-    """Sign the draft with the text as edited."""
+         impression: Annotated[str, Form()] = "",
+         confirm_urgent: Annotated[str, Form()] = "") -> Response:
+    """Sign the draft with the text as edited (``confirm_urgent`` for an unedited urgent one)."""
     return _signoff(request, viewer, study_id, report_id, "sign",
-                    {"findings": findings, "impression": impression, "mode": "sign"})
+                    {"findings": findings, "impression": impression, "mode": "sign"},
+                    confirmed=confirm_urgent == "1")
 
 
 @router.post("/studies/{study_id}/amend")

@@ -20,6 +20,7 @@ from node.db.models import Instance, Report, Study
 from node.db.types import utcnow
 from node.states import ReportState, StudyState
 from node.web.deps import UserDep, audit_view, get_context, render
+from node.web.reading import readers_of
 
 router = APIRouter()
 
@@ -147,11 +148,14 @@ def worklist(request: Request, viewer: UserDep) -> Response:
     with ctx.database.sessions() as session:
         rows = worklist_rows(session, filters)
         counts = state_counts(session)
+        readers = readers_of(session, [row.study.id for row in rows], exclude_user=viewer.id,
+                             now=utcnow(),
+                             expiry_seconds=ctx.settings.web.presence_expiry_seconds)
     audit_view(ctx.database, viewer, "worklist_viewed", "worklist",
                details={"state": filters.state, "rows": len(rows)})
     return render(request, "worklist.html", {
         "rows": rows, "counts": counts, "filters": filters, "states": list(StudyState),
-        "now": utcnow(), "limit": WORKLIST_LIMIT, "nav": "worklist",
+        "now": utcnow(), "limit": WORKLIST_LIMIT, "nav": "worklist", "readers": readers,
     })
 
 

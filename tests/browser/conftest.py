@@ -81,7 +81,10 @@ def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
     previous_hasher = use_password_hasher(FAST_HASHER)
     settings = make_settings(
         root, f"sqlite:///{root / 'radnode.db'}",
-        web={"secret_key_file": str(root / "web-secret.key")},
+        web={"secret_key_file": str(root / "web-secret.key"),
+             # Short reading-room intervals keep the browser tests fast.
+             "autosave_seconds": 0.3, "presence_heartbeat_seconds": 0.5,
+             "presence_expiry_seconds": 3.0},
         destinations=[DESTINATION],
         model={"bundle": str(write_bundle_manifest(root / "bundle"))},
     )
@@ -90,6 +93,8 @@ def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
     seed_user(database, "hgreg", display_name="House^Gregory",
               organization="Princeton-Plainsboro")
     seed_user(database, "lcuddy", Role.ADMIN, display_name="Cuddy^Lisa")
+    seed_user(database, "jwilson", display_name="Wilson^James",
+              organization="Princeton-Plainsboro")
     now = utcnow()
     studies = {
         "doe": seed_drafted_study(database, store, patient_name="DOE^JANE",

@@ -673,3 +673,71 @@ def test_systemd_verify_reports_a_broken_unit(tmp_path: Path) -> None:
     out.mkdir()
     result = verify_units([broken], out)
     assert result.returncode != 0 or "RestartSecs" in result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# Secure defaults
+# ------------------------------------------------------------------------------------------
+
+def shipped_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Settings]:
+    """The settings of every shipped configuration: example, compose, Kubernetes, image."""
+    configmap = by_kind([d for p in k8s_files() for d in yaml.safe_load_all(
+        p.read_text(encoding="utf-8")) if d], "ConfigMap")["radnode-config"]
+    k8s_toml = tmp_path / "k8s.toml"
+    k8s_toml.write_text(configmap["data"]["radnode.toml"], encoding="utf-8")
+    files = {"example": EXAMPLE_TOML, "compose": COMPOSE_DIR / "radnode.toml",
+             "kubernetes": k8s_toml, "image": DEPLOY / "docker" / "radnode.toml"}
+    return {name: load_with(monkeypatch, {}, path) for name, path in files.items()}
+
+
+def test_shipped_configurations_name_their_aes_with_separate_permissions(
+        clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No shipped configuration is open to any AE: each names its peers, among them one
+    that may store but not query and one that may query but not store; the site
+    configurations speak DICOM only over TLS with client certificates."""
+    for name, settings in shipped_settings(clean_env, tmp_path).items():
+        dicom = settings.dicom
+        assert dicom.peers, f"{name}: no [[dicom.peers]]: any AE could query"
+        assert not dicom.allowed_calling_aes, f"{name}: a plain allow-list grants everything"
+        assert any(p.store and not p.query and not p.retrieve for p in dicom.peers), name
+        assert any(p.query and not p.store for p in dicom.peers), name
+        if name != "image":
+            assert dicom.tls.enabled and dicom.tls.require_client_cert, name
+            assert settings.web.secure_cookies, name
+
+
+def published_port(port: str | dict[str, Any]) -> tuple[str, int]:
+    """(host address, container port) of a compose port, in either syntax."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "0.0.0.0")), int(port["target"])
+    parts = str(port).split("/")[0].split(":")
+    return (parts[0] if len(parts) == 3 else "0.0.0.0"), int(parts[-1])
+
+
+def test_web_app_is_reachable_only_through_tls(
+        compose: dict[str, Any], manifests: list[dict[str, Any]],
+        clean_env: pytest.MonkeyPatch) -> None:
+    """Example: bound to loopback, behind the host's proxy. Compose: published on the
+    host's loopback only. Kubernetes: a ClusterIP Service, exposed by a TLS Ingress."""
+    assert load_with(clean_env, {}, EXAMPLE_TOML).web.host == "127.0.0.1"
+    published = [published_port(p) for p in compose["services"]["node"]["ports"]]
+    web = [host for host, target in published if target == 8080]
+    assert web == ["127.0.0.1"], published
+    services = by_kind(manifests, "Service")
+    assert services["radnode-web"]["spec"]["type"] == "ClusterIP"
+    exposed = [s for s in services.values() if any(
+        port.get("targetPort") == "http" for port in s["spec"]["ports"])]
+    assert [s["metadata"]["name"] for s in exposed] == ["radnode-web"]
+    ingress = by_kind(manifests, "Ingress")["radnode-web"]
+    hosts = {h for t in ingress["spec"]["tls"] for h in t["hosts"]}
+    assert {r["host"] for r in ingress["spec"]["rules"]} <= hosts
+
+
+def test_node_memory_is_capped(compose: dict[str, Any],
+                               manifests: list[dict[str, Any]]) -> None:
+    """The node runs under a memory ceiling everywhere it is shipped."""
+    assert compose["services"]["node"].get("mem_limit")
+    node = by_kind(manifests, "Deployment")["radnode-node"]
+    assert node["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    unit = next(u for u in systemd_units() if u.name == "radnode.service")
+    assert systemd_values(unit, "MemoryMax")

@@ -8,6 +8,7 @@ the web app's login. One server per database backend serves the archive of
 from __future__ import annotations
 
 import re
+import resource
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from tests.integration.qr_archive import (
     ingest_files,
     stored_path,
 )
+from tests.reliability.bombs import write_deflate_bomb
 
 pytestmark = pytest.mark.usefixtures("dcmtk_installed")
 
@@ -286,6 +288,26 @@ def test_retrieve_study_metadata_has_no_bulk_data(server: Server) -> None:
     response = server.get(f"/studies/{a1.uid}/series/{a1.series_uid}/metadata")
     assert response.headers["content-type"] == "application/dicom+json"
     assert len(response.json()) == 2
+
+
+def test_metadata_of_a_deflate_bomb_is_refused_before_inflation(
+        server: Server, tmp_path: Path) -> None:
+    """A stored instance whose deflated body inflates past the limit (1.5 GB) is skipped
+    by WADO-RS metadata without being inflated: 404 for it alone, nothing held."""
+    a1 = server.content.studies["A1"]
+    sop_uid = sorted(a1.sop_uids)[0]
+    path = server.stored(sop_uid)
+    original = path.read_bytes()
+    write_deflate_bomb(tmp_path / "bomb.dcm")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        path.write_bytes((tmp_path / "bomb.dcm").read_bytes())
+        response = server.get(f"/studies/{a1.uid}/series/{a1.series_uid}/instances/"
+                              f"{sop_uid}/metadata")
+    finally:
+        path.write_bytes(original)
+    assert response.status_code == 404
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 300 * 1024
 
 
 # -- refusals ---------------------------------------------------------------------------------

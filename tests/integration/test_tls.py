@@ -205,3 +205,33 @@ def test_silent_connection_does_not_block_tls_clients(node: NodeServices, pki: P
     with socket.create_connection(("127.0.0.1", node.listener.port)):
         result = exchange(node.listener.port, [None], tls=(context, "localhost"))
         assert result.statuses == [0x0000]
+
+
+@pytest.fixture
+def bound_node(tmp_path: Path, pki: Pki) -> Iterator[NodeServices]:
+    """A TLS node naming its peers: each client certificate is bound to its AE."""
+    tls = {"enabled": True, "cert_file": str(pki.server_cert),
+           "key_file": str(pki.server_key), "ca_file": str(pki.ca_cert),
+           "require_client_cert": True}
+    settings = receiver_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'radnode.db'}",
+        dicom={"tls": tls, "acse_timeout": 5, "network_timeout": 5,
+               "peers": [{"ae_title": "MODALITY1"}, {"ae_title": "MODALITY2"},
+                         {"ae_title": "WARD_DX", "tls_common_name": "MODALITY1"}]},
+    )
+    with running_node(settings) as services:
+        yield services
+
+
+def test_certificate_is_bound_to_its_ae(bound_node: NodeServices, pki: Pki) -> None:
+    """The certificate issued to MODALITY1 serves MODALITY1 (and WARD_DX, configured to
+    use it) but not MODALITY2: A-ASSOCIATE-RJ 1/1/3."""
+    context = _client_context(pki, pki.client_cert, pki.client_key)
+    port = bound_node.listener.port
+    own = exchange(port, [None], calling_ae="MODALITY1", tls=(context, "localhost"))
+    assert own.statuses == [0x0000]
+    named = exchange(port, [None], calling_ae="WARD_DX", tls=(context, "localhost"))
+    assert named.statuses == [0x0000]
+    other = exchange(port, [None], calling_ae="MODALITY2", tls=(context, "localhost"))
+    assert other.rejected and other.reject is not None
+    assert (other.reject.result, other.reject.diagnostic) == (0x01, 0x03)

@@ -197,3 +197,23 @@ def test_monitoring_and_configuration_pages(web: WebEnv, admin: tuple[int, str])
     assert _masked_url("postgresql+psycopg://radnode:hunter2@db:5432/radnode") == (
         "postgresql+psycopg://radnode:***@db:5432/radnode")
     assert "hunter2" not in _masked_url("redis://:hunter2@redis:6379/0")
+
+
+def test_triage_lists_refusals_at_the_dicom_edge(web: WebEnv, admin: tuple[int, str]) -> None:
+    """Refused associations and instances over a size limit are listed for the admin."""
+    from node.dicom.admission import Refusal
+    from node.dicom.refusals import RefusalRecorder
+
+    recorder = RefusalRecorder(web.database.sessions)
+    recorder.association(Refusal("10.1.2.3", "association request not completed in time"))
+    recorder.association(Refusal("10.1.2.3", "association request not completed in time"))
+    recorder.instance(calling_ae="MODALITY", sop_instance_uid="1.2.3.4", status=0xA700,
+                      reason="the image declares 268435456 pixels, over 67108864",
+                      details={"limit": "max_pixels"})
+    page = web.client.get("/admin/triage", headers=HTML)
+    assert page.status_code == 200
+    section = page.text[page.text.index('id="refusals"'):]
+    assert "ip:10.1.2.3" in section and "not completed in time" in section
+    assert "ae:MODALITY" in section and "0xA700" in section and "268435456 pixels" in section
+    # A peer that keeps trying is audited once a minute, not once per attempt.
+    assert len(audit_events(web.database, "association_refused")) == 1

@@ -16,7 +16,7 @@ from pynetdicom import _config
 from pynetdicom.association import Association
 from sqlalchemy import select
 
-from node.db.models import Instance
+from node.db.models import Instance, QuarantinedInstance
 from node.dicom.header import parse_header
 from node.dicom.statuses import StoreStatus
 from node.runtime import NodeServices
@@ -122,7 +122,8 @@ def stored_instance_uids(node: NodeServices) -> set[str]:
 
 def assert_every_stored_instance_is_whole(node: NodeServices) -> int:
     """Every row's file exists, matches its digest, decodes completely and has pixels
-    matching its header; nothing but row files lies under the storage root.
+    matching its header; nothing but row files and quarantined copies (each with its own
+    quarantine row) lies under the storage root.
 
     Returns
     -------
@@ -131,7 +132,9 @@ def assert_every_stored_instance_is_whole(node: NodeServices) -> int:
     """
     with node.database.sessions() as session:
         rows = [(r.path, r.sha256, r.sop_instance_uid) for r in session.scalars(select(Instance))]
+        quarantined = list(session.scalars(select(QuarantinedInstance.path)))
     files = {node.store.absolute(path) for path, _, _ in rows}
+    files |= {node.store.absolute(path) for path in quarantined if path is not None}
     assert set(stored_files(node.store.root)) == files, "a file without a row is stored"
     for path, digest, sop_uid in rows:
         data = node.store.absolute(path).read_bytes()

@@ -202,3 +202,37 @@ def test_settings_are_immutable() -> None:
     settings = load_settings()
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
         settings.dicom.port = 1  # type: ignore[misc]
+
+
+def test_peers_with_permissions_and_the_older_allow_list(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``[[dicom.peers]]`` gives per-AE permissions; ``allowed_calling_aes`` keeps its
+    meaning (every permission); with neither the listener is open to any AE."""
+    from node.dicom.access import AccessPolicy, Permission
+
+    path = tmp_path / "radnode.toml"
+    path.write_text(
+        '[dicom]\nallowed_calling_aes = ["OLD_PACS"]\n\n'
+        '[[dicom.peers]]\nae_title = "CR_ROOM1"\n\n'
+        '[[dicom.peers]]\nae_title = "VIEWER"\nstore = false\nquery = true\n'
+        'host = "10.0.0.9"\n')
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
+    policy = AccessPolicy(load_settings().dicom)
+    assert not policy.open
+    assert policy.allows("CR_ROOM1", Permission.STORE)
+    assert not policy.allows("CR_ROOM1", Permission.QUERY)
+    assert policy.allows("VIEWER", Permission.QUERY)
+    assert not policy.allows("VIEWER", Permission.STORE)
+    assert not policy.allows("VIEWER", Permission.RETRIEVE)
+    assert all(policy.allows("OLD_PACS", p) for p in Permission)
+    assert policy.refusal("STRANGER", "10.0.0.1", tls=False, certificate_name=None)
+    assert policy.refusal("VIEWER", "10.0.0.1", tls=False, certificate_name=None)
+    assert policy.refusal("VIEWER", "10.0.0.9", tls=False, certificate_name=None) is None
+    assert policy.refusal("CR_ROOM1", "10.0.0.1", tls=True, certificate_name="VIEWER")
+    assert AccessPolicy(load_settings(dicom={"allowed_calling_aes": [], "peers": []})
+                        .dicom).open
+
+
+def test_a_peer_named_twice_is_refused() -> None:
+    with pytest.raises(ConfigError, match="twice"):
+        load_settings(dicom={"peers": [{"ae_title": "A"}, {"ae_title": "A "}]})

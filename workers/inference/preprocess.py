@@ -30,6 +30,7 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
+from workers.inference.dicom_limits import LimitExceeded, check_encoded, check_pixels
 from workers.inference.manifest import PreprocessSpec
 
 logger = logging.getLogger(__name__)
@@ -271,6 +272,10 @@ def read_dataset(source: str | Path | Dataset) -> Dataset:
     if isinstance(source, Dataset):
         return source
     try:
+        check_encoded(Path(source))
+    except LimitExceeded as exc:
+        raise ImageDecodeError("over a size limit", str(exc)) from exc
+    try:
         return pydicom.dcmread(Path(source))
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
@@ -306,6 +311,10 @@ def decode_first_frame(ds: Dataset) -> NDArray[Any]:
     for keyword in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation"):
         if keyword not in ds:
             raise ImageDecodeError(syntax, f"required attribute {keyword} is missing")
+    try:
+        check_pixels(ds)
+    except LimitExceeded as exc:
+        raise ImageDecodeError(syntax, str(exc)) from exc
     try:
         frame = pixel_array(ds, index=0)
     except ImageDecodeError:

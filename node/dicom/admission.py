@@ -1,0 +1,424 @@
+"""Admission of DICOM connections: deadlines, per-address and per-AE limits, slots.
+
+pynetdicom starts an association thread for every accepted connection and counts
+association slots by the threads alive, which end only after its ACSE timeout once a
+peer aborts; it reads each PDU with blocking reads that a peer can keep alive one byte
+at a time. Here, before pynetdicom sees a connection:
+
+1. the connection waits in a *pending* state, limited per source address and in all,
+   and must deliver its whole A-ASSOCIATE-RQ (TLS handshake included) within
+   ``association_request_timeout`` seconds, or it is closed;
+2. the Calling AE Title, source address and client certificate are checked against the
+   :class:`~node.dicom.access.AccessPolicy` (refused with A-ASSOCIATE-RJ 1/1/3);
+3. the association takes a slot, within ``max_associations`` in all and the per-address
+   and per-AE limits (refused with A-ASSOCIATE-RJ 2/3/2, transient, local limit
+   exceeded). Pending connections never hold slots, so connections that have not
+   finished their request cannot crowd out identified peers.
+
+Once admitted, every PDU must complete, or advance by :data:`PROGRESS_BYTES`, within
+``pdu_progress_timeout`` seconds, or the connection is cut. A slot is freed the moment
+the connection closes, however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from node.config import DicomSettings
+from node.dicom.access import AccessPolicy, Permission
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_BYTES = 64 * 1024
+"""A PDU being received must advance by this many bytes per progress timeout."""
+MAX_REQUEST_BYTES = 1 << 20
+"""Largest A-ASSOCIATE-RQ read (a real one is a few kilobytes)."""
+CLOSED_BEFORE_REQUEST = "connection closed before an association request"
+_AE_TITLES = slice(10, 42)  # Called and Calling AE Title in an A-ASSOCIATE-RQ
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A connection or association request the listener refused."""
+
+    address: str
+    reason: str
+    calling_ae: str | None = None
+
+
+RefusalSink = Callable[[Refusal], None]
+
+
+def associate_rj(result: int, source: int, reason: int) -> bytes:
+    """An A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
+    return struct.pack(">BBLBBBB", 0x03, 0, 4, 0, result, source, reason)
+
+
+ABORT_PDU = struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x02)
+"""A-ABORT from the service provider, unexpected PDU."""
+REJECT_NOT_ACCEPTED = associate_rj(0x01, 0x01, 0x03)
+"""Permanent, service user, calling AE title not recognised."""
+REJECT_BUSY = associate_rj(0x02, 0x03, 0x02)
+"""Transient, service provider (presentation), local limit exceeded."""
+
+
+@dataclass(eq=False)
+class Slot:
+    """One admitted association; released once, when its connection ends."""
+
+    owner: AdmissionControl
+    address: str
+    calling_ae: str
+    association: Association | None = None
+    released: bool = False
+
+    def release(self) -> None:
+        """Free the slot (idempotent)."""
+        self.owner.release(self)
+
+    def is_dead(self) -> bool:
+        thread = self.association
+        return thread is not None and thread.ident is not None and not thread.is_alive()
+
+
+@dataclass
+class AdmissionControl:
+    """Counts pending connections and admitted associations."""
+
+    max_associations: int
+    max_per_address: int
+    max_per_ae: int
+    max_pending: int
+    max_pending_per_address: int
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pending: Counter[str] = field(default_factory=Counter)
+    _slots: set[Slot] = field(default_factory=set)
+
+    @classmethod
+    def from_settings(cls, settings: DicomSettings) -> AdmissionControl:
+        """Limits from the ``[dicom]`` section."""
+        return cls(settings.max_associations, settings.max_associations_per_address,
+                   settings.max_associations_per_ae, settings.max_pending,
+                   settings.max_pending_per_address)
+
+    def open_pending(self, address: str) -> bool:
+        """Count a new connection from ``address``; ``False`` when over a limit."""
+        with self._lock:
+            if (sum(self._pending.values()) >= self.max_pending
+                    or self._pending[address] >= self.max_pending_per_address):
+                return False
+            self._pending[address] += 1
+            return True
+
+    def close_pending(self, address: str) -> None:
+        """A pending connection has sent its request or gone."""
+        with self._lock:
+            self._pending[address] -= 1
+            if self._pending[address] <= 0:
+                del self._pending[address]
+
+    def admit(self, address: str, calling_ae: str) -> Slot | None:
+        """Take a slot for an association, or ``None`` when a limit is reached."""
+        with self._lock:
+            self._slots = {s for s in self._slots if not s.is_dead()}
+            if (len(self._slots) >= self.max_associations
+                    or sum(s.address == address for s in self._slots) >= self.max_per_address
+                    or sum(s.calling_ae == calling_ae for s in self._slots) >= self.max_per_ae):
+                return None
+            slot = Slot(self, address, calling_ae)
+            self._slots.add(slot)
+            return slot
+
+    def release(self, slot: Slot) -> None:
+        """Free ``slot``."""
+        with self._lock:
+            slot.released = True
+            self._slots.discard(slot)
+
+    @property
+    def in_use(self) -> int:
+        """Associations holding a slot now."""
+        with self._lock:
+            self._slots = {s for s in self._slots if not s.is_dead()}
+            return len(self._slots)
+
+
+def _cut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def read_first_pdu(sock: socket.socket, timeout: float) -> bytes | str:
+    """Read one whole PDU within ``timeout`` seconds in all; if it does not come, why not.
+
+    A timer shuts the socket down at the deadline too, so that a TLS handshake
+    trickled one record at a time cannot outlast it.
+    """
+    deadline = time.monotonic() + timeout
+    watchdog = threading.Timer(timeout + 0.25, _cut, (sock,))
+    watchdog.daemon = True
+    watchdog.start()
+    data = bytearray()
+    needed = 6
+    try:
+        while len(data) < needed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "association request not completed in time"
+            sock.settimeout(remaining)
+            chunk = sock.recv(min(needed - len(data), 65536))
+            if not chunk:
+                return CLOSED_BEFORE_REQUEST
+            data.extend(chunk)
+            if needed == 6 and len(data) >= 6:
+                length = struct.unpack(">L", data[2:6])[0]
+                if length > MAX_REQUEST_BYTES:
+                    return "first PDU too long"
+                needed = 6 + length
+    except ssl.SSLError:
+        return "TLS handshake failed"
+    except (OSError, ValueError):
+        return ("association request not completed in time"
+                if time.monotonic() >= deadline else "connection failed")
+    finally:
+        watchdog.cancel()
+    return bytes(data)
+
+
+def _certificate_name(sock: socket.socket) -> str | None:
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        certificate = sock.getpeercert()
+    except (ValueError, OSError):
+        return None
+    subject: Any = (certificate or {}).get("subject", ())
+    for rdn in subject:
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+class GuardedAssociationSocket(AssociationSocket):
+    """pynetdicom's socket wrapper, with the admitted request replayed and a progress
+    deadline on every read.
+
+    The admission step has already read the A-ASSOCIATE-RQ; pynetdicom reads it from
+    here as if it came from the network.
+    """
+
+    _prefix: bytearray
+    _slot: Slot
+    _progress_timeout: float
+    _idle_timeout: float | None
+
+    def guard(self, prefix: bytes, slot: Slot, progress_timeout: float,
+              idle_timeout: float | None) -> None:
+        """Set what this socket replays and enforces (it was built by pynetdicom)."""
+        self._prefix = bytearray(prefix)
+        self._slot = slot
+        self._progress_timeout = progress_timeout
+        self._idle_timeout = idle_timeout
+
+    @property
+    def ready(self) -> bool:
+        """Data is waiting: replayed request bytes, or data on the connection."""
+        if self._prefix:
+            return True
+        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        """Read ``nr_bytes``, cutting the connection when the peer stops making progress.
+
+        Raises
+        ------
+        TimeoutError
+            When the bytes did not come in time; pynetdicom treats it as a closed
+            connection.
+        """
+        data = bytearray(self._prefix[:nr_bytes])
+        del self._prefix[:nr_bytes]
+        sock = self.socket
+        assert sock is not None
+        deadline = time.monotonic() + self._progress_timeout
+        progress_mark = len(data)
+        while len(data) < nr_bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._end()
+                raise TimeoutError("the peer stopped sending within a PDU")
+            limit = remaining if self._idle_timeout is None else min(remaining,
+                                                                     self._idle_timeout)
+            try:
+                sock.settimeout(limit)
+                chunk = sock.recv(min(nr_bytes - len(data), 1 << 20))
+            except OSError:
+                self._end()
+                raise
+            if not chunk:
+                self._slot.release()
+                return data
+            data.extend(chunk)
+            if len(data) - progress_mark >= PROGRESS_BYTES:
+                progress_mark = len(data)
+                deadline = time.monotonic() + self._progress_timeout
+        return data
+
+    def _end(self) -> None:
+        self._slot.release()
+        if self.socket is not None:
+            _cut(self.socket)
+
+    def close(self) -> None:
+        """Close the connection and free the slot."""
+        self._slot.release()
+        super().close()
+
+
+class _AdmittedRequestHandler(RequestHandler):
+    """Builds the association of an admitted connection."""
+
+    server: GuardedAssociationServer
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        admitted = self.server.take_admitted(self.request)
+        admitted.slot.association = assoc
+        sock = assoc.dul.socket
+        assert sock is not None
+        sock.__class__ = GuardedAssociationSocket  # same object, with the guards added
+        guarded: Any = sock
+        guarded.guard(admitted.request, admitted.slot, self.server.settings.pdu_progress_timeout,
+                      self.server.settings.network_timeout)
+        forbidden = self.server.forbidden_sop_classes(admitted.slot.calling_ae)
+        assoc.acceptor.supported_contexts = [
+            cx for cx in assoc.acceptor.supported_contexts
+            if cx.abstract_syntax not in forbidden
+        ]
+        return assoc
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    request: bytes
+    slot: Slot
+
+
+class GuardedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with admission before each association.
+
+    Configure with :meth:`configure` before serving.
+    """
+
+    settings: DicomSettings
+    policy: AccessPolicy
+    admission: AdmissionControl
+    on_refused: RefusalSink
+    restricted: dict[Permission, frozenset[str]]
+    """SOP classes reserved to a permission (query and retrieve classes)."""
+
+    def configure(self, settings: DicomSettings, policy: AccessPolicy,
+                  on_refused: RefusalSink,
+                  restricted: dict[Permission, frozenset[str]]) -> None:
+        """Set the rules; called once, before ``serve_forever``."""
+        self.settings = settings
+        self.policy = policy
+        self.admission = AdmissionControl.from_settings(settings)
+        self.on_refused = on_refused
+        self.restricted = restricted
+        self.RequestHandlerClass = _AdmittedRequestHandler
+        self._admitted: dict[int, _Admitted] = {}
+        self._admitted_lock = threading.Lock()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection (the TLS handshake, if any, runs later in its thread)."""
+        client_socket, address = super().get_request()
+        client_socket.settimeout(self.settings.association_request_timeout)
+        return client_socket, address
+
+    def take_admitted(self, request: Any) -> _Admitted:
+        """The admission of ``request``, removed from the table."""
+        with self._admitted_lock:
+            return self._admitted.pop(id(request))
+
+    def forbidden_sop_classes(self, calling_ae: str) -> frozenset[str]:
+        """The SOP classes whose presentation contexts ``calling_ae`` may not use."""
+        grant = self.policy.grant(calling_ae)
+        held = frozenset() if grant is None else grant.permissions
+        forbidden: set[str] = set()
+        for permission, classes in self.restricted.items():
+            if permission not in held:
+                forbidden |= classes
+        return frozenset(forbidden)
+
+    def _refuse(self, sock: socket.socket, refusal: Refusal, answer: bytes | None) -> None:
+        if answer is not None:
+            # Answer, then let the peer close first (PS3.8 9.1.5): closing with its bytes
+            # unread could reset the connection before it has read the answer.
+            with contextlib.suppress(OSError):
+                sock.settimeout(1.0)
+                sock.sendall(answer)
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(4096):
+                    pass
+        _cut(sock)
+        self.shutdown_request(sock)
+        self.on_refused(refusal)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Admit the connection, then hand it to pynetdicom (in the connection's thread)."""
+        address = str(client_address[0])
+        if not self.admission.open_pending(address):
+            self._refuse(request, Refusal(address, "too many pending connections"), None)
+            return
+        try:
+            first = read_first_pdu(request, self.settings.association_request_timeout)
+        finally:
+            self.admission.close_pending(address)
+        if first == CLOSED_BEFORE_REQUEST:  # a port probe: nothing to refuse or record
+            _cut(request)
+            self.shutdown_request(request)
+            return
+        if isinstance(first, str):
+            self._refuse(request, Refusal(address, first), None)
+            return
+        if first[0] != 0x01 or len(first) < _AE_TITLES.stop:
+            self._refuse(request, Refusal(address, "no association request"), ABORT_PDU)
+            return
+        calling_ae = first[26:42].decode("ascii", "replace").strip()
+        reason = self.policy.refusal(
+            calling_ae, address, tls=isinstance(request, ssl.SSLSocket),
+            certificate_name=_certificate_name(request))
+        if reason is not None:
+            self._refuse(request, Refusal(address, reason, calling_ae), REJECT_NOT_ACCEPTED)
+            return
+        slot = self.admission.admit(address, calling_ae)
+        if slot is None:
+            self._refuse(request, Refusal(address, "association limit reached", calling_ae),
+                         REJECT_BUSY)
+            return
+        request.settimeout(self.settings.network_timeout)
+        with self._admitted_lock:
+            self._admitted[id(request)] = _Admitted(first, slot)
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            slot.release()
+            with self._admitted_lock:
+                self._admitted.pop(id(request), None)
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
