@@ -65,11 +65,25 @@ def wait_for_drafts(services: NodeServices, study_uids: Sequence[str], timeout: 
 
 
 def draft_summaries(services: NodeServices, study_uids: Sequence[str]) -> list[tuple[str, str]]:
-    """Return (study UID, first line of the draft findings) for drafted studies."""
+    """Return (study UID, draft text) for drafted studies.
+
+    The text is the findings and impression; a degenerate draft says so first, an urgent
+    study ends with its flags.
+    """
     with services.database.sessions() as session:
         rows = session.execute(
-            select(Study.study_instance_uid, Report.findings)
+            select(Study.study_instance_uid, Report.findings, Report.impression,
+                   Report.degenerate, Report.degeneracy_reasons, Study.urgent,
+                   Study.urgent_findings)
             .join(Report, Report.study_id == Study.id)
             .where(Study.study_instance_uid.in_(study_uids))
         )
-        return [(uid, findings) for uid, findings in rows]
+        summaries = []
+        for uid, findings, impression, degenerate, reasons, urgent, flags in rows:
+            text = f"FINDINGS: {findings} IMPRESSION: {impression}".strip()
+            if degenerate:
+                text = f"[DEGENERATE DRAFT: {', '.join(reasons or [])}] {text}"
+            if urgent:
+                text += f"  [URGENT: {', '.join(flags or [])}]"
+            summaries.append((uid, text))
+        return summaries

@@ -31,6 +31,7 @@ from node.states import JobState, ReportState, StudyState
 from node.storage import InstanceStore
 from workers.errors import ModelUnavailableError, is_permanent
 from workers.heartbeat import JOBS_IN_FLIGHT, WorkerIdentity
+from workers.inference.degeneracy import DraftQuality, assess_draft, describe
 from workers.instance_source import InstanceProvider, InstanceRef, SharedFolderInstances
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,19 @@ class DraftLike(Protocol):
     def raw_text(self) -> str: ...
 
     def to_json_dict(self) -> dict[str, Any]: ...
+
+
+def draft_quality(draft: DraftLike) -> DraftQuality:
+    """The draft's degeneracy verdict: the drafter's own, else judged from its text alone.
+
+    A drafter built on :func:`workers.inference.drafting.draft_study` knows whether
+    generation reached the end token; another drafter's text is still checked for loops
+    and misplaced headers.
+    """
+    quality = getattr(draft, "quality", None)
+    if isinstance(quality, DraftQuality):
+        return quality
+    return assess_draft(draft.raw_text or f"{draft.findings} {draft.impression}")
 
 
 #: Drafts a study from its instance files, with the indication if known.
@@ -152,7 +166,8 @@ def _fail(session: Session, job: Job, study: Study, now: dt.datetime, error_clas
 
 
 def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, sr: StoredSR,
-                    labelling: DraftLabelling, now: dt.datetime) -> bool:
+                    labelling: DraftLabelling, quality: DraftQuality,
+                    now: dt.datetime) -> bool:
     """Record the draft; ``False`` when another attempt's draft was recorded first."""
     try:
         with ctx.sessions.begin() as session:
@@ -162,6 +177,8 @@ def _record_success(ctx: JobContext, claim: _Claim, draft: DraftLike, sr: Stored
             report = Report(
                 study_id=study.id, job_id=job.id, state=ReportState.DRAFT,
                 findings=draft.findings, impression=draft.impression, raw_text=draft.raw_text,
+                degenerate=quality.degenerate,
+                degeneracy_reasons=quality.reason_values() or None,
                 model_name=ctx.model.name, model_version=ctx.model.version,
                 device_uid=ctx.model.device_uid, created_at=now,
                 sop_instance_uid=sr.sop_instance_uid,
@@ -270,6 +287,7 @@ def run_draft_job(ctx: JobContext, job_id: int) -> float | None:
         with JOBS_IN_FLIGHT.track(job_id), \
                 provider.local_copies(claim.study_uid, claim.instances) as paths:
             draft = ctx.drafter(paths, claim.indication)
+            quality = draft_quality(draft)
             findings = draft.findings or draft.raw_text
             labeler = ctx.labeler or default_labeler(ctx.quality.labeler_rules_dir)
             labelling = label_draft(labeler, findings, draft.impression,
@@ -280,7 +298,8 @@ def run_draft_job(ctx: JobContext, job_id: int) -> float | None:
                 paths,
                 ReportContent(findings=findings, impression=draft.impression,
                               observations=labelling.observations, urgent=labelling.urgent,
-                              flags=labelling.flags),
+                              flags=labelling.flags,
+                              degeneracy=describe(quality.reason_values())),
                 ctx.model,
                 language=ctx.language,
             )
@@ -292,7 +311,8 @@ def run_draft_job(ctx: JobContext, job_id: int) -> float | None:
         if isinstance(exc, ModelUnavailableError):
             raise
         return delay
-    if _record_success(ctx, claim, draft, sr, labelling, utcnow()):
+    if _record_success(ctx, claim, draft, sr, labelling, quality, utcnow()):
         log_event(logger, logging.INFO, "job_succeeded", job_id=job_id,
-                  study_id=claim.study_id, urgent=labelling.urgent)
+                  study_id=claim.study_id, urgent=labelling.urgent,
+                  degenerate=quality.degenerate)
     return None

@@ -51,7 +51,7 @@ def ensure_demo_accounts(services: NodeServices) -> list[tuple[str, str, str]]:
 def _demo(args: argparse.Namespace) -> int:
     from node.config import LoggingSettings
     from node.demo import draft_summaries, send_files, wait_for_drafts
-    from workers.inference.synth.studies import write_demo_studies
+    from workers.inference.synth.studies import write_demo_studies, write_sample_studies
 
     settings = load_settings()
     configure_logging(LoggingSettings(level="WARNING", format="text"))
@@ -65,9 +65,14 @@ def _demo(args: argparse.Namespace) -> int:
     services.start()
     try:
         accounts = ensure_demo_accounts(services)
-        # A new seed per run gives new studies (the same seed re-sends the same UIDs).
-        seed = args.seed if args.seed is not None else int(time.time()) % 100_000
-        samples = write_demo_studies(args.folder / str(seed), count=args.studies, seed=seed)
+        # A new run number gives new UIDs (the same number re-sends the same studies).
+        run = int(time.time()) % 100_000
+        if args.seed is None:
+            # The fixed sample set: normal, urgent and common findings, new UIDs each run.
+            samples = write_sample_studies(args.folder / f"sample-{run}", run=run)
+        else:
+            samples = write_demo_studies(args.folder / str(args.seed), count=args.studies,
+                                         seed=args.seed)
         statuses = send_files(services.listener.port, settings.dicom.ae_title,
                               [path for sample in samples for path in sample.files])
         print(f"sent {len(samples)} sample studies to {settings.dicom.ae_title} "
@@ -110,9 +115,13 @@ def _demo(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``demo`` to the ``radnode`` parser."""
     demo = commands.add_parser("demo", help="run the node with sample studies and the demo model")
-    demo.add_argument("--studies", type=int, default=6, help="sample studies to send")
+    demo.add_argument("--studies", type=int, default=6,
+                      help="random studies to send with --seed")
     demo.add_argument("--folder", type=Path, default=Path("var/demo-studies"))
     demo.add_argument("--timeout", type=float, default=600.0)
     demo.add_argument("--once", action="store_true", help="exit after the drafts are done")
-    demo.add_argument("--seed", type=int, help="sample studies' seed (default: from the clock)")
+    demo.add_argument("--seed", type=int,
+                      help="send random phantoms drawn from this seed instead of the fixed "
+                           "sample set (normal, urgent pneumothorax, effusion, cardiomegaly "
+                           "with oedema, consolidation, support devices)")
     demo.set_defaults(handler=_demo)

@@ -232,6 +232,12 @@ class Report(Base):
     impression: Mapped[str] = mapped_column(Text, default="")
     raw_text: Mapped[str | None] = mapped_column(Text)
     labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    degenerate: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """The model's text is degenerate (a loop, no end token, a misplaced header): shown as
+    such, never as an ordinary draft (see :mod:`workers.inference.degeneracy`)."""
+    degeneracy_reasons: Mapped[list[str] | None] = mapped_column(JSON)
+    """Why the draft is degenerate (:class:`~workers.inference.degeneracy.DegenerateReason`
+    values), ``None`` when it is not."""
     model_name: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[str | None] = mapped_column(String(128))
     device_uid: Mapped[str | None] = mapped_column(UID)

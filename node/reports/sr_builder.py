@@ -42,6 +42,9 @@ from node.reports.sr_template import CodeSpec, ReportTemplate, load_report_templ
 from node.storage import is_valid_uid
 
 SPECIFIC_CHARACTER_SET = "ISO_IR 192"
+DEGENERATE_NOTICE = ("Degenerate draft: {reasons}. Neither its text nor the observations and "
+                     "triage flags coded from it can be relied on.")
+"""Notice of a degenerate draft when the template has no ``degenerate_notice`` wording."""
 """UTF-8: every SR is written in it, whatever the evidence used."""
 
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
@@ -285,6 +288,9 @@ def build_draft_sr(
     notices = [wording["draft_notice"]]
     if model.synthetic:
         notices.append(wording["synthetic_notice"])
+    if content.degeneracy:
+        notices.append(wording.get("degenerate_notice", DEGENERATE_NOTICE).format(
+            reasons="; ".join(content.degeneracy)))
     description = wording[
         "synthetic_draft_series_description" if model.synthetic else "draft_series_description"
     ]

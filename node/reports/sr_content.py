@@ -133,6 +133,9 @@ class ReportContent:
         Whether the report is flagged for urgent attention.
     flags
         Triage flags (short texts, e.g. ``"pneumothorax"``), in order.
+    degeneracy
+        Why the model's text is degenerate, in words (empty for an ordinary draft); the
+        draft SR then carries a notice saying so.
 
     Raises
     ------
@@ -146,6 +149,7 @@ class ReportContent:
     observations: Mapping[str, Presence] = field(default_factory=dict)
     urgent: bool = False
     flags: Sequence[str] = ()
+    degeneracy: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         template = load_report_template()
@@ -172,6 +176,10 @@ class ReportContent:
         flags = tuple(clean_text(f, "flag") for f in self.flags)
         if any(not f for f in flags):
             raise ValueError("flags must not be empty")
+        if isinstance(self.degeneracy, str):
+            raise TypeError("degeneracy must be a sequence of strings, not a string")
+        object.__setattr__(self, "degeneracy",
+                           tuple(clean_text(d, "degeneracy") for d in self.degeneracy if d))
         object.__setattr__(self, "findings", findings)
         object.__setattr__(self, "impression", impression)
         object.__setattr__(self, "observations", MappingProxyType(ordered))

@@ -7,6 +7,8 @@ from typing import Any
 
 from jinja2 import Environment
 
+from workers.inference.degeneracy import describe
+
 
 def person_name(value: str | None) -> str:
     """``FAMILY^Given^Middle`` as ``FAMILY, Given Middle`` (empty for none)."""
@@ -90,11 +92,16 @@ def patient_age(birth_date: str | None, study_date: str | None) -> str:
     return f"{years} y" if years >= 0 else ""
 
 
+def degeneracy_text(reasons: list[str] | None) -> list[str]:
+    """Why a draft is degenerate, in words, from the stored reason values."""
+    return describe(tuple(reasons or ()))
+
+
 def install_filters(env: Environment) -> None:
     """Register the filters on a Jinja environment."""
     filters: dict[str, Any] = {
         "person_name": person_name, "dicom_date": dicom_date, "dicom_time": dicom_time,
         "local_time": local_time, "duration": duration, "age": age, "byte_size": byte_size,
-        "patient_age": patient_age,
+        "patient_age": patient_age, "degeneracy_text": degeneracy_text,
     }
     env.filters.update(filters)

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from workers.inference.bundle import LoadedBundle
+from workers.inference.degeneracy import DraftQuality, assess_draft
 from workers.inference.frontal import FrontalChoice, select_frontal
 from workers.inference.manifest import GenerationSpec
 from workers.inference.preprocess import DisplayImage, load_display_image, to_model_input
@@ -121,6 +122,8 @@ class DraftResult:
         Attribute the indication was read from, ``"argument"``, or ``None``.
     image_used, model, timings, tokens
         Provenance and accounting.
+    quality
+        Whether the text is degenerate (loops, no end token, misplaced headers) and why.
     """
 
     findings: str
@@ -132,11 +135,20 @@ class DraftResult:
     model: ModelUsed
     timings: DraftTimings
     tokens: DraftTokens
+    quality: DraftQuality = field(default_factory=DraftQuality)
+
+    @property
+    def degenerate(self) -> bool:
+        """Whether the generated text is degenerate (see :mod:`~workers.inference.degeneracy`)."""
+        return self.quality.degenerate
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-serialisable dictionary (what ``radnode draft`` prints)."""
         data = asdict(self)
         data["timings"] = {k: round(float(v), 2) for k, v in data["timings"].items()}
+        data["quality"] = {"degenerate": self.quality.degenerate,
+                           "reasons": self.quality.reason_values(),
+                           "details": list(self.quality.details)}
         return data
 
 
@@ -359,6 +371,7 @@ def draft_study(
             generated=result.new_tokens,
             stopped_on_eos=result.stopped_on_eos,
         ),
+        quality=assess_draft(result.text, stopped_on_eos=result.stopped_on_eos),
     )
 
 

@@ -18,7 +18,15 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
-from workers.inference.synth.phantom import Phantom, random_phantom
+from workers.inference.synth.phantom import (
+    Consolidation,
+    Effusion,
+    Phantom,
+    PhantomLabels,
+    Pneumothorax,
+    random_phantom,
+    render_phantom,
+)
 from workers.inference.synth.reports import INDICATIONS, write_report
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -163,19 +171,96 @@ def write_demo_studies(
     -------
     list of DemoStudy
     """
-    root = Path(out_dir)
+    phantoms = [random_phantom(seed * 10_000 + number, size=size) for number in range(count)]
+    return _write_studies(Path(out_dir), phantoms, seed=seed, with_lateral=with_lateral)
+
+
+@dataclass(frozen=True)
+class SampleCase:
+    """One study of the demo's sample set: the findings drawn and the seed of the drawing."""
+
+    title: str
+    labels: PhantomLabels
+    render_seed: int
+    indication: str | None = None
+
+
+SAMPLE_CASES: tuple[SampleCase, ...] = (
+    SampleCase("normal", PhantomLabels(ctr=0.43), 11, "Preoperative evaluation."),
+    SampleCase("large right pneumothorax, central line (urgent)",
+               PhantomLabels(ctr=0.45, pneumothorax=Pneumothorax("right", "large"),
+                             devices=("central_line",)), 12, "Shortness of breath."),
+    SampleCase("large left pleural effusion",
+               PhantomLabels(ctr=0.44, effusion=Effusion("left", "large")), 13, None),
+    SampleCase("cardiomegaly with pulmonary oedema",
+               PhantomLabels(ctr=0.62, edema=True), 14, "Dyspnea, history of heart failure."),
+    SampleCase("right lower lobe consolidation",
+               PhantomLabels(ctr=0.42, consolidation=Consolidation("right", "lower")), 15,
+               "Cough and fever."),
+    SampleCase("support devices, otherwise normal",
+               PhantomLabels(ctr=0.44, devices=("ett", "ng_tube"), ett_cm_above_carina=4), 16,
+               "Line placement."),
+)
+"""The demo's sample set: normal and urgent studies and the common findings, fixed so that
+every newcomer sees the same cases (their UIDs change with each run)."""
+
+
+def write_sample_studies(
+    out_dir: Path | str,
+    *,
+    run: int = 0,
+    size: int = 512,
+    with_lateral: bool = True,
+    cases: tuple[SampleCase, ...] = SAMPLE_CASES,
+) -> list[DemoStudy]:
+    """Write the demo's sample set (:data:`SAMPLE_CASES`) as DICOM studies.
+
+    Parameters
+    ----------
+    out_dir
+        Destination, laid out as in :func:`write_demo_studies`.
+    run
+        Seed of the identities and UIDs only: each run sends new studies with the same
+        pixels and findings.
+    size
+        Image matrix size.
+    with_lateral
+        Add a lateral view.
+    cases
+        The cases to write.
+
+    Returns
+    -------
+    list of DemoStudy
+    """
+    phantoms = [render_phantom(case.labels, size=size, seed=case.render_seed)
+                for case in cases]
+    return _write_studies(Path(out_dir), phantoms, seed=run, with_lateral=with_lateral,
+                          indications=[case.indication for case in cases], namespace="sample-")
+
+
+def _write_studies(
+    root: Path,
+    phantoms: list[Phantom],
+    *,
+    seed: int,
+    with_lateral: bool,
+    indications: list[str | None] | None = None,
+    namespace: str = "",
+) -> list[DemoStudy]:
     root.mkdir(parents=True, exist_ok=True)
     studies: list[DemoStudy] = []
     truth: list[dict[str, Any]] = []
     start = datetime(2024, 1, 8, 8, 0, 0)
-    for number in range(count):
-        phantom: Phantom = random_phantom(seed * 10_000 + number, size=size)
+    for number, phantom in enumerate(phantoms):
+        size = int(phantom.pixels.shape[0])
         rng = np.random.default_rng([seed, number, 0x57D])
-        indication = (
+        drawn = (
             INDICATIONS[int(rng.integers(0, len(INDICATIONS)))] if rng.random() < 0.7 else None
         )
-        accession = f"SYN{seed:03d}{number:05d}"
-        study_uid = _uid("study", seed, number)
+        indication = drawn if indications is None else indications[number]
+        accession = f"{'SMP' if namespace else 'SYN'}{seed % 1000:03d}{number:05d}"
+        study_uid = _uid(namespace + "study", seed, number)
         when = start + timedelta(minutes=17 * number)
         common: dict[str, Any] = {
             "study_uid": study_uid,
@@ -191,8 +276,8 @@ def write_demo_studies(
         frontal_ds = phantom_dataset(
             phantom.pixels,
             phantom.bits,
-            series_uid=_uid("series", seed, number, 1),
-            sop_uid=_uid("sop", seed, number, 1),
+            series_uid=_uid(namespace + "series", seed, number, 1),
+            sop_uid=_uid(namespace + "sop", seed, number, 1),
             view_position=view,
             **common,
         )
@@ -203,8 +288,8 @@ def write_demo_studies(
             lateral_ds = phantom_dataset(
                 _lateral_image(size, seed * 10_000 + number, phantom.bits),
                 phantom.bits,
-                series_uid=_uid("series", seed, number, 2),
-                sop_uid=_uid("sop", seed, number, 2),
+                series_uid=_uid(namespace + "series", seed, number, 2),
+                sop_uid=_uid(namespace + "sop", seed, number, 2),
                 view_position="LL",
                 series_number=2,
                 **common,
@@ -236,4 +321,5 @@ def write_demo_studies(
     return studies
 
 
-__all__ = ["DemoStudy", "phantom_dataset", "write_demo_studies"]
+__all__ = ["SAMPLE_CASES", "DemoStudy", "SampleCase", "phantom_dataset", "write_demo_studies",
+           "write_sample_studies"]
