@@ -10,7 +10,7 @@ Query/Retrieve and QIDO-RS. Rows written before this revision are filled from th
 stored SR files when the node starts (node.reports.sr_index.backfill_report_sr_index).
 
 Revision ID: 0013
-Revises: 0014
+Revises: 0012
 Create Date: 2026-12-05 06:30:00.000000
 """
 
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0013'
-down_revision = '0014'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 
