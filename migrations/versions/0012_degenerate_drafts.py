@@ -4,7 +4,7 @@ A draft whose text is degenerate (a loop, no end token, a misplaced header) is s
 that verdict and its reasons.
 
 Revision ID: 0012
-Revises: 0014
+Revises: 0011
 Create Date: 2026-12-05 07:00:00.000000
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0012'
-down_revision = '0014'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 

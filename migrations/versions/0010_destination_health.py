@@ -2,8 +2,8 @@
 
 The latest success and failure of sending to each destination AE.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-05 06:00:00.000000
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 import node.db.types
 
-revision = '0011'
-down_revision = '0010'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 

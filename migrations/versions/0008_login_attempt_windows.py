@@ -3,7 +3,7 @@
 Failed logins become one counter row per throttle key and window (instead of one row per
 failure), so a flood of attempts cannot grow the table without bound.
 
-Revision ID: 0009
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-05 06:00:00.000000
 """
@@ -15,7 +15,7 @@ from alembic import op
 
 import node.db.types
 
-revision = '0009'
+revision = '0008'
 down_revision = '0007'
 branch_labels = None
 depends_on = None

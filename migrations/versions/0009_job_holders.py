@@ -4,8 +4,8 @@ Which worker process holds a RUNNING job (name and per-process incarnation), so 
 heartbeat renews the job's lease and a restarted or silent worker's jobs are released
 at once; the incarnation and the "broken" reason of each worker's heartbeat.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-05 06:00:00.000000
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0010'
-down_revision = '0009'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

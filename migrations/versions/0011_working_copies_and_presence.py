@@ -2,8 +2,8 @@
 
 Radiologists' unsigned text per report, and who has a study open.
 
-Revision ID: 0014
-Revises: 0011
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-05 06:30:00.000000
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 import node.db.types
 
-revision = '0014'
-down_revision = '0011'
+revision = '0011'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
