@@ -72,6 +72,7 @@ from node.dicom.qr_keys import (
 from node.dicom.qr_query import find, find_objects
 from node.dicom.retrieve_transfer import fit_to_syntaxes, originate_from, prefer_requestor_syntaxes
 from node.logs import log_event
+from node.reports.evidence import audit_mismatch, changed_behind_signed_reports
 from node.storage import InstanceStore
 
 logger = logging.getLogger(__name__)
@@ -353,7 +354,7 @@ class QueryRetrieveService:
             yield NOT_AUTHORIZED, _failed_list()
             return
         try:
-            plan = self._plan(event, action="instances_retrieved", destination_ae=None)
+            plan, withheld = self._plan(event, action="instances_retrieved", destination_ae=None)
         except _Refusal as refusal:
             log_event(logger, logging.WARNING, "get_refused", calling_ae=calling_ae,
                       status=f"0x{refusal.status:04X}", reason=refusal.reason)
@@ -367,6 +368,9 @@ class QueryRetrieveService:
             if event.is_cancelled:
                 yield CANCELLED, None
                 return
+            if item.sop_instance_uid in withheld:
+                yield PENDING, _unsendable(item)
+                continue
             yield PENDING, self._prepare(event.assoc, item)
 
     # -- C-MOVE -----------------------------------------------------------------------------
@@ -384,7 +388,8 @@ class QueryRetrieveService:
             yield None, None
             return
         try:
-            plan = self._plan(event, action="instances_moved", destination_ae=destination_ae)
+            plan, withheld = self._plan(event, action="instances_moved",
+                                        destination_ae=destination_ae)
         except _Refusal as refusal:
             # pynetdicom only answers a failure after associating with the destination.
             log_event(logger, logging.WARNING, "move_refused", calling_ae=calling_ae,
@@ -405,7 +410,8 @@ class QueryRetrieveService:
             if event.is_cancelled:
                 yield CANCELLED, None
                 return
-            if not established:  # not reached: pynetdicom stops when the association fails
+            if not established or item.sop_instance_uid in withheld:
+                # (no association: not reached, pynetdicom stops when it fails)
                 yield PENDING, _unsendable(item)
                 continue
             yield PENDING, self._prepare(established[0], item)
@@ -463,8 +469,12 @@ class QueryRetrieveService:
 
     def _plan(
         self, event: Any, *, action: str, destination_ae: str | None
-    ) -> list[StoredObject]:
+    ) -> tuple[list[StoredObject], set[str]]:
         """Select the instances to retrieve and record the retrieval per study.
+
+        Images that no longer hold what a signed report was signed on are withheld: they
+        are returned in the second set (SOP Instance UIDs), answered as failed
+        sub-operations, and the mismatch is audited.
 
         Raises
         ------
@@ -477,6 +487,7 @@ class QueryRetrieveService:
             filters = retrieve_filters(request)
             with self.sessions.begin() as session:
                 plan = find_objects(session, filters)
+                withheld = self._withhold_changed_evidence(session, plan, calling_ae, action)
                 per_study: dict[int, int] = {}
                 for item in plan:
                     per_study[item.study_id] = per_study.get(item.study_id, 0) + 1
@@ -497,7 +508,24 @@ class QueryRetrieveService:
         except Exception as exc:
             logger.exception("retrieve_plan_failed", extra={"calling_ae": calling_ae})
             raise _Refusal(UNABLE_TO_PROCESS, type(exc).__name__) from exc
-        return plan
+        return plan, withheld
+
+    def _withhold_changed_evidence(
+        self, session: Session, plan: Sequence[StoredObject], calling_ae: str, action: str
+    ) -> set[str]:
+        """Audit and return the planned images whose signed evidence no longer matches."""
+        wanted: dict[int, set[str]] = {}
+        for item in plan:
+            if not item.is_report:
+                wanted.setdefault(item.study_id, set()).add(item.sop_instance_uid)
+        withheld: set[str] = set()
+        for study_id, error in changed_behind_signed_reports(session, self.store, wanted):
+            audit_mismatch(session, study_id, error, actor=f"ae:{calling_ae}", user_id=None,
+                           during=action)
+            log_event(logger, logging.ERROR, "signed_evidence_mismatch", study_id=study_id,
+                      report_id=error.report_id, instances=len(error.changed), during=action)
+            withheld.update(error.changed)
+        return withheld
 
     def _prepare(self, assoc: Association, item: StoredObject) -> Dataset:
         """Read one instance and fit it to the contexts ``assoc`` accepted for it."""

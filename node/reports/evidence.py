@@ -3,15 +3,17 @@
 At sign-off (and at each amendment) the SHA-256 of every stored image instance of the
 study is recorded with the new version (``reports.signed_evidence``: SOP Instance UID to
 digest), after checking that the files on disk still hold those digests. Serving the
-study page, an image of the study, and amending check the stored files against the current
-signed version's record; a mismatch raises :class:`EvidenceChanged`, which the callers
-refuse loudly and audit (``signed_evidence_mismatch``). Instances the retention clean-up
+study page, an image of the study, WADO-RS, C-GET and C-MOVE, and amending check the
+stored files against the current signed version's record; a mismatch raises
+:class:`EvidenceChanged`, which the callers refuse loudly and audit
+(``signed_evidence_mismatch``). Instances the retention clean-up
 removed on purpose are not checked (their rows say when they went).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -138,6 +140,35 @@ def verify_evidence(session: Session, store: InstanceStore, study_id: int,
             changed.append(uid)
     if changed:
         raise EvidenceChanged(report.id, changed)
+
+
+def changed_behind_signed_reports(
+    session: Session, store: InstanceStore, wanted: Mapping[int, set[str]]
+) -> list[tuple[int, EvidenceChanged]]:
+    """Check the instances about to be served, study by study.
+
+    Parameters
+    ----------
+    session
+        A session (read only).
+    store
+        Where the instance files are.
+    wanted
+        Study row id to the SOP Instance UIDs of the images to be served.
+
+    Returns
+    -------
+    list of (int, EvidenceChanged)
+        Each study whose signed evidence no longer matches, with the instances that differ;
+        empty when everything may be served.
+    """
+    changed: list[tuple[int, EvidenceChanged]] = []
+    for study_id, sop_instance_uids in wanted.items():
+        try:
+            verify_evidence(session, store, study_id, sop_instance_uids)
+        except EvidenceChanged as error:
+            changed.append((study_id, error))
+    return changed
 
 
 def audit_mismatch(session: Session, study_id: int, error: EvidenceChanged, *, actor: str,

@@ -39,7 +39,7 @@ import re
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import APIRouter, HTTPException, Request, params
 from fastapi.responses import Response, StreamingResponse
@@ -62,6 +62,7 @@ from node.dicom.qr_keys import (
 )
 from node.dicom.qr_query import find, find_objects
 from node.logs import log_event
+from node.reports.evidence import EvidenceChanged, audit_mismatch, changed_behind_signed_reports
 from node.storage import InstanceStore, is_valid_uid
 from workers.inference.dicom_limits import check_encoded
 
@@ -298,12 +299,19 @@ class _DicomWeb:
 
     # -- WADO-RS --------------------------------------------------------------------------------
 
-    def _objects(self, filters: dict[str, str]) -> list[StoredObject]:
+    def _objects(self, request: Request, filters: dict[str, str]) -> list[StoredObject]:
         for value in filters.values():
             _check_uid(value)
         try:
             with self.sessions() as session:
                 found = find_objects(session, filters)
+                wanted: dict[int, set[str]] = {}
+                for item in found:
+                    if not item.is_report:
+                        wanted.setdefault(item.study_id, set()).add(item.sop_instance_uid)
+                changed = changed_behind_signed_reports(session, self.store, wanted)
+            if changed:
+                self._refuse_changed_evidence(request, changed)
         except SQLAlchemyError as exc:
             log_event(logger, logging.ERROR, "dicomweb_database_error",
                       error=type(exc).__name__)
@@ -319,6 +327,23 @@ class _DicomWeb:
             raise HTTPException(404, "no such instances")
         return present
 
+    def _refuse_changed_evidence(
+        self, request: Request, changed: Sequence[tuple[int, EvidenceChanged]]
+    ) -> NoReturn:
+        """Audit images that no longer hold what a report was signed on; answer 409."""
+        viewer = getattr(request.state, "viewer", None)
+        actor = getattr(viewer, "username", None) or "dicomweb"
+        user_id = getattr(viewer, "id", None)
+        with self.sessions.begin() as session:
+            for study_id, error in changed:
+                audit_mismatch(session, study_id, error, actor=actor, user_id=user_id,
+                               during="wado_rs")
+        for study_id, error in changed:
+            log_event(logger, logging.ERROR, "signed_evidence_mismatch", study_id=study_id,
+                      report_id=error.report_id, instances=len(error.changed),
+                      during="wado_rs")
+        raise HTTPException(409, str(changed[0][1]))
+
     def _transfer_syntax(self, item: StoredObject) -> str:
         if item.transfer_syntax_uid:
             return item.transfer_syntax_uid
@@ -326,7 +351,7 @@ class _DicomWeb:
         return str(meta.TransferSyntaxUID)
 
     def retrieve(self, request: Request, filters: dict[str, str]) -> Response:
-        objects = self._objects(filters)
+        objects = self._objects(request, filters)
         syntaxes = [self._transfer_syntax(item) for item in objects]
         if not _accepts(request, "multipart/related", set(syntaxes)):
             raise HTTPException(
@@ -356,7 +381,7 @@ class _DicomWeb:
         if not _accepts(request, DICOM_JSON):
             raise HTTPException(406, "metadata is application/dicom+json")
         results = []
-        for item in self._objects(filters):
+        for item in self._objects(request, filters):
             try:
                 check_encoded(self.store.absolute(item.path))  # before any inflation
                 dataset = dcmread(self.store.absolute(item.path), stop_before_pixels=True)

@@ -116,6 +116,45 @@ def _sign(node: NodeServices, study_uid: str) -> None:
         study.state = StudyState.SIGNED
 
 
+def test_changed_file_behind_a_signed_report_is_never_served(
+        node: NodeServices, tmp_path: Path) -> None:
+    """Other bytes written into a stored file after sign-off: C-GET withholds that image
+    (a failed sub-operation) and still sends the untouched one, WADO-RS answers 409, and
+    each refusal is audited with the instance."""
+    first = make_cxr_dataset(rows=32, cols=32, seed=1)
+    second = make_cxr_dataset(rows=32, cols=32, seed=2, study_uid=str(first.StudyInstanceUID),
+                              series_uid=str(first.SeriesInstanceUID), patient_id=first.PatientID,
+                              patient_name=str(first.PatientName))
+    assert _send(node, first, second) == [0x0000, 0x0000]
+    _sign(node, str(first.StudyInstanceUID))
+    path = node.store.absolute(_row(node, str(first.SOPInstanceUID)).path)
+    data = bytearray(path.read_bytes())
+    data[-10:] = bytes(10)  # other pixel bytes, same length
+    path.write_bytes(bytes(data))
+
+    received = _c_get(node, tmp_path / "get", str(first.StudyInstanceUID))
+    assert set(received) == {str(second.SOPInstanceUID)}
+    with node.database.sessions.begin() as session:
+        token = issue_service_token(session, "gpu-host-1", actor="test")
+    app = create_app(node.settings, node.database, node.store)
+    with TestClient(app, base_url="http://radnode.test") as client:
+        refused = client.get(f"/dicomweb/studies/{first.StudyInstanceUID}",
+                             headers={"Authorization": f"Bearer {token}"})
+        served = client.get(
+            f"/dicomweb/studies/{second.StudyInstanceUID}/series/{second.SeriesInstanceUID}"
+            f"/instances/{second.SOPInstanceUID}", headers={"Authorization": f"Bearer {token}"})
+    assert refused.status_code == 409
+    assert "have changed since it was signed" in refused.text
+    assert served.status_code == 200
+    with node.database.sessions() as session:
+        events = list(session.scalars(select(AuditEvent).where(
+            AuditEvent.action == "signed_evidence_mismatch").order_by(AuditEvent.id)))
+    assert [(e.actor, e.details["during"]) for e in events if e.details] == [
+        ("ae:GETSCU", "instances_retrieved"), ("dicomweb", "wado_rs")]
+    assert all(e.details and e.details["sop_instance_uids"] == [str(first.SOPInstanceUID)]
+               for e in events)
+
+
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 def test_resend_with_other_pixels_is_quarantined_and_the_original_served(
         node: NodeServices, tmp_path: Path, signed: bool) -> None:
