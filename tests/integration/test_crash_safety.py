@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from node.db.models import Instance
 from node.runtime import Database
-from tests.conftest import free_port
+from tests.conftest import DEMO_BUNDLE_DIR, free_port
 from tests.dicom_factory import DX_FOR_PRESENTATION, make_cxr_dataset, write_dataset
 from tests.integration.dicom_files import temporary_files
 from tests.integration.dicom_net import (
@@ -28,7 +28,8 @@ from tests.integration.dicom_net import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.dcmtk, requires_dcmtk]
+pytestmark = [pytest.mark.slow, pytest.mark.dcmtk, requires_dcmtk,
+              pytest.mark.usefixtures("demo_bundle_built")]
 
 INSTANCES = 200
 KILL_AFTER = 80
@@ -49,7 +50,8 @@ class ServerProcess:
                 "RADNODE_DICOM__PORT": str(self.port),
                 "RADNODE_DICOM__BIND_ADDRESS": "127.0.0.1",
                 "RADNODE_WEB__PORT": str(free_port()),
-                "RADNODE_MODEL__BUNDLE": str(tmp_path / "no-model"),
+                # No broker: the node drafts in-process, so it starts only with a model.
+                "RADNODE_MODEL__BUNDLE": str(DEMO_BUNDLE_DIR),
                 "RADNODE_ASSEMBLY__QUIET_SECONDS": "600",
                 "RADNODE_LOGGING__FORMAT": "text",
             }

@@ -188,14 +188,17 @@ def echo_wait(port: int) -> float:
     """Seconds until a C-ECHO succeeds. An association the node has just aborted keeps
     its slot until pynetdicom's ARTIM timer (the ACSE timeout) ends its thread, so
     right after a burst of hostile connections a request may be rejected as transient
-    (local limit exceeded); it must succeed within a few timeouts."""
+    (local limit exceeded), or cut off when a loaded machine lets the request outlast the
+    short request deadline these tests set; it must succeed within a few timeouts."""
     started = time.monotonic()
     while True:
         result = exchange(port, [None])
         if result.statuses == [0x0000]:
             return time.monotonic() - started
-        assert result.rejected and result.reject is not None, result
-        assert (result.reject.result, result.reject.diagnostic) == (0x02, 0x02), result.reject
+        assert result.rejected or result.aborted, result
+        if result.rejected:
+            assert result.reject is not None, result
+            assert (result.reject.result, result.reject.diagnostic) == (0x02, 0x02), result.reject
         assert time.monotonic() - started < TIMEOUT * 3, "the node stopped serving"
         time.sleep(0.1)
 

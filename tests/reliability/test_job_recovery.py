@@ -276,7 +276,9 @@ def test_worker_without_a_usable_model_exits_before_taking_a_task(
         [sys.executable, "-m", "node.cli.main", "worker", "--name", "bad"], env=env,
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=180, check=False)
     output = (result.stdout + result.stderr).strip()
-    assert result.returncode == 3, output
+    # A bundle that is not there is a misconfiguration (2, the setting named); one whose
+    # model cannot be loaded is a broken model (3).
+    assert result.returncode == (2 if damage == "missing" else 3), output
     assert len(output.splitlines()) == 1, output
     assert str(bundle) in output and "Traceback" not in output
     client = redis.Redis.from_url(broker.url)
