@@ -522,8 +522,6 @@ class QueryRetrieveService:
         for study_id, error in changed_behind_signed_reports(session, self.store, wanted):
             audit_mismatch(session, study_id, error, actor=f"ae:{calling_ae}", user_id=None,
                            during=action)
-            log_event(logger, logging.ERROR, "signed_evidence_mismatch", study_id=study_id,
-                      report_id=error.report_id, instances=len(error.changed), during=action)
             withheld.update(error.changed)
         return withheld
 

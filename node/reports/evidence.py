@@ -13,6 +13,7 @@ removed on purpose are not checked (their rows say when they went).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,8 +22,11 @@ from sqlalchemy.orm import Session
 
 from node.db.models import AuditEvent, Instance, Report
 from node.db.types import utcnow
+from node.logs import log_event
 from node.states import ReportState
 from node.storage import InstanceStore
+
+logger = logging.getLogger(__name__)
 
 _SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 _CHUNK = 1 << 20
@@ -173,9 +177,12 @@ def changed_behind_signed_reports(
 
 def audit_mismatch(session: Session, study_id: int, error: EvidenceChanged, *, actor: str,
                    user_id: int | None, during: str) -> None:
-    """Record a mismatch in the audit trail (the caller commits, in its own transaction)."""
+    """Record a mismatch in the audit trail (the caller commits, in its own transaction)
+    and as an ERROR log event (ids and counts only)."""
     session.add(AuditEvent(
         at=utcnow(), actor=actor, user_id=user_id, action="signed_evidence_mismatch",
         object_type="report", object_id=str(error.report_id) if error.report_id else None,
         study_id=study_id, details={"during": during, "sop_instance_uids": error.changed},
     ))
+    log_event(logger, logging.ERROR, "signed_evidence_mismatch", study_id=study_id,
+              report_id=error.report_id, instances=len(error.changed), during=during)

@@ -338,10 +338,6 @@ class _DicomWeb:
             for study_id, error in changed:
                 audit_mismatch(session, study_id, error, actor=actor, user_id=user_id,
                                during="wado_rs")
-        for study_id, error in changed:
-            log_event(logger, logging.ERROR, "signed_evidence_mismatch", study_id=study_id,
-                      report_id=error.report_id, instances=len(error.changed),
-                      during="wado_rs")
         raise HTTPException(409, str(changed[0][1]))
 
     def _transfer_syntax(self, item: StoredObject) -> str:

@@ -94,8 +94,6 @@ def _refuse_changed_evidence(request: Request, viewer: Viewer, study_id: int,
     with ctx.database.sessions.begin() as session:
         audit_mismatch(session, study_id, error, actor=viewer.username, user_id=viewer.id,
                        during=during)
-    log_event(logger, logging.ERROR, "signed_evidence_mismatch", study_id=study_id,
-              report_id=error.report_id, instances=len(error.changed), during=during)
     return HTTPException(409, str(error))
 
 

@@ -25,6 +25,18 @@ _IMPLIED: dict[Observation, frozenset[Observation]] = {
 }
 
 
+_PHANTOM_FINDINGS: dict[str, Observation] = {
+    "cardiomegaly": Observation.CARDIOMEGALY,
+    "effusion": Observation.PLEURAL_EFFUSION,
+    "pneumothorax": Observation.PNEUMOTHORAX,
+    "consolidation": Observation.CONSOLIDATION,
+    "edema": Observation.EDEMA,
+    "atelectasis": Observation.ATELECTASIS,
+    "devices": Observation.SUPPORT_DEVICES,
+}
+"""Phantom truth key → the observation a faithful draft must state when it is set."""
+
+
 def truth_observations(labels: Mapping[str, Any]) -> frozenset[Observation]:
     """The observations a phantom's labels make positive.
 
@@ -33,21 +45,7 @@ def truth_observations(labels: Mapping[str, Any]) -> frozenset[Observation]:
     labels
         ``PhantomLabels.to_dict()`` (the ``labels`` of a ``truth.json`` entry).
     """
-    found: set[Observation] = set()
-    if labels.get("cardiomegaly"):
-        found.add(Observation.CARDIOMEGALY)
-    if labels.get("effusion"):
-        found.add(Observation.PLEURAL_EFFUSION)
-    if labels.get("pneumothorax"):
-        found.add(Observation.PNEUMOTHORAX)
-    if labels.get("consolidation"):
-        found.add(Observation.CONSOLIDATION)
-    if labels.get("edema"):
-        found.add(Observation.EDEMA)
-    if labels.get("atelectasis"):
-        found.add(Observation.ATELECTASIS)
-    if labels.get("devices"):
-        found.add(Observation.SUPPORT_DEVICES)
+    found = {observation for key, observation in _PHANTOM_FINDINGS.items() if labels.get(key)}
     if not found - {Observation.SUPPORT_DEVICES}:
         found.add(Observation.NO_FINDING)
     return frozenset(found)
