@@ -306,6 +306,7 @@ def prefill_chunk(
     embeds: torch.Tensor,
     *,
     start: int,
+    all_logits: bool = False,
 ) -> torch.Tensor:
     """Run prompt positions ``[start, start + c)`` of one sequence whose earlier positions are
     already in its cache slot, and store theirs.
@@ -324,11 +325,13 @@ def prefill_chunk(
         (c, hidden) input embeddings of the chunk.
     start
         Position of the chunk's first token.
+    all_logits
+        Return the logits of every position of the chunk (teacher-forced scoring).
 
     Returns
     -------
     torch.Tensor
-        float32 (vocab,) logits of the chunk's last position.
+        float32 (vocab,) logits of the chunk's last position, or (c, vocab) of every one.
     """
     shape = weights.shape
     length = int(embeds.shape[0])
@@ -361,6 +364,8 @@ def prefill_chunk(
         attended = attended.transpose(0, 1).reshape(length, shape.q_width)
         x, h = kernels.add_rms_norm(x, linear(attended, layer.out), layer.post_norm, eps)
         x, h = _mlp(weights, kernels, index, x, h)
+    if all_logits:
+        return F.linear(h, weights.lm_head).to(torch.float32)
     return F.linear(h[-1:], weights.lm_head)[0].to(torch.float32)
 
 
