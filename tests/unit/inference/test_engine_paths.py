@@ -1,0 +1,183 @@
+"""The decode engine's newer paths on the CPU: attention over each sequence's own length,
+chunked prefill (the forward pass and the engine), and fp8 weights and KV cache.
+
+The GPU kernels behind these paths (the Triton attention kernel, fp8 tensor-core products)
+are checked against the same reference paths by ``bench/gpu_checks.py`` on a GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.unit.inference.test_engine import prompts, reference, tiny_llama
+from workers.inference.engine import DecodeEngine, DecodeRequest
+from workers.inference.engine.forward import (
+    LayerKernels,
+    RotaryTables,
+    StaticKVCache,
+    _attend,
+    attend_varlen_reference,
+    prefill,
+    prefill_chunk,
+)
+from workers.inference.engine.weights import extract_weights
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+LENGTHS = [40, 73, 12, 55, 90, 31, 64]
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    return tiny_llama(kv_heads=2)
+
+
+def _filled_cache(kind: str, *, slots: int = 4, max_len: int = 50) -> tuple[Any, Any]:
+    torch.manual_seed(3)
+    weights = extract_weights(tiny_llama(kv_heads=2))
+    cache = StaticKVCache(weights.shape, slots, max_len, dtype=torch.float32,
+                          device=torch.device("cpu"), kind=kind)  # type: ignore[arg-type]
+    shape = weights.shape
+    for layer in range(shape.num_layers):
+        for slot in range(slots):
+            k = torch.randn(shape.num_kv_heads, max_len, shape.head_dim)
+            v = torch.randn(shape.num_kv_heads, max_len, shape.head_dim)
+            cache.write_range(layer, slot, 0, k, v)
+    return weights, cache
+
+
+@pytest.mark.parametrize("kind", ["auto", "fp8"])
+def test_own_length_attention_equals_the_masked_whole_cache(kind: str) -> None:
+    weights, cache = _filled_cache(kind)
+    shape = weights.shape
+    group = shape.num_heads // shape.num_kv_heads
+    positions = torch.tensor([0, 17, 49, 3])
+    q = torch.randn(4, shape.num_kv_heads, group, shape.head_dim)
+    visible = (torch.arange(cache.capacity)[None, :] <= positions[:, None])[:, None, None, :]
+    for layer in range(shape.num_layers):
+        keys, values = cache.read_slots(layer, 4)
+        masked = _attend(q, keys, values, visible, "sdpa")
+        own = attend_varlen_reference(q, cache, layer, (positions + 1).tolist())
+        assert own.shape == masked.shape
+        assert torch.allclose(own, masked, atol=1e-6, rtol=0)
+    # The keys past a sequence's length do change the masked-free result: the lengths matter.
+    longer = attend_varlen_reference(q, cache, 0, (positions + 2).tolist())
+    assert not torch.allclose(longer, attend_varlen_reference(q, cache, 0,
+                                                              (positions + 1).tolist()))
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
+def test_own_length_attention_engine_decodes_like_transformers(kv_heads: int) -> None:
+    model = tiny_llama(kv_heads=kv_heads)
+    expected = [reference(model, p, 24) for p in prompts(LENGTHS)]
+    engine = DecodeEngine(model, max_batch=3, max_seq_len=160, max_new_tokens=30,
+                          stop_check_interval=3, attention="varlen")
+    try:
+        outputs = engine.generate([DecodeRequest(p, 24) for p in prompts(LENGTHS)])
+    finally:
+        engine.close()
+    assert [o.token_ids for o in outputs] == expected
+
+
+def test_prefill_in_chunks_fills_the_cache_like_one_piece(model: Any) -> None:
+    weights = extract_weights(model)
+    kernels = LayerKernels.plain()
+    embeds = prompts([61], seed=12)[0]
+    whole = StaticKVCache(weights.shape, 2, 80, dtype=torch.float32, device=torch.device("cpu"))
+    pieces = StaticKVCache(weights.shape, 2, 80, dtype=torch.float32, device=torch.device("cpu"))
+    rotary = RotaryTables(weights, whole.capacity)
+    with torch.inference_mode():
+        expected = prefill(weights, kernels, whole, rotary, 1, embeds)
+        start = 0
+        for size in (7, 1, 20, 16, 17):
+            logits = prefill_chunk(weights, kernels, pieces, rotary, 1, embeds[start:start + size],
+                                   start=start)
+            start += size
+    assert start == 61
+    assert torch.allclose(pieces.keys[:, 1, :, :61], whole.keys[:, 1, :, :61], atol=1e-5)
+    assert torch.allclose(pieces.values[:, 1, :, :61], whole.values[:, 1, :, :61], atol=1e-5)
+    assert not pieces.keys[:, 1, :, 61:].any(), "nothing written past the prompt"
+    assert not pieces.keys[:, 0].any(), "nothing written to another slot"
+    assert torch.allclose(logits, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="exceed"):
+        prefill_chunk(weights, kernels, pieces, rotary, 1, embeds[:30], start=61)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "varlen"])
+def test_chunked_prefill_engine_decodes_like_transformers(model: Any, attention: str) -> None:
+    """Prompts of 12 to 90 tokens prefilled 13 tokens per step while the other slots decode:
+    the tokens are those of transformers, and of the engine prefilling whole prompts."""
+    expected = [reference(model, p, 24) for p in prompts(LENGTHS)]
+    engine = DecodeEngine(model, max_batch=3, max_seq_len=160, max_new_tokens=30,
+                          stop_check_interval=2, attention=attention,  # type: ignore[arg-type]
+                          prefill_chunk_tokens=16)
+    try:
+        outputs = engine.generate([DecodeRequest(p, 24) for p in prompts(LENGTHS)])
+    finally:
+        engine.close()
+    assert [o.token_ids for o in outputs] == expected
+    assert engine.stats.prefill_chunks >= sum(-(-n // 16) for n in LENGTHS)
+    assert engine.stats.mean_batch() > 1.5
+    assert all(o.first_token_s <= o.total_s for o in outputs)
+
+
+def test_chunked_prefill_engine_honours_stops_and_cancellation(model: Any) -> None:
+    prompt = prompts([50], seed=5)[0]
+    full = reference(model, prompt, 20)
+    stop = full[4]
+    engine = DecodeEngine(model, max_batch=1, max_seq_len=100, max_new_tokens=20,
+                          prefill_chunk_tokens=8)
+    try:
+        first = engine.submit(DecodeRequest(prompt, 20, stop_token_ids=(stop,)))
+        queued = [engine.submit(DecodeRequest(prompt, 20)) for _ in range(3)]
+        queued[1].cancel()
+        assert first.result(timeout=60).token_ids == full[:full.index(stop)]
+        assert queued[0].result(timeout=60).token_ids == full
+        assert queued[2].result(timeout=60).token_ids == full
+    finally:
+        engine.close()
+    assert queued[1].cancelled()
+    assert engine.stats.requests == 3
+
+
+# -- fp8 ------------------------------------------------------------------------------------
+
+
+def test_accuracy_harness_finds_no_difference_between_equal_configurations(model: Any) -> None:
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from decode_accuracy import compare_configurations
+
+    requests = prompts([30, 45, 22, 60], seed=21)
+    same = compare_configurations(model, requests, 16, candidate={}, max_batch=2,
+                                  logit_requests=2)
+    assert same["greedy"]["identical_share"] == 1.0
+    assert same["logits"]["max_abs"] == 0.0
+    assert same["logits"]["teacher_forced_top1_agreement"] == 1.0
+    assert same["logits"]["positions"] == 2 * 16
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_fp8_demo_drafts_stay_close_to_float32() -> None:
+    """The demo bundle's reports with fp8 weights and fp8 KV cache against its float32 ones:
+    same phantoms, greedy; logits, tokens and CheXpert labels of the texts compared."""
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from decode_accuracy import compare_configurations, demo_bundle_prompts
+
+    from tests.conftest import DEMO_BUNDLE_DIR
+
+    model, tokenizer, requests, eos = demo_bundle_prompts(DEMO_BUNDLE_DIR, 8)
+    result = compare_configurations(model, requests, 48, eos=eos, tokenizer=tokenizer,
+                                    candidate={"fp8": True, "kv_cache": "fp8"},
+                                    attention="varlen", logit_requests=4)
+    assert result["logits"]["max_abs"] > 0, "fp8 changed nothing: it did not run"
+    assert result["logits"]["max_abs_relative_to_range"] < 0.1
+    assert result["logits"]["teacher_forced_top1_agreement"] >= 0.95
+    assert result["greedy"]["position_agreement"] >= 0.75
+    assert result["labels"]["reports"] == 8
+    assert result["labels"]["observation_label_agreement"] >= 0.9
+    # A float32 model: its projections shrink to a quarter, its (large) lm_head stays.
+    assert 0.25 < result["step_bytes_ratio_at_mean_context"] < 0.5
