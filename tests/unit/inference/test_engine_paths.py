@@ -33,7 +33,14 @@ LENGTHS = [40, 73, 12, 55, 90, 31, 64]
 
 @pytest.fixture(scope="module")
 def model() -> Any:
+    """Grouped-query attention (2 key/value heads for 4 query heads)."""
     return tiny_llama(kv_heads=2)
+
+
+@pytest.fixture(scope="module")
+def expected(model: Any) -> list[list[int]]:
+    """transformers' greedy tokens for the prompts of ``LENGTHS``."""
+    return [reference(model, p, 24) for p in prompts(LENGTHS)]
 
 
 def _filled_cache(kind: str, *, slots: int = 4, max_len: int = 50) -> tuple[Any, Any]:
@@ -70,10 +77,8 @@ def test_own_length_attention_equals_the_masked_whole_cache(kind: str) -> None:
                                                               (positions + 1).tolist()))
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
-def test_own_length_attention_engine_decodes_like_transformers(kv_heads: int) -> None:
-    model = tiny_llama(kv_heads=kv_heads)
-    expected = [reference(model, p, 24) for p in prompts(LENGTHS)]
+def test_own_length_attention_engine_decodes_like_transformers(
+        model: Any, expected: list[list[int]]) -> None:
     engine = DecodeEngine(model, max_batch=3, max_seq_len=160, max_new_tokens=30,
                           stop_check_interval=3, attention="varlen")
     try:
@@ -108,10 +113,10 @@ def test_prefill_in_chunks_fills_the_cache_like_one_piece(model: Any) -> None:
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "varlen"])
-def test_chunked_prefill_engine_decodes_like_transformers(model: Any, attention: str) -> None:
-    """Prompts of 12 to 90 tokens prefilled 13 tokens per step while the other slots decode:
-    the tokens are those of transformers, and of the engine prefilling whole prompts."""
-    expected = [reference(model, p, 24) for p in prompts(LENGTHS)]
+def test_chunked_prefill_engine_decodes_like_transformers(
+        model: Any, expected: list[list[int]], attention: str) -> None:
+    """Prompts of 12 to 90 tokens prefilled at most 16 tokens per step (less the decode
+    tokens) while the other slots decode: the tokens are those of transformers."""
     engine = DecodeEngine(model, max_batch=3, max_seq_len=160, max_new_tokens=30,
                           stop_check_interval=2, attention=attention,  # type: ignore[arg-type]
                           prefill_chunk_tokens=16)
@@ -181,3 +186,36 @@ def test_fp8_demo_drafts_stay_close_to_float32() -> None:
     assert result["labels"]["observation_label_agreement"] >= 0.9
     # A float32 model: its projections shrink to a quarter, its (large) lm_head stays.
     assert 0.25 < result["step_bytes_ratio_at_mean_context"] < 0.5
+
+
+def test_gpu_check_script_dry_run_writes_every_section(tmp_path: Path) -> None:
+    """The prepared GPU script, on the CPU with tiny shapes: every section runs (the GPU-only
+    kernels are marked skipped), parity holds, and the figures land in JSON and Markdown."""
+    import json
+    import subprocess
+
+    out = tmp_path / "checks.json"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "gpu_checks.py"),
+                             "--dry-run", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for key in ("device", "copy_bandwidth_tb_s", "kernels", "parity_small_fp32", "baseline",
+                "varlen_chunked", "fp8", "fp8_accuracy_7b", "fp8_accuracy_demo",
+                "transformers"):
+        assert key in data, key
+        assert not (isinstance(data[key], dict) and "error" in data[key]), data[key]
+    assert data["kernels"]["attention_kv_fp8"]["triton"].startswith("skipped")
+    assert data["kernels"]["attention_kv_auto"]["reference_vs_masked_max_abs"] < 1e-5
+    for name in ("baseline", "varlen_chunked"):
+        parity = data["parity_small_fp32"][name]
+        assert parity["identical"] == parity["requests"]
+        assert data[name]["parity_7b_shape"]["identical"] == \
+            data[name]["parity_7b_shape"]["requests"]
+    assert set(data["fp8"]["steps"]) == {"1", "2", "4"}
+    assert data["fp8"]["engine"]["kv_cache"] == "fp8"
+    throughput = data["varlen_chunked"]["throughput"]
+    assert throughput["prefill_chunks"] > throughput["studies"]
+    assert throughput["time_to_first_token_s"]["p50"] <= throughput["latency_s"]["p50"]
+    assert data["fp8_accuracy_7b"]["greedy"]["requests"] == 4
+    assert "| fp8 | 4 |" in out.with_suffix(".md").read_text()

@@ -118,6 +118,29 @@ def fp8_linear_reference(x: torch.Tensor, weight: Fp8Matrix) -> torch.Tensor:
     return product.to(weight.out_dtype)
 
 
+_PRODUCT_DTYPE: dict[tuple[str, torch.dtype], torch.dtype] = {}
+"""Output dtype ``torch._scaled_mm`` accepts with row-wise scales, per (device type, wanted
+dtype): some builds give row-wise scaled products in bfloat16 only."""
+
+
+def _scaled_mm(xq: torch.Tensor, xs: torch.Tensor, weight: Fp8Matrix) -> torch.Tensor:
+    key = (xq.device.type, weight.out_dtype)
+    dtype = _PRODUCT_DTYPE.get(key)
+    if dtype is None:
+        try:
+            out = torch._scaled_mm(xq, weight.values.t(), scale_a=xs, scale_b=weight.scale.t(),
+                                   out_dtype=weight.out_dtype)
+        except RuntimeError:
+            _PRODUCT_DTYPE[key] = torch.bfloat16
+        else:
+            _PRODUCT_DTYPE[key] = weight.out_dtype
+            return out
+        dtype = torch.bfloat16
+    out = torch._scaled_mm(xq, weight.values.t(), scale_a=xs, scale_b=weight.scale.t(),
+                           out_dtype=dtype)
+    return out.to(weight.out_dtype)
+
+
 def fp8_linear_scaled_mm(x: torch.Tensor, weight: Fp8Matrix) -> torch.Tensor:
     """``x @ Wᵀ`` through ``torch._scaled_mm`` (fp8 operands, row-wise scales).
 
@@ -129,8 +152,7 @@ def fp8_linear_scaled_mm(x: torch.Tensor, weight: Fp8Matrix) -> torch.Tensor:
     if flat.device.type == "cuda" and count % 16:
         flat = F.pad(flat, (0, 0, 0, 16 - count % 16))
     xq, xs = quantize_rows(flat)
-    out = torch._scaled_mm(xq, weight.values.t(), scale_a=xs, scale_b=weight.scale.t(),
-                           out_dtype=weight.out_dtype)
+    out = _scaled_mm(xq, xs, weight)
     return out[:count].reshape(*rows, weight.shape[0])
 
 
