@@ -379,10 +379,10 @@ class DecodeEngine:
 
     def _run_plan(self, plan: StepPlan[_Running]) -> None:
         now = time.perf_counter()
-        for slot, running in plan.admitted:
-            running.admitted = now
+        for slot, admitted in plan.admitted:
+            admitted.admitted = now
             self.table.release(slot)
-            self._slots[slot] = running
+            self._slots[slot] = admitted
         for chunk in plan.chunks:
             running = self._slots[chunk.slot]
             assert running is not None
@@ -489,8 +489,8 @@ class DecodeEngine:
     def _finish_done(self, done: list[bool]) -> list[int]:
         """Resolve the futures of ended sequences and free their slots; returns the slots."""
         finished = [i for i, flag in enumerate(done)
-                    if flag and (running := self._slots[i]) is not None
-                    and running.first_token > 0]
+                    if flag and (occupant := self._slots[i]) is not None
+                    and occupant.first_token > 0]
         if not finished:
             return []
         counts = self.table.count[finished].tolist()

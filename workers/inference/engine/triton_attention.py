@@ -39,8 +39,8 @@ def available(device: torch.device) -> bool:
 
 if triton is not None:  # pragma: no cover - compiled and run on a GPU only
 
-    @triton.jit
-    def _partial_kernel(
+    @triton.jit  # type: ignore[untyped-decorator]
+    def _partial_kernel(  # type: ignore[no-untyped-def]
         q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, out_ptr, lse_ptr,
         stride_qn, stride_qh,
         stride_kn, stride_kh, stride_kt,

@@ -139,12 +139,12 @@ def to_fp8(weights: DecoderWeights) -> DecoderWeights:
     Norm weights, the embedding and the output projection (``lm_head``, which decides the
     logits directly and is about 2 % of a 7B model's bytes) stay in the model's dtype.
     """
-    if weights.fp8:
-        return weights
+    def quantized(matrix: Matrix) -> Fp8Matrix:
+        return matrix if isinstance(matrix, Fp8Matrix) else Fp8Matrix.from_weight(matrix)
+
     layers = tuple(
-        replace(layer, qkv=Fp8Matrix.from_weight(layer.qkv), out=Fp8Matrix.from_weight(layer.out),
-                gate_up=Fp8Matrix.from_weight(layer.gate_up),
-                down=Fp8Matrix.from_weight(layer.down))
+        replace(layer, qkv=quantized(layer.qkv), out=quantized(layer.out),
+                gate_up=quantized(layer.gate_up), down=quantized(layer.down))
         for layer in weights.layers
     )
     return replace(weights, layers=layers)
