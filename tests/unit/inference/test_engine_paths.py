@@ -219,3 +219,39 @@ def test_gpu_check_script_dry_run_writes_every_section(tmp_path: Path) -> None:
     assert throughput["time_to_first_token_s"]["p50"] <= throughput["latency_s"]["p50"]
     assert data["fp8_accuracy_7b"]["greedy"]["requests"] == 4
     assert "| fp8 | 4 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.usefixtures("demo_bundle_built")
+def test_the_bundle_manifest_switches_fp8_on_and_defaults_to_off(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    import pydantic
+
+    from tests.conftest import DEMO_BUNDLE_DIR
+    from workers.inference.bundle import load_bundle
+    from workers.inference.manifest import BundleManifest
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(DEMO_BUNDLE_DIR, folder)
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw.pop("engine", None)
+    manifest = BundleManifest.model_validate(raw)
+    assert (manifest.engine.weights, manifest.engine.kv_cache) == ("model", "model")
+    with pytest.raises(pydantic.ValidationError):
+        BundleManifest.model_validate({**raw, "engine": {"weights": "int4"}})
+    manifest.engine = manifest.engine.model_copy(update={"weights": "fp8", "kv_cache": "fp8"})
+    manifest.save(folder)
+    bundle = load_bundle(folder, decode_engine=True, engine_batch=2)
+    try:
+        assert bundle.engine is not None
+        described = bundle.engine.describe()
+        assert described["fp8_weights"] and described["kv_cache"] == "fp8"
+        sys.path.insert(0, str(REPO_ROOT / "bench"))
+        from engine_parity import pseudo_images
+
+        result = bundle.draft(pseudo_images(bundle, 1, seed=4)[0])
+        assert result.new_tokens > 0 and result.text
+    finally:
+        if bundle.engine is not None:
+            bundle.engine.close()
