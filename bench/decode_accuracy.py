@@ -13,11 +13,15 @@ On the same requests it measures:
   the labels of the 14 observations compared, per observation and per whole report.
 
 ``bench/gpu_checks.py`` runs it on a GPU with the Vicuna-7B shape and on the demo bundle;
-the test suite runs it on the CPU with tiny models.
+the test suite runs it on the CPU with tiny models. On its own, for a bundle::
+
+    python bench/decode_accuracy.py var/models/demo --requests 64 --new-tokens 128
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 import sys
 from collections.abc import Sequence
@@ -216,6 +220,31 @@ def demo_bundle_prompts(bundle_dir: Path, count: int, *, device: str = "cpu",
     return bundle.model, bundle.tokenizer, prompts, eos
 
 
+def main(argv: list[str] | None = None) -> int:
+    """fp8 weights and KV cache against the bundle's own dtype, on held-out phantoms."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--logit-requests", type=int, default=16)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    model, tokenizer, prompts, eos = demo_bundle_prompts(args.bundle, args.requests,
+                                                         device=args.device)
+    result = {"bundle": str(args.bundle), "device": args.device, "torch": torch.__version__}
+    result.update(compare_configurations(
+        model, prompts, args.new_tokens, eos=eos, tokenizer=tokenizer,
+        candidate={"fp8": True, "kv_cache": "fp8"}, attention="varlen", max_batch=16,
+        logit_requests=args.logit_requests))
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text)
+    return 0
+
+
+
 __all__ = [
     "compare_configurations",
     "demo_bundle_prompts",
@@ -225,3 +254,7 @@ __all__ = [
     "logit_error",
     "sequence_logits",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
