@@ -107,6 +107,8 @@ class Profile:
     chunk_tokens: int
     stop_check: int
     fused: bool
+    sharpen: float = 1.0
+    prompt_scale: float = 1.0
 
     @classmethod
     def gpu(cls, args: argparse.Namespace) -> Profile:
@@ -128,7 +130,27 @@ class Profile:
                    batches=(1, 2, 4), prompt_len=40, new_tokens=10, steps=3, studies=10,
                    parity_prompts=3, parity_tokens=8, accuracy_requests=4, accuracy_tokens=8,
                    logit_requests=2, demo_requests=3, demo_tokens=16, chunk_tokens=48,
-                   stop_check=4, fused=False)
+                   stop_check=4, fused=False, sharpen=4.0, prompt_scale=50.0)
+
+    def model(self, config: dict[str, Any], dtype: torch.dtype, seed: int = 0) -> Any:
+        """A random LLaMA (weights fixed by ``seed``); in the dry run its matrices are scaled
+        up so that greedy choices are not near-ties (the tiny model's parity then does not
+        hinge on rounding)."""
+        torch.manual_seed(seed)
+        model = random_model(vicuna_config(**config), dtype, self.device)
+        if self.sharpen != 1.0:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    if parameter.ndim == 2:
+                        parameter.mul_(self.sharpen)
+        return model
+
+    def prompts(self, count: int, *, dtype: torch.dtype | None = None, seed: int = 0
+                ) -> list[torch.Tensor]:
+        """Random prompt embeddings of the run's length and width."""
+        return [p * self.prompt_scale if self.prompt_scale != 1.0 else p
+                for p in prompt_embeds(count, self.prompt_len, self.hidden, device=self.device,
+                                       dtype=dtype or self.dtype, seed=seed)]
 
     @property
     def max_batch(self) -> int:
@@ -277,10 +299,9 @@ def engine_for(model: Any, profile: Profile, name: str, *, max_batch: int | None
 
 def parity_small(profile: Profile) -> dict[str, Any]:
     """Each configuration against transformers, fp32, 2 layers (greedy, batched engine)."""
-    model = random_model(vicuna_config(**profile.small_config), torch.float32, profile.device)
+    model = profile.model(profile.small_config, torch.float32)
     count, tokens = (6, 48) if profile.device == "cuda" else (3, profile.parity_tokens)
-    prompts = prompt_embeds(count, profile.prompt_len, profile.hidden, device=profile.device,
-                            dtype=torch.float32)
+    prompts = profile.prompts(count, dtype=torch.float32)
     result = {}
     for name in ("baseline", "varlen_chunked"):
         engine = engine_for(model, profile, name, max_batch=4,
@@ -319,8 +340,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 def throughput(engine: DecodeEngine, profile: Profile) -> dict[str, Any]:
     """``studies`` LLaVA-Rad-shaped requests submitted at once, 256 tokens forced."""
-    prompts = prompt_embeds(profile.studies, profile.prompt_len, profile.hidden,
-                            device=profile.device, dtype=profile.dtype, seed=7)
+    prompts = profile.prompts(profile.studies, seed=7)
     engine.stats = EngineStats()
     started = time.perf_counter()
     outputs = engine.generate([DecodeRequest(p, profile.new_tokens) for p in prompts])
@@ -359,8 +379,7 @@ def transformers_rows(model: Any, profile: Profile, report: Report,
             rows[key] = {"skipped": "time budget spent"}
             continue
         try:
-            embeds = torch.stack(prompt_embeds(batch, profile.prompt_len, profile.hidden,
-                                               device=profile.device, dtype=profile.dtype))
+            embeds = torch.stack(profile.prompts(batch))
             timing = hf_generate_timing(model, embeds, min(32, profile.new_tokens),
                                         cache=None if cache == "default" else cache)
             timing["x_fp16_floor"] = timing["ms_per_step"] / (1000.0 * fp16_bytes(batch)
@@ -399,11 +418,9 @@ def run(profile: Profile, out: Path, budget_s: float, bundle: Path | None) -> di
     report.section("parity_small_fp32", lambda: parity_small(profile))
 
     log("building the model (random weights)")
-    model = random_model(vicuna_config(**profile.config), profile.dtype, device)
-    parity_prompts = prompt_embeds(profile.parity_prompts, profile.prompt_len, profile.hidden,
-                                   device=device, dtype=profile.dtype, seed=3)
-    accuracy_prompts = prompt_embeds(profile.accuracy_requests, profile.prompt_len,
-                                     profile.hidden, device=device, dtype=profile.dtype, seed=11)
+    model = profile.model(profile.config, profile.dtype)
+    parity_prompts = profile.prompts(profile.parity_prompts, seed=3)
+    accuracy_prompts = profile.prompts(profile.accuracy_requests, seed=11)
     fp16_engine_bytes: dict[int, int] = {}
 
     def fp16_bytes(batch: int) -> int:
