@@ -273,8 +273,36 @@ def kernel_checks(profile: Profile) -> dict[str, Any]:
     return result
 
 
+def checked_kernels(profile: Profile, out: Path) -> dict[str, Any]:
+    """:func:`kernel_checks` in a child process, so that a kernel fault (which leaves the
+    CUDA context unusable) cannot take the rest of the run with it. When the Triton kernel
+    fails or faults, the later configurations use the masked attention kernel instead, and
+    the report says so."""
+    import subprocess
+
+    target = out.with_name(out.stem + ".kernels.json")
+    command = [sys.executable, __file__, "--kernels-only", "--out", str(target)]
+    if profile.device == "cpu":
+        command.append("--dry-run")
+    child = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if child.returncode != 0 or not target.is_file():
+        VARLEN_KERNEL_OK[0] = False
+        return {"error": f"kernel check exited {child.returncode}: {child.stderr[-600:]}",
+                "varlen_configurations_use": "sdpa"}
+    result: dict[str, Any] = json.loads(target.read_text())
+    failed = [key for key, row in result.items()
+              if isinstance(row, dict) and row.get("triton_ok") is False]
+    if failed:
+        VARLEN_KERNEL_OK[0] = False
+        result["varlen_configurations_use"] = f"sdpa (Triton kernel wrong for {failed})"
+    return result
+
+
 # -- 2-3. engine configurations -------------------------------------------------------------
 
+
+VARLEN_KERNEL_OK = [True]
+"""Whether own-length attention may be used (set from the kernel check's result)."""
 
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "baseline": {"attention": "sdpa"},
@@ -286,8 +314,11 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
 def engine_for(model: Any, profile: Profile, name: str, *, max_batch: int | None = None,
                max_seq_len: int | None = None, max_new_tokens: int | None = None
                ) -> DecodeEngine:
-    """A decode engine in configuration ``name``."""
+    """A decode engine in configuration ``name`` (own-length attention replaced by the masked
+    kernel when the Triton kernel failed its check: see :func:`checked_kernels`)."""
     options = dict(CONFIGURATIONS[name])
+    if options.get("attention") == "varlen" and not VARLEN_KERNEL_OK[0]:
+        options["attention"] = "sdpa"
     chunked = options.pop("chunked", False)
     return DecodeEngine(
         model, max_batch=max_batch or profile.max_batch,
@@ -414,7 +445,7 @@ def run(profile: Profile, out: Path, budget_s: float, bundle: Path | None) -> di
     report.put("device", info)
     bandwidth = copy_bandwidth(device, 2.0 if device == "cuda" else 0.05)
     report.put("copy_bandwidth_tb_s", round(bandwidth / 1e12, 4))
-    report.section("kernels", lambda: kernel_checks(profile))
+    report.section("kernels", lambda: checked_kernels(profile, out))
     report.section("parity_small_fp32", lambda: parity_small(profile))
 
     log("building the model (random weights)")
@@ -540,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-tokens", type=int, default=4096,
                         help="chunked prefill: token budget per engine step")
     parser.add_argument("--stop-check", type=int, default=8)
+    parser.add_argument("--kernels-only", action="store_true",
+                        help="only the kernel checks (run as a child of the full run)")
     parser.add_argument("--bundle", type=Path, default=None,
                         help="an imported bundle (e.g. LLaVA-Rad) for fp8 accuracy with real "
                              "weights")
@@ -550,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         profile = Profile.gpu(args)
     else:
         parser.error("no CUDA device: use --dry-run")
+    if args.kernels_only:
+        args.out.write_text(json.dumps(kernel_checks(profile), indent=2))
+        return 0
     started = time.monotonic()
     data = run(profile, args.out, args.budget_s, args.bundle)
     failed = [key for key, value in data.items()

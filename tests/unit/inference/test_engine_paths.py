@@ -206,6 +206,8 @@ def test_gpu_check_script_dry_run_writes_every_section(tmp_path: Path) -> None:
         assert key in data, key
         assert not (isinstance(data[key], dict) and "error" in data[key]), data[key]
     assert data["kernels"]["attention_kv_fp8"]["triton"].startswith("skipped")
+    assert "varlen_configurations_use" not in data["kernels"]
+    assert data["varlen_chunked"]["engine"]["attention"] == "varlen"
     assert data["kernels"]["attention_kv_auto"]["reference_vs_masked_max_abs"] < 1e-5
     for name in ("baseline", "varlen_chunked"):
         parity = data["parity_small_fp32"][name]
