@@ -25,10 +25,18 @@ Search (QIDO-RS, ``application/dicom+json``)
 Retrieve (WADO-RS)
     ``GET /studies/{study}``, ``/studies/{study}/series/{series}``,
     ``/studies/{study}/series/{series}/instances/{instance}`` answer
-    ``multipart/related; type="application/dicom"`` with each stored Part 10 file as it is
-    (no transcoding); the ``/metadata`` variants answer ``application/dicom+json`` without
-    bulk data (Pixel Data and binary values over :data:`BULK_DATA_THRESHOLD` bytes are
-    omitted).
+    ``multipart/related; type="application/dicom"`` with each stored Part 10 file as it is,
+    or converted to the transfer syntax the Accept header names
+    (:mod:`node.web.wado_transcode`); an instance asked for as single-part
+    ``application/dicom`` is the bare file. The ``/metadata`` variants answer
+    ``application/dicom+json`` with a ``BulkDataURI`` for Pixel Data and binary values over
+    :data:`BULK_DATA_THRESHOLD` bytes (:mod:`node.web.wado_bulkdata`).
+
+Pixels and WADO-URI
+    Frames and bulk data (:mod:`node.web.wado_frames`), rendered images and thumbnails
+    (:mod:`node.web.wado_rendered`), and WADO-URI at ``/wado`` (:mod:`node.web.wado_uri`).
+    Each retrieve resource checks the signed evidence behind the instances, the size
+    limits before a file is parsed, and audits the read (:mod:`node.web.wado_source`).
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ from node.web.wado_rendered import add_rendered_routes
 from node.web.wado_source import InstanceSource, check_uid
 from node.web.wado_transcode import DicomForm, choose_syntax, instance_bytes
 from node.web.wado_uri import add_wado_uri_route
+from workers.inference.dicom_limits import DEFAULT_LIMITS, DatasetLimits
 
 logger = logging.getLogger(__name__)
 
@@ -196,10 +205,11 @@ def _accepts(request: Request, media_type: str) -> bool:
 class _DicomWeb:
     """The handlers, bound to the database and the store."""
 
-    def __init__(self, sessions: sessionmaker[Session], store: InstanceStore) -> None:
+    def __init__(self, sessions: sessionmaker[Session], store: InstanceStore,
+                 limits: DatasetLimits) -> None:
         self.sessions = sessions
         self.store = store
-        self.source = InstanceSource(sessions, store)
+        self.source = InstanceSource(sessions, store, limits)
 
     # -- QIDO-RS ---------------------------------------------------------------------------------
 
@@ -348,6 +358,7 @@ def build_dicomweb_router(
     store: InstanceStore,
     *,
     dependencies: Sequence[params.Depends] = (),
+    limits: DatasetLimits = DEFAULT_LIMITS,
 ) -> APIRouter:
     """Build the QIDO-RS and WADO-RS routes, to be mounted at ``/dicomweb``.
 
@@ -361,6 +372,9 @@ def build_dicomweb_router(
         FastAPI dependencies run before every route, e.g. ``[Depends(require_user)]``.
         The router has no authentication of its own: in production, one of these must
         authenticate the caller.
+    limits
+        Size limits checked before a stored file is parsed or its pixels decoded (the
+        node's ``dicom.limits``).
 
     Returns
     -------
@@ -369,7 +383,7 @@ def build_dicomweb_router(
     """
     if not dependencies:
         log_event(logger, logging.WARNING, "dicomweb_router_unauthenticated")
-    web = _DicomWeb(sessions, store)
+    web = _DicomWeb(sessions, store, limits)
     router = APIRouter(dependencies=list(dependencies))
     study_level, series_level, image_level = QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE
 

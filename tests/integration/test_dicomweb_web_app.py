@@ -5,6 +5,8 @@ Every test runs on SQLite and PostgreSQL against the real app through a test cli
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
 
@@ -14,6 +16,7 @@ from node.web.service_auth import issue_service_token
 from tests.integration.web_seed import (
     WebEnv,
     audit_events,
+    build_web_env,
     seed_drafted_study,
     seed_user,
     user_by_name,
@@ -75,3 +78,18 @@ def test_a_worker_token_retrieves_instances_and_nothing_else(web: WebEnv) -> Non
     assert len(audit_events(web.database, "instances_fetched")) == 1
     assert audit_events(web.database, "dicomweb_read") == []  # audited once, as fetched
     assert user_by_name(web.database, "gpu-host-1").role is Role.WORKER
+
+
+def test_the_configured_size_limits_apply(tmp_path: Path, database_url: str) -> None:
+    """``dicom.limits`` of the node's settings, not the defaults, bound what is decoded."""
+    web = build_web_env(tmp_path, database_url, dicom={"limits": {"max_pixels": 1000}})
+    try:
+        base, paths = _resources(web)  # 64 x 64 images: 4096 pixels
+        seed_user(web.database, "mcurie")
+        web.login("mcurie")
+        for path in paths[:-1]:  # WADO-URI last: an image by default
+            assert web.client.get(path).status_code == 413, path
+        assert web.client.get(paths[-1]).status_code == 413
+        assert web.client.get(base).status_code == 200  # the stored file, not decoded
+    finally:
+        web.close()
