@@ -158,6 +158,12 @@ _RENDERED: _LRU[tuple[str, int, int, int, RenderRequest], bytes] = _LRU(
     RENDERED_CACHE_BYTES, len)
 
 
+def forget_renderings() -> None:
+    """Empty the cache of rendered images (to measure rendering itself)."""
+    global _RENDERED
+    _RENDERED = _LRU(RENDERED_CACHE_BYTES, len)
+
+
 def render_item(source: InstanceSource, item: StoredObject, frame: int,
                 wanted: RenderRequest) -> bytes:
     """Render frame ``frame`` of a stored instance (404 past the last frame, 413 over a
@@ -252,6 +258,7 @@ __all__ = [
     "THUMBNAIL_SIZE",
     "RenderRequest",
     "add_rendered_routes",
+    "forget_renderings",
     "read_render_request",
     "render_dataset",
     "render_item",
