@@ -64,7 +64,7 @@ def _collect(dataset: Dataset, prefix: tuple[int | str, ...],
              found: list[BulkElement]) -> None:
     """Remove the bulk values of ``dataset`` (at any depth) and record where they were."""
     for tag in list(dataset.keys()):
-        raw = dataset.get_item(tag)
+        raw = dataset.get_item(tag, keep_deferred=True)
         if raw is None:
             continue
         path = (*prefix, int(tag))

@@ -49,9 +49,9 @@ _INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
 def stored_pixels(source: InstanceSource, item: StoredObject) -> StoredPixels:
     """The frames of a stored instance, its size limits checked (404 without pixels,
     413 over a limit, 422 unreadable)."""
-    dataset = source.dataset(item)
+    dataset = source.dataset(item, defer=True)
     try:
-        return StoredPixels(dataset, source.limits)
+        return StoredPixels(dataset, source.limits, source.store.absolute(item.path))
     except LookupError:
         raise HTTPException(404, "the instance has no pixel data") from None
     except LimitExceeded as exc:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from fastapi import HTTPException
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, get_frame
 from pydicom.pixels.utils import pack_bits, pixel_array
@@ -29,6 +31,7 @@ from node.web.wado_media import (
 )
 from workers.inference.dicom_limits import DatasetLimits, LimitExceeded, check_pixels
 
+PIXEL_DATA = 0x7FE00010
 #: The most frames one request may list.
 MAX_FRAMES_LISTED = 10_000
 
@@ -137,10 +140,13 @@ class StoredPixels:
     Parameters
     ----------
     dataset
-        The stored instance, read with its Pixel Data and file meta, after the file's
-        size limits were checked.
+        The stored instance, read with its file meta after the file's size limits were
+        checked; its Pixel Data may be deferred (read with ``defer_size``: native Pixel
+        Data of a defined length), and is then read frame by frame from ``path``.
     limits
         Checked against the declared image size before any frame is decoded.
+    path
+        The stored file, for a deferred Pixel Data element.
 
     Raises
     ------
@@ -150,10 +156,16 @@ class StoredPixels:
         When the declared image is over the limits.
     """
 
-    def __init__(self, dataset: Dataset, limits: DatasetLimits) -> None:
+    def __init__(self, dataset: Dataset, limits: DatasetLimits,
+                 path: Path | None = None) -> None:
         if "PixelData" not in dataset:
             raise LookupError("no Pixel Data")
         check_pixels(dataset, limits)
+        raw = dataset.get_item(PIXEL_DATA, keep_deferred=True)
+        self._deferred: tuple[Path, int, int] | None = None
+        if (isinstance(raw, RawDataElement) and raw.value is None and raw.length
+                and path is not None):
+            self._deferred = (path, raw.value_tell, raw.length)
         self.dataset = dataset
         self.limits = limits
         self.syntax = UID(dataset.file_meta.TransferSyntaxUID)
@@ -177,6 +189,11 @@ class StoredPixels:
     def stored(self, number: int) -> bytes:
         """Frame ``number`` (1-based) as stored: its bitstream, or its native bytes."""
         if self.syntax.is_encapsulated:
+            if self._deferred is not None:
+                path, start, _ = self._deferred
+                with path.open("rb") as stream:
+                    stream.seek(start)
+                    return get_frame(stream, number - 1, number_of_frames=self.frames)
             return get_frame(self.dataset.PixelData, number - 1, number_of_frames=self.frames)
         return self.native(number)
 
@@ -188,11 +205,22 @@ class StoredPixels:
         syntax = self.syntax
         if not syntax.is_encapsulated and syntax.is_little_endian and self.bits % 8 == 0:
             start = (number - 1) * self.frame_bytes
-            data = bytes(self.dataset.PixelData[start:start + self.frame_bytes])
+            if self._deferred is not None:
+                path, value_start, length = self._deferred
+                if start + self.frame_bytes > length:
+                    raise ValueError("Pixel Data is shorter than the image it declares")
+                with path.open("rb") as stream:
+                    stream.seek(value_start + start)
+                    data = stream.read(self.frame_bytes)
+            else:
+                data = bytes(self.dataset.PixelData[start:start + self.frame_bytes])
             if len(data) != self.frame_bytes:
                 raise ValueError("Pixel Data is shorter than the image it declares")
             return data
-        array = pixel_array(self.dataset, index=number - 1)
+        if syntax.is_encapsulated:  # decode this frame alone
+            array = pixel_array(self.single_frame(number), index=0)
+        else:
+            array = pixel_array(self.dataset, index=number - 1)
         if self.bits == 1:
             return pack_bits(array.ravel())
         return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
@@ -205,9 +233,9 @@ class StoredPixels:
         """A copy of the instance (elements shared) holding only frame ``number``, in its
         stored transfer syntax, for rendering."""
         clone = Dataset()
-        for element in self.dataset:
-            if element.tag != 0x7FE00010:
-                clone.add(element)
+        for tag in sorted(self.dataset.keys()):  # a deferred Pixel Data stays unread
+            if tag != PIXEL_DATA:
+                clone.add(self.dataset[tag])
         clone.file_meta = FileMetaDataset(self.dataset.file_meta)
         if not self.syntax.is_encapsulated:  # native bytes are little endian
             clone.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -17,6 +17,7 @@ from fastapi import HTTPException, Request
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,6 +37,8 @@ from workers.inference.dicom_limits import (
 
 logger = logging.getLogger(__name__)
 
+#: Values longer than this (bytes) stay on disk until used when a file is read deferred.
+DEFER_BYTES = 64 * 1024
 #: Audit action of a DICOMweb read of stored instances (data, pixels or metadata).
 READ_ACTION = "dicomweb_read"
 #: Routes whose reads by a worker's token the authentication dependency already audits.
@@ -191,7 +194,8 @@ class InstanceSource:
             raise HTTPException(413, f"the stored instance is over a size limit "
                                      f"({exc.limit})") from exc
 
-    def dataset(self, item: StoredObject, *, pixels: bool = True) -> Dataset:
+    def dataset(self, item: StoredObject, *, pixels: bool = True,
+                defer: bool = False) -> Dataset:
         """Read a stored instance after checking its size limits.
 
         Parameters
@@ -200,6 +204,9 @@ class InstanceSource:
             The instance.
         pixels
             Read Pixel Data too (it is left out otherwise).
+        defer
+            Leave values over :data:`DEFER_BYTES` on disk until used (not for a deflated
+            file, which is read whole).
 
         Raises
         ------
@@ -207,8 +214,11 @@ class InstanceSource:
             413 over a size limit, 422 when the file cannot be parsed.
         """
         self.check_limits(item)
+        defer_size = (DEFER_BYTES if defer and not UID(self.transfer_syntax(item)).is_deflated
+                      else None)
         try:
-            return dcmread(self.store.absolute(item.path), stop_before_pixels=not pixels)
+            return dcmread(self.store.absolute(item.path), stop_before_pixels=not pixels,
+                           defer_size=defer_size)
         except Exception as exc:
             unreadable(item, exc)
 
@@ -220,4 +230,4 @@ def unreadable(item: StoredObject, exc: BaseException) -> NoReturn:
     raise HTTPException(422, "the stored instance cannot be read or decoded") from exc
 
 
-__all__ = ["READ_ACTION", "InstanceSource", "check_uid", "unreadable"]
+__all__ = ["DEFER_BYTES", "READ_ACTION", "InstanceSource", "check_uid", "unreadable"]

@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from node.db.models import AuditEvent, Report, Study
 from node.dicom.ingest import InstanceIngestor
 from node.states import ReportState
+from node.web.wado_source import DEFER_BYTES
 from tests.dicom_factory import make_cxr_dataset, write_dataset
 from tests.integration.dicomweb_server import Server, dicomweb_server, multipart_parts
 from tests.integration.qr_archive import ingest_files
@@ -82,7 +83,7 @@ def _image(ds: Dataset) -> Image_:
 def extra(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Extra:
     folder = tmp_path_factory.mktemp("extra")
     multi = make_cxr_dataset(rows=40, cols=32, frames=3, patient_id="PX-M", seed=3)
-    rle = make_cxr_dataset(rows=40, cols=32, frames=3, patient_id="PX-R", seed=4)
+    rle = make_cxr_dataset(rows=256, cols=256, frames=3, patient_id="PX-R", seed=4)
     rle.compress(RLELossless, generate_instance_uid=False)
     windows = [(2000.0, 3000.0)]
     mono1 = make_cxr_dataset(rows=36, cols=36, bits=12, photometric="MONOCHROME1",
@@ -237,6 +238,7 @@ def test_metadata_refers_to_pixel_data_and_large_values_by_uri(server: Server,
 
 def test_bulk_data_uris_answer_the_values(server: Server, extra: Extra) -> None:
     icon = extra.icon
+    assert len(icon.dataset.PixelData) > DEFER_BYTES  # read from the file, frame by frame
     [metadata] = server.client().retrieve_series_metadata(icon.study, icon.series)
     pixel_uri = urlsplit(metadata["7FE00010"]["BulkDataURI"]).path.removeprefix("/dicomweb")
     icon_uri = urlsplit(metadata["00880200"]["Value"][0]["7FE00010"]["BulkDataURI"]).path
