@@ -10,6 +10,7 @@ one of the two from an Accept header.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import HTTPException
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, get_frame
 from pydicom.pixels.utils import pack_bits, pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -236,7 +237,7 @@ class StoredPixels:
         for tag in sorted(self.dataset.keys()):  # a deferred Pixel Data stays unread
             if tag != PIXEL_DATA:
                 clone.add(self.dataset[tag])
-        clone.file_meta = FileMetaDataset(self.dataset.file_meta)
+        clone.file_meta = copy.deepcopy(self.dataset.file_meta)  # its elements change
         if not self.syntax.is_encapsulated:  # native bytes are little endian
             clone.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         stored = self.stored(number)

@@ -9,7 +9,8 @@ data set into it:
 * the stored syntax (``transfer-syntax=*``, no parameter, or the stored one named):
   the file as stored, byte for byte;
 * Explicit VR Little Endian, Implicit VR Little Endian or Deflated Explicit VR Little
-  Endian: always (a compressed image is decoded with pydicom's decoders);
+  Endian: always (a compressed image is decoded with pydicom's decoders; a big endian
+  one's Pixel Data is converted, unless it holds other word-sized binary values: 406);
 * the lossless syntaxes the node encodes (JPEG-LS Lossless, JPEG 2000 Lossless, RLE
   Lossless, :data:`node.dicom.retrieve_transfer.LOSSLESS_ENCODABLE`): decoded if need be,
   then encoded;
@@ -23,9 +24,11 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from fastapi import HTTPException
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
+from pydicom.pixels.utils import pack_bits, pixel_array
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -38,6 +41,7 @@ from node.dicom.retrieve_transfer import LOSSLESS_ENCODABLE, fit_to_syntaxes
 from node.web.wado_media import DICOM, MULTIPART, MediaRange
 from node.web.wado_source import InstanceSource, unreadable
 
+PIXEL_DATA = 0x7FE00010
 #: Syntaxes any stored instance can be converted to (decoded if compressed).
 NATIVE_TARGETS: frozenset[str] = frozenset({
     ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
@@ -54,11 +58,7 @@ class DicomForm:
 
 def can_produce(stored: str, target: str) -> bool:
     """Whether an instance stored in ``stored`` can be sent in ``target``."""
-    if target == stored:
-        return True
-    if target in NATIVE_TARGETS:
-        return UID(stored).is_little_endian
-    return target in LOSSLESS_ENCODABLE and UID(stored).is_little_endian
+    return target == stored or target in NATIVE_TARGETS or target in LOSSLESS_ENCODABLE
 
 
 def _form_for(media_range: MediaRange, stored: str, single_allowed: bool) -> DicomForm | None:
@@ -124,7 +124,10 @@ def transcode(dataset: Dataset, target: str) -> Dataset | None:
     if target == stored:
         return dataset
     if not stored.is_little_endian:
-        return None
+        if not _to_little_endian(dataset):
+            return None
+        if target == ExplicitVRLittleEndian:
+            return dataset
     if target in NATIVE_TARGETS:
         if stored.is_encapsulated and "PixelData" in dataset:
             dataset.decompress(generate_instance_uid=False)
@@ -152,6 +155,26 @@ def instance_bytes(source: InstanceSource, item: StoredObject, form: DicomForm) 
     if converted is None:
         raise HTTPException(406, "the instance cannot be sent in that transfer syntax")
     return part10_bytes(converted)
+
+
+def _to_little_endian(dataset: Dataset) -> bool:
+    """Relabel a big endian data set Explicit VR Little Endian, its Pixel Data decoded to
+    little endian bytes; ``False`` (nothing changed) when it holds other word-sized binary
+    values, whose bytes would have to be swapped one by one."""
+    others = [e for e in dataset.iterall() if e.tag != PIXEL_DATA
+              and e.VR in ("OW", "OF", "OD", "OL", "OV")]
+    if others:
+        return False
+    if "PixelData" in dataset:
+        pixels = pixel_array(dataset)
+        if int(dataset.BitsAllocated) == 1:
+            dataset.PixelData = pack_bits(pixels.ravel())
+        else:
+            dataset.PixelData = np.ascontiguousarray(
+                pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
+            dataset["PixelData"].VR = "OW" if int(dataset.BitsAllocated) > 8 else "OB"
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return True
 
 
 def part10_bytes(dataset: Dataset) -> bytes:
