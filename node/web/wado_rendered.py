@@ -137,6 +137,8 @@ def render_dataset(dataset: Dataset, wanted: RenderRequest) -> bytes:
     if wanted.window is not None:
         center, width, function = wanted.window
         source = _with_window(dataset, center, width)
+        if "VOILUTFunction" in source:  # an element shared with ``dataset``: replace it
+            del source.VOILUTFunction
         source.VOILUTFunction = function
     image = Image.fromarray(load_display_image(source).pixels, mode="L")
     if wanted.viewport is not None:
