@@ -107,7 +107,8 @@ def app_config() -> dict[str, Any]:
         "showStudyList": True,
         "extensions": [],
         "modes": [],
-        "customizationService": {},
+        # No guided tour over the first study opened.
+        "customizationService": [{"ohif.tours": {"$set": []}}],
         "maxNumberOfWebWorkers": 3,
         "showWarningMessageForCrossOrigin": False,
         "showCPUFallbackMessage": True,
@@ -336,10 +337,9 @@ def _index_page(request: Request, dist: OhifDist) -> Response:
     if uids:
         database = get_context(request).database
         with database.sessions() as session:
-            found = dict(session.execute(
+            found = {uid: study_id for uid, study_id in session.execute(
                 select(Study.study_instance_uid, Study.id)
-                .where(Study.study_instance_uid.in_([u for u in uids if is_valid_uid(u)]))
-            ).tuples().all())
+                .where(Study.study_instance_uid.in_([u for u in uids if is_valid_uid(u)])))}
         for uid in uids:
             audit_view(database, viewer, "ohif_opened", "study",
                        uid if uid in found else None, study_id=found.get(uid),
