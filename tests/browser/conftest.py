@@ -54,7 +54,8 @@ DOCS_SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 #: Read at import: the suite's autouse fixture clears ``RADNODE_*`` variables per test.
 UPDATE_DOCS = os.environ.get("RADNODE_UPDATE_SCREENSHOTS") == "1"
 #: The screenshots the documentation shows.
-DOCUMENTED = frozenset({"worklist.png", "study.png", "triage.png", "monitoring.png"})
+DOCUMENTED = frozenset({"worklist.png", "study.png", "triage.png", "monitoring.png",
+                        "ohif-study-list.png", "ohif-study.png", "ohif-draft-sr.png"})
 
 
 def phantom(seed: int) -> NDArray[np.uint16]:
