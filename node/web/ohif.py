@@ -6,7 +6,8 @@ while the node runs. Without that folder the viewer is off: ``/viewer/`` answers
 the study page links nowhere.
 
 The dist is built for the root of a site (its public path is ``/``); the node serves it
-under :data:`MOUNT` by rewriting, as the files are served (once, then kept in memory):
+under :data:`MOUNT` by rewriting, as the files are served (once per file, then kept in
+memory with a gzipped copy for browsers that accept it):
 
 * ``index.html``: ``window.PUBLIC_URL`` and every root-relative ``src``/``href``;
 * JavaScript bundles (the app and its web workers): the bundler's public path
@@ -29,6 +30,7 @@ of ``index.html`` by their SHA-256.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import logging
@@ -71,6 +73,12 @@ _INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DO
 #: its content never changes under that name.
 _HASHED_NAME = re.compile(r"(^|\.)[0-9a-f]{16}\.[a-z0-9]+$")
 _IMMUTABLE = "public, max-age=31536000, immutable"
+#: Files served gzipped to clients that accept it (and their media types).
+_MEDIA_TYPES = {
+    ".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8", ".json": "application/json",
+    ".wasm": "application/wasm", ".svg": "image/svg+xml", ".map": "application/json",
+}
 _REVALIDATE = "no-cache"
 
 
@@ -177,13 +185,15 @@ def mount_asset(name: str, data: bytes) -> bytes | None:
 
 
 @dataclass(frozen=True)
-class _Rewritten:
-    """A rewritten file and the stat it was made from."""
+class _Prepared:
+    """A compressible file of the dist as served, made from one version of the file."""
 
     mtime_ns: int
     size: int
     body: bytes | None
-    etag: str | None
+    """The rewritten content; ``None``: the file as it is."""
+    gzipped: bytes
+    digest: str
 
 
 class OhifDist:
@@ -198,7 +208,7 @@ class OhifDist:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self._lock = threading.Lock()
-        self._cache: dict[str, _Rewritten] = {}
+        self._cache: dict[str, _Prepared] = {}
         self._index: tuple[int, int, str, tuple[str, ...]] | None = None
 
     @property
@@ -246,30 +256,43 @@ class OhifDist:
                 cached = self._index = (stat.st_mtime_ns, stat.st_size, html, hashes)
         return cached[2], cached[3]
 
-    def asset(self, request: Request, relative: str, path: Path) -> Response:
-        """A file of the dist, rewritten for :data:`MOUNT` where it must be."""
-        cache_control = _IMMUTABLE if _HASHED_NAME.search(path.name) else _REVALIDATE
-        headers = {"Cache-Control": cache_control, "Content-Security-Policy":
-                   content_security_policy()}
-        if path.suffix not in (".js", ".css"):
-            return FileResponse(path, headers=headers)
+    def _prepared(self, relative: str, path: Path) -> _Prepared:
+        """The file rewritten (if it must be) and gzipped, made once per file version."""
         stat = path.stat()
         with self._lock:
             entry = self._cache.get(relative)
         if entry is None or (entry.mtime_ns, entry.size) != (stat.st_mtime_ns, stat.st_size):
-            body = mount_asset(path.name, path.read_bytes())
-            etag = None if body is None else '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-            entry = _Rewritten(stat.st_mtime_ns, stat.st_size, body, etag)
+            data = path.read_bytes()
+            body = mount_asset(path.name, data)
+            served = data if body is None else body
+            entry = _Prepared(stat.st_mtime_ns, stat.st_size, body,
+                              gzip.compress(served, compresslevel=6, mtime=0),
+                              hashlib.sha256(served).hexdigest()[:32])
             with self._lock:
                 self._cache[relative] = entry
-        if entry.body is None:
+        return entry
+
+    def asset(self, request: Request, relative: str, path: Path) -> Response:
+        """A file of the dist: rewritten for :data:`MOUNT` where it must be, gzipped for
+        clients that accept it when it compresses (scripts, styles, WebAssembly)."""
+        cache_control = _IMMUTABLE if _HASHED_NAME.search(path.name) else _REVALIDATE
+        headers = {"Cache-Control": cache_control,
+                   "Content-Security-Policy": content_security_policy()}
+        media_type = _MEDIA_TYPES.get(path.suffix)
+        if media_type is None:
             return FileResponse(path, headers=headers)
-        assert entry.etag is not None
-        headers["ETag"] = entry.etag
-        if request.headers.get("if-none-match") == entry.etag:
+        entry = self._prepared(relative, path)
+        compressed = "gzip" in request.headers.get("accept-encoding", "").lower()
+        headers["Vary"] = "Accept-Encoding"
+        headers["ETag"] = f'"{entry.digest}{"-gzip" if compressed else ""}"'
+        if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers)
-        media_type = "text/javascript" if path.suffix == ".js" else "text/css"
-        return Response(entry.body, media_type=f"{media_type}; charset=utf-8", headers=headers)
+        if compressed:
+            headers["Content-Encoding"] = "gzip"
+            return Response(entry.gzipped, media_type=media_type, headers=headers)
+        if entry.body is None:
+            return FileResponse(path, media_type=media_type, headers=headers)
+        return Response(entry.body, media_type=media_type, headers=headers)
 
 
 def ohif_dist(request: Request) -> OhifDist:

@@ -142,14 +142,24 @@ def test_bundles_load_their_chunks_from_the_sub_path(web: WebEnv) -> None:
     again = web.client.get("/viewer/app.bundle.0f6159c501addfe9.js",
                            headers={"If-None-Match": bundle.headers["etag"]})
     assert again.status_code == 304
+    assert bundle.headers["content-encoding"] == "gzip"  # the client asked for it
+    plain = web.client.get("/viewer/app.bundle.0f6159c501addfe9.js",
+                           headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    assert plain.content == bundle.content
+    assert plain.headers["etag"] != bundle.headers["etag"]
+    assert plain.headers["vary"] == "Accept-Encoding"
     worker = web.client.get("/viewer/histogram-worker.bundle.ec5f0cf05ce3909c.js")
     assert worker.content == WORKER
+    assert web.client.get("/viewer/histogram-worker.bundle.ec5f0cf05ce3909c.js", headers={
+        "Accept-Encoding": "identity"}).content == WORKER
     css = web.client.get("/viewer/app.bundle.css")
     assert css.content == (b"@font-face{src:url(/viewer/a34f9d1faa5f3315.woff2)}"
                            b"body{background:url('/viewer/assets/x.png')}")
     assert css.headers["cache-control"] == "no-cache"
     wasm = web.client.get("/viewer/5130ccb17e3f3f5b.wasm")
     assert wasm.content == b"\0asm\1\0\0\0"
+    assert wasm.headers["content-type"] == "application/wasm"
     assert "immutable" in wasm.headers["cache-control"]
     assert web.client.get("/viewer/assets/favicon.ico").content == b"icon"
     for response in (bundle, worker, css, wasm):
