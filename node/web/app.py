@@ -39,6 +39,7 @@ from node.web.ohif import OhifDist, build_ohif_router
 from node.web.security import CookieSigner, resolve_secret_key
 from node.web.service_auth import ServiceTokenRefused, require_instance_reader
 from node.web.throttle import LoginThrottle
+from workers.inference.dicom_limits import DatasetLimits
 
 if TYPE_CHECKING:
     from node.db.engine import Database
@@ -158,7 +159,8 @@ def create_app(
         app.include_router(module.router)
     app.include_router(
         build_dicomweb_router(database.sessions, store,
-                              dependencies=[Depends(require_instance_reader)]),
+                              dependencies=[Depends(require_instance_reader)],
+                              limits=DatasetLimits(**settings.dicom.limits.model_dump())),
         prefix="/dicomweb",
     )
     app.state.ohif = OhifDist(settings.web.ohif_dist)
