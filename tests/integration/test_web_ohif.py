@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from node.states import StudyState
 from node.web.ohif import MOUNT, NOT_INSTALLED, content_security_policy, mount_index_html
 from tests.integration.web_seed import (
     HTML,
@@ -23,6 +24,7 @@ from tests.integration.web_seed import (
     audit_events,
     build_web_env,
     seed_drafted_study,
+    seed_study,
     seed_user,
 )
 
@@ -246,3 +248,19 @@ def test_mount_index_html_hashes_the_scripts_as_served() -> None:
     assert len(hashes) == 2
     assert all(h.startswith("'sha256-") for h in hashes)
     assert 'window.PUBLIC_URL="/"' not in html
+
+
+def test_qido_leaves_out_an_empty_modalities_in_study(web: WebEnv) -> None:
+    """A study with no modality to list has no ModalitiesInStudy attribute (OHIF's study
+    list fails on an empty one); a study with instances lists theirs."""
+    seed_user(web.database, "hgreg")
+    drafted = seed_drafted_study(web.database, web.store, patient_id="PID-1")
+    empty = seed_study(web.database, patient_name="ROE^RICHARD", patient_id="PID-2",
+                       accession="ACC-2", state=StudyState.FAILED)
+    web.login("hgreg")
+    response = web.client.get("/dicomweb/studies", params={"includefield": "00080061"})
+    assert response.status_code == 200
+    by_uid = {r["0020000D"]["Value"][0]: r for r in response.json()}
+    assert by_uid[drafted.study_uid]["00080061"]["Value"] == ["DX", "SR"]
+    assert "00080061" not in by_uid[empty.study_instance_uid]
+    assert by_uid[empty.study_instance_uid]["00201208"]["Value"] == [0]
