@@ -24,7 +24,8 @@ OHIF's client-side routes (``/viewer/viewer?StudyInstanceUIDs=…``) and answers
 The viewer's pages carry their own Content Security Policy (:func:`content_security_policy`):
 still nothing from another origin, but WebAssembly compilation (the image codecs), workers
 from ``blob:`` URLs, inline styles (set by the viewer's components) and the inline scripts
-of ``index.html`` by their SHA-256.
+of ``index.html`` by their SHA-256. Script responses carry the policy of a web worker,
+which also lets the codecs' WebAssembly glue evaluate strings; the page never may.
 """
 
 from __future__ import annotations
@@ -82,13 +83,18 @@ _MEDIA_TYPES = {
 _REVALIDATE = "no-cache"
 
 
-def content_security_policy(script_hashes: tuple[str, ...] = ()) -> str:
+def content_security_policy(script_hashes: tuple[str, ...] = (), *, worker: bool = False) -> str:
     """The viewer's Content Security Policy.
 
     Parameters
     ----------
     script_hashes
         ``'sha256-…'`` sources of the inline scripts of ``index.html``.
+    worker
+        The policy of a script response: it governs the script only when the script is a
+        web worker's (a page's scripts run under the page's policy). The image codecs'
+        WebAssembly glue (Emscripten ``embind``) builds functions from strings, so a worker
+        may also evaluate strings (``'unsafe-eval'``); the page itself may not.
 
     Returns
     -------
@@ -96,7 +102,9 @@ def content_security_policy(script_hashes: tuple[str, ...] = ()) -> str:
         Only this origin for scripts, styles, images, fonts, connections and workers;
         additionally WebAssembly compilation, ``blob:`` workers and images, inline styles.
     """
-    scripts = " ".join(("'self'", "'wasm-unsafe-eval'", *script_hashes))
+    sources = ["'self'", "'wasm-unsafe-eval'", *(["'unsafe-eval'"] if worker else []),
+               *script_hashes]
+    scripts = " ".join(sources)
     return (
         f"default-src 'self'; script-src {scripts}; worker-src 'self' blob:; "
         "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
@@ -276,8 +284,9 @@ class OhifDist:
         """A file of the dist: rewritten for :data:`MOUNT` where it must be, gzipped for
         clients that accept it when it compresses (scripts, styles, WebAssembly)."""
         cache_control = _IMMUTABLE if _HASHED_NAME.search(path.name) else _REVALIDATE
+        script = path.suffix in (".js", ".mjs")
         headers = {"Cache-Control": cache_control,
-                   "Content-Security-Policy": content_security_policy()}
+                   "Content-Security-Policy": content_security_policy(worker=script)}
         media_type = _MEDIA_TYPES.get(path.suffix)
         if media_type is None:
             return FileResponse(path, headers=headers)

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Request, expect
+from playwright.sync_api import Browser, BrowserContext, Page, Request, Response, expect
+from pydicom.uid import JPEG2000Lossless
 
-from tests.browser.conftest import OHIF_DIST, LiveNode, log_in, screenshot
-from tests.integration.web_seed import PASSWORD
+from tests.browser.conftest import OHIF_DIST, LiveNode, log_in, phantom, screenshot
+from tests.integration.web_seed import PASSWORD, seed_drafted_study
 
 #: OHIF's viewport canvas (cornerstone3D draws each viewport's image into it).
 CANVAS = "canvas.cornerstone-canvas"
@@ -151,4 +152,26 @@ def test_draft_sr_opens_in_the_sr_view_with_its_text(
     expect(page.get_by_text("Observer Type: Device", exact=True)).to_be_visible()
     screenshot(page, "ohif-draft-sr.png")
     expect(page.get_by_text("Something went wrong")).to_have_count(0)
+    assert not problems, problems
+
+
+def test_a_compressed_image_is_decoded_in_the_browser(
+    ohif_page: tuple[Page, list[str]], live_node: LiveNode,
+) -> None:
+    """A JPEG 2000 image is sent as stored and decoded by OHIF's WebAssembly codec in a
+    web worker, under the viewer's Content Security Policy."""
+    page, problems = ohif_page
+    study = seed_drafted_study(live_node.database, live_node.store, patient_name="KIM^MIN",
+                               patient_id="PID-1005", accession="ACC2004", seed=5,
+                               image=phantom(105), transfer_syntax=JPEG2000Lossless)
+    frames: list[Response] = []
+    page.on("response", lambda r: frames.append(r) if "/frames/" in r.url else None)
+    log_in(page, live_node, "hgreg")
+    page.goto(f"{live_node.url}/viewer/viewer?StudyInstanceUIDs={quote(study.study_uid)}")
+    stats = _wait_for_image(page)
+    screenshot(page, "ohif-study-jpeg2000.png")
+    assert stats["std"] > 20 and stats["levels"] > 64, stats
+    assert frames and all(r.status == 200 for r in frames)
+    assert all('type="image/jp2"' in (r.header_value("content-type") or "") for r in frames), [
+        r.header_value("content-type") for r in frames]
     assert not problems, problems

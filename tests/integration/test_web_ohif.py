@@ -164,8 +164,15 @@ def test_bundles_load_their_chunks_from_the_sub_path(web: WebEnv) -> None:
     assert wasm.headers["content-type"] == "application/wasm"
     assert "immutable" in wasm.headers["cache-control"]
     assert web.client.get("/viewer/assets/favicon.ico").content == b"icon"
-    for response in (bundle, worker, css, wasm):
+    # A script's policy is a worker's (string evaluation for the codecs' glue); the page's
+    # never allows it.
+    for response in (bundle, worker):
+        assert response.headers["content-security-policy"] == content_security_policy(
+            worker=True)
+        assert "'unsafe-eval'" in _script_src(response.headers["content-security-policy"])
+    for response in (css, wasm):
         assert response.headers["content-security-policy"] == content_security_policy()
+        assert "'unsafe-eval'" not in response.headers["content-security-policy"]
 
 
 def test_files_outside_the_dist_and_missing_files_are_not_served(web: WebEnv) -> None:
