@@ -69,6 +69,24 @@ def test_viewer_asks_for_the_login_and_comes_back(
     assert not _csp_violations(problems), problems
 
 
+def test_study_page_opens_the_study_in_the_viewer(
+    ohif_page: tuple[Page, list[str]], ohif_context: BrowserContext, live_node: LiveNode,
+) -> None:
+    """The study page's "Open in OHIF" opens that study in the viewer, in a new tab, with
+    the login already made."""
+    page, problems = ohif_page
+    study = live_node.studies["smith"]
+    log_in(page, live_node, "hgreg")
+    page.goto(f"{live_node.url}/studies/{study.study_id}")
+    with ohif_context.expect_page() as opened:
+        page.get_by_role("link", name="Open in OHIF").click()
+    viewer = opened.value
+    viewer.wait_for_url(f"{live_node.url}/viewer/viewer?StudyInstanceUIDs={study.study_uid}")
+    stats = _wait_for_image(viewer)
+    assert stats["std"] > 20 and stats["levels"] > 64, stats
+    assert not _csp_violations(problems), problems
+
+
 def test_study_list_shows_the_node_studies(
     ohif_page: tuple[Page, list[str]], live_node: LiveNode,
 ) -> None:
