@@ -69,6 +69,7 @@ _PUBLIC_PATH_MOUNTED = f'__webpack_require__.p = "{MOUNT}";'.encode("ascii")
 _CSS_ROOT_URL = re.compile(rb"url\((['\"]?)/(?!/)")
 _HTML_ROOT_REF = re.compile(r'\b(src|href|content)="/(?!/)')
 _HTML_PUBLIC_URL = re.compile(r"""window\.PUBLIC_URL\s*=\s*(["'])/\1""")
+_APP_BUNDLE = re.compile(rf'src="{re.escape(MOUNT)}(app\.bundle\.[0-9a-f]+\.js)"')
 _INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOTALL)
 #: A file name with a content hash (``app.bundle.0f6159c501addfe9.js``, ``…5130ccb17e3f3f5b.wasm``):
 #: its content never changes under that name.
@@ -262,7 +263,16 @@ class OhifDist:
             if cached is None or cached[:2] != (stat.st_mtime_ns, stat.st_size):
                 html, hashes = mount_index_html(path.read_text(encoding="utf-8"))
                 cached = self._index = (stat.st_mtime_ns, stat.st_size, html, hashes)
+                self._check_public_path(html)
         return cached[2], cached[3]
+
+    def _check_public_path(self, html: str) -> None:
+        """Log an error when the app bundle has no public path to rewrite (a dist built
+        otherwise than the pinned one: its chunks would load from the site's root)."""
+        for name in _APP_BUNDLE.findall(html):
+            bundle = self.file(name)
+            if bundle is not None and _PUBLIC_PATH not in bundle.read_bytes():
+                log_event(logger, logging.ERROR, "ohif_public_path_not_found", bundle=name)
 
     def _prepared(self, relative: str, path: Path) -> _Prepared:
         """The file rewritten (if it must be) and gzipped, made once per file version."""

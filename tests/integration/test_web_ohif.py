@@ -271,3 +271,20 @@ def test_qido_leaves_out_an_empty_modalities_in_study(web: WebEnv) -> None:
     assert by_uid[drafted.study_uid]["00080061"]["Value"] == ["DX", "SR"]
     assert "00080061" not in by_uid[empty.study_instance_uid]
     assert by_uid[empty.study_instance_uid]["00201208"]["Value"] == [0]
+
+
+def test_a_dist_without_the_expected_public_path_is_reported(
+    web: WebEnv, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dist whose app bundle does not set its public path the expected way (another
+    build) is logged as an error when the page is first served."""
+    seed_user(web.database, "hgreg")
+    web.login("hgreg")
+    web.client.get("/viewer/", headers=HTML)
+    assert "ohif_public_path_not_found" not in caplog.text
+    bundle = web.settings.web.ohif_dist / "app.bundle.0f6159c501addfe9.js"
+    bundle.write_bytes(b'r.p="/";console.log("minified");\n')
+    index = web.settings.web.ohif_dist / "index.html"
+    index.write_text(INDEX + "\n", encoding="utf-8")  # a new install: the page is read again
+    assert web.client.get("/viewer/", headers=HTML).status_code == 200
+    assert "ohif_public_path_not_found" in caplog.text
