@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 
 from node.dicom.qr_keys import StoredObject
 from node.logs import log_event
-from node.web.imaging import _with_window
+from node.web.imaging import _LRU, _with_window
 from node.web.wado_frames import stored_pixels
 from node.web.wado_media import MediaRange, read_accept
 from node.web.wado_source import InstanceSource, unreadable
@@ -52,6 +52,8 @@ MAX_VIEWPORT = 4096
 #: Longest side of a thumbnail (and the largest viewport one may ask for).
 THUMBNAIL_SIZE = 128
 DEFAULT_QUALITY = 90
+#: Bytes of rendered images kept for repeated requests (thumbnails, window presets).
+RENDERED_CACHE_BYTES = 32 * 2**20
 _FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
 _INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
 
@@ -150,17 +152,36 @@ def render_dataset(dataset: Dataset, wanted: RenderRequest) -> bytes:
     return buffer.getvalue()
 
 
+#: Rendered images kept, keyed by stored file (path, size, modification time), frame and
+#: request; the signed-evidence check runs before the cache is looked at.
+_RENDERED: _LRU[tuple[str, int, int, int, RenderRequest], bytes] = _LRU(
+    RENDERED_CACHE_BYTES, len)
+
+
+def forget_renderings() -> None:
+    """Empty the cache of rendered images (to measure rendering itself)."""
+    global _RENDERED
+    _RENDERED = _LRU(RENDERED_CACHE_BYTES, len)
+
+
 def render_item(source: InstanceSource, item: StoredObject, frame: int,
                 wanted: RenderRequest) -> bytes:
     """Render frame ``frame`` of a stored instance (404 past the last frame, 413 over a
-    size limit, 422 when it cannot be decoded)."""
+    size limit, 422 when it cannot be decoded); recent renderings come from a cache."""
+    stat = source.store.absolute(item.path).stat()
+    key = (item.path, stat.st_size, stat.st_mtime_ns, frame, wanted)
+    cached = _RENDERED.get(key)
+    if cached is not None:
+        return cached
     pixels = stored_pixels(source, item)
     if frame > pixels.frames:
         raise HTTPException(404, f"the instance has {pixels.frames} frame(s)")
     try:
-        return render_dataset(pixels.single_frame(frame), wanted)
+        data = render_dataset(pixels.single_frame(frame), wanted)
     except (ImageDecodeError, ValueError, NotImplementedError, RuntimeError) as exc:
         unreadable(item, exc)
+    _RENDERED.put(key, data)
+    return data
 
 
 def _frame_number(text: str) -> int:
@@ -237,6 +258,7 @@ __all__ = [
     "THUMBNAIL_SIZE",
     "RenderRequest",
     "add_rendered_routes",
+    "forget_renderings",
     "read_render_request",
     "render_dataset",
     "render_item",

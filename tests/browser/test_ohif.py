@@ -138,14 +138,21 @@ def _wait_for_image(page: Page) -> dict[str, float]:
 def test_opening_a_study_renders_its_image(
     ohif_page: tuple[Page, list[str]], live_node: LiveNode,
 ) -> None:
-    """The radiograph is drawn on the viewport canvas: real, varied pixels, not a blank."""
+    """The radiograph is drawn on the viewport canvas: real, varied pixels, not a blank;
+    the series thumbnails are rendered by the node."""
     page, problems = ohif_page
     study = live_node.studies["doe"]
     log_in(page, live_node, "hgreg")
     page.goto(f"{live_node.url}/viewer/viewer?StudyInstanceUIDs={quote(study.study_uid)}")
+    thumbnails: list[Response] = []
+    page.on("response", lambda r: thumbnails.append(r)
+            if r.url.split("?")[0].endswith("/thumbnail") else None)
     stats = _wait_for_image(page)
     screenshot(page, "ohif-study.png")
     assert stats["std"] > 20 and stats["levels"] > 64, stats
+    # The study panel's thumbnails are the node's rendered JPEGs.
+    assert thumbnails and all(r.status == 200 and r.header_value("content-type") == "image/jpeg"
+                              for r in thumbnails), [(r.status, r.url) for r in thumbnails]
     expect(page.get_by_text("Something went wrong")).to_have_count(0)
     assert not problems, problems
 

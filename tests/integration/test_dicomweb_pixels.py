@@ -374,8 +374,11 @@ def test_thumbnails_are_small(server: Server, extra: Extra) -> None:
 def test_decompression_bombs_are_refused_before_decoding(
         server: Server, extra: Extra, tmp_path: Path, bomb: str) -> None:
     """A stored file swapped for a bomb (1.5 GB inflated, or 16384 x 16384 RLE): every
-    pixel resource answers 413 without inflating or decoding it."""
+    pixel resource answers 413 without inflating or decoding it (renderings of the file
+    made before are not served from the cache)."""
     target = extra.mono2
+    for suffix in ("/rendered", "/thumbnail"):
+        assert server.get(f"{target.path}{suffix}").status_code == 200
     path = server.stored(target.sop)
     original = path.read_bytes()
     (write_deflate_bomb if bomb == "deflate" else write_rle_bomb)(tmp_path / "bomb.dcm")

@@ -200,8 +200,10 @@ def test_app_config_points_at_the_node_dicomweb(web: WebEnv) -> None:
     (source,) = config["dataSources"]
     assert config["defaultDataSourceName"] == source["sourceName"]
     settings = source["configuration"]
-    assert {settings[k] for k in ("qidoRoot", "wadoRoot", "wadoUriRoot")} == {"/dicomweb"}
+    assert settings["qidoRoot"] == settings["wadoRoot"] == "/dicomweb"
+    assert settings["wadoUriRoot"] == "/dicomweb/wado"
     assert settings["imageRendering"] == "wadors"
+    assert settings["thumbnailRendering"] == "thumbnail"
     assert settings["supportsFuzzyMatching"] is False
     assert settings["omitQuotationForMultipartRequest"] is True
     assert "window.location.origin + source.configuration[root]" in text
