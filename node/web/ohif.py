@@ -59,8 +59,6 @@ MOUNT = "/viewer/"
 ROUTER_BASENAME = MOUNT.rstrip("/")
 #: The data source's name in the generated configuration.
 DATA_SOURCE = "radnode"
-#: The file ``make ohif`` writes into the dist: the package version and integrity.
-INSTALL_STAMP = ".radnode-ohif"
 #: What the node says when the viewer is not installed.
 NOT_INSTALLED = "The OHIF Viewer is not installed on this node (run `make ohif`)."
 
@@ -225,15 +223,6 @@ class OhifDist:
         """Whether the dist is there (its ``index.html``)."""
         return (self.root / "index.html").is_file()
 
-    @property
-    def version(self) -> str | None:
-        """``@ohif/app@X.Y.Z`` as recorded by ``make ohif``, if it recorded one."""
-        stamp = self.root / INSTALL_STAMP
-        try:
-            return stamp.read_text(encoding="utf-8").split()[0]
-        except (OSError, IndexError):
-            return None
-
     def study_url(self, study_instance_uid: str) -> str | None:
         """The viewer's URL for one study, or ``None`` when the viewer is not installed."""
         if not self.installed or not is_valid_uid(study_instance_uid):
@@ -393,7 +382,6 @@ def _index_page(request: Request, dist: OhifDist) -> Response:
 
 
 __all__ = [
-    "INSTALL_STAMP",
     "MOUNT",
     "NOT_INSTALLED",
     "OhifDist",
