@@ -145,7 +145,7 @@ def parse_bulk_path(text: str) -> tuple[int | str, ...]:
                 raise HTTPException(400, "bulk data path: a tag is 8 hexadecimal digits")
             path.append(int(segment, 16))
         else:
-            if not segment.isdigit() or len(segment) > 6:
+            if not (segment.isascii() and segment.isdigit()) or len(segment) > 6:
                 raise HTTPException(400, "bulk data path: an item index is a whole number")
             path.append(segment)
     return tuple(path)

@@ -124,7 +124,7 @@ def parse_frame_list(text: str) -> list[int]:
     numbers = []
     for item in items:
         item = item.strip()
-        if not item.isdigit() or len(item) > 9 or int(item) < 1:
+        if not (item.isascii() and item.isdigit()) or len(item) > 9 or int(item) < 1:
             raise HTTPException(400, "frame numbers are positive whole numbers, "
                                      "separated by commas")
         numbers.append(int(item))

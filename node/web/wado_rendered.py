@@ -118,7 +118,7 @@ def read_render_request(request: Request, *, largest: int = MAX_VIEWPORT) -> Ren
         viewport = (largest, largest)
     quality = DEFAULT_QUALITY
     if (text := query.get("quality")) is not None:
-        if not text.isdigit() or not 1 <= int(text) <= 100:
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 100:
             raise HTTPException(400, "quality is a whole number from 1 to 100")
         quality = int(text)
     return RenderRequest(media_type, window, viewport, quality,
@@ -185,7 +185,7 @@ def render_item(source: InstanceSource, item: StoredObject, frame: int,
 
 
 def _frame_number(text: str) -> int:
-    if not text.isdigit() or len(text) > 9 or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) < 1:
         raise HTTPException(400, "a frame number is a positive whole number")
     return int(text)
 

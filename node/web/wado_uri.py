@@ -50,7 +50,8 @@ def _whole(request: Request, name: str, low: int, high: int) -> int | None:
     text = request.query_params.get(name)
     if text is None:
         return None
-    if not text.strip().isdigit() or not low <= int(text) <= high:
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or not low <= int(text) <= high:
         raise HTTPException(400, f"{name} is a whole number from {low} to {high}")
     return int(text)
 
