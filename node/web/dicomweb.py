@@ -271,6 +271,11 @@ class _DicomWeb:
                                       instance=match["SOPInstanceUID"])
             dataset.RetrieveURL = str(url)
         result: dict[str, Any] = dataset.to_json_dict()
+        # A study without a modality (no instances with Modality) leaves ModalitiesInStudy
+        # out rather than empty: OHIF's study list reads its Value unguarded and fails on
+        # the whole page for one such study.
+        if "Value" not in result.get("00080061", {"Value": None}):
+            del result["00080061"]
         return result
 
     # -- WADO-RS --------------------------------------------------------------------------------
