@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -26,6 +27,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
+from starlette.background import BackgroundTask
 
 from node.db.models import Export, Instance, Report, Study, User
 from node.db.types import utcnow
@@ -51,6 +53,7 @@ from node.web.deps import (
     RowId,
     UserDep,
     Viewer,
+    WebContext,
     audit_view,
     get_context,
     render,
@@ -82,6 +85,10 @@ DONE_MESSAGES = {
 }
 #: Longest worklist query string carried from the worklist to the study page.
 MAX_WORKLIST_QUERY = 1024
+#: Images of the next study decoded and rendered ahead of time, at most.
+WARM_IMAGES = 4
+#: One warm-up at a time: a burst of page views never queues decoding work.
+_warming = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -205,7 +212,38 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         "previous_url": study_url(previous_id, filters) if previous_id else None,
         "next_url": study_url(next_id, filters) if next_id else None,
     }
-    return render(request, "study.html", context, status_code=status_code)
+    response = render(request, "study.html", context, status_code=status_code)
+    if next_id is not None and status_code == 200:
+        response.background = BackgroundTask(warm_study_images, ctx, next_id)
+    return response
+
+
+def warm_study_images(ctx: WebContext, study_id: int) -> None:
+    """Decode the images of the study the reader is likely to open next (the next one of
+    the worklist) and render their default PNGs into the renderer's caches, after the page
+    was sent. Opening that study then serves from memory; nothing is sent or audited here,
+    and the image route still checks each request (login, signed evidence) as always.
+    Best effort: skipped while another warm-up runs, failures ignored."""
+    if not _warming.acquire(blocking=False):
+        return
+    try:
+        with ctx.database.sessions() as session:
+            paths = session.scalars(
+                select(Instance.path)
+                .where(Instance.study_id == study_id, Instance.purged_at.is_(None),
+                       ~Instance.sop_class_uid.startswith(_SR_SOP_CLASS_PREFIX))
+                .order_by(Instance.series_number, Instance.instance_number, Instance.id)
+                .limit(WARM_IMAGES)).all()
+        for path in paths:
+            try:
+                ctx.renderer.window(path)
+                ctx.renderer.png(path)
+            except (ImageDecodeError, OSError, ValueError):
+                continue
+    except DBAPIError:
+        return
+    finally:
+        _warming.release()
 
 
 @router.get("/studies/{study_id}")
