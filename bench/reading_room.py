@@ -22,8 +22,9 @@ the moment the next study's image is decoded and painted (``img.decode()`` and t
 animation frame) with its draft text in the report field. The split: until the next page's
 navigation starts (the sign-off request for "sign and next"), and from there to the image
 on screen, with, from the navigation start, when the page's HTML and the image's PNG had
-arrived (Navigation and Resource Timing). The figure is the median and 95th percentile of each walk, and the ratio of the
-medians (sign and next / next). Not a test: nothing fails on a slow machine.
+arrived (Navigation and Resource Timing). The figure is the median and 95th percentile of
+each walk, and the ratio of the medians (sign and next / next). Not a test: nothing fails
+on a slow machine.
 """
 
 from __future__ import annotations
