@@ -13,8 +13,9 @@ Streams need a login like any page (401 otherwise) and are bounded: at most
 ``[web] live_streams_per_user`` at once per user (429 beyond), each ending after
 ``live_stream_max_seconds`` (the browser reconnects, and its login is checked again). The
 login is also checked every ``live_login_check_seconds`` while the stream is open; an ended
-or expired login ends the stream with a ``logout`` event. A stream does not count as
-activity: it never extends an idle login.
+or expired login ends the stream with a ``logout`` event. Neither the stream, nor the digest,
+nor the rows the page fetches count as the user's activity: an open worklist never keeps an
+idle login alive.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from node.db.models import User, WebSession
 from node.db.types import utcnow
 from node.logs import log_event
-from node.web.deps import UserDep, Viewer, WebContext, get_context, session_lifetimes
+from node.web.deps import PassiveUserDep, Viewer, WebContext, get_context, session_lifetimes
 from node.web.reading import readers_of
 from node.web.worklist import WorklistFilters, state_counts, worklist_digest, worklist_rows
 
@@ -168,7 +169,7 @@ async def _events(ctx: WebContext, viewer: Viewer, filters: WorklistFilters,
 
 
 @router.get("/api/worklist/events")
-def worklist_events(request: Request, viewer: UserDep) -> Response:
+def worklist_events(request: Request, viewer: PassiveUserDep) -> Response:
     """The live worklist stream (Server-Sent Events) for the filters in the query."""
     ctx = get_context(request)
     slots = stream_slots(request)
@@ -184,7 +185,7 @@ def worklist_events(request: Request, viewer: UserDep) -> Response:
 
 
 @router.get("/api/worklist/state")
-def worklist_state(request: Request, viewer: UserDep) -> Response:
+def worklist_state(request: Request, viewer: PassiveUserDep) -> Response:
     """The digest and counts of the worklist for the filters in the query, as JSON."""
     ctx = get_context(request)
     filters = WorklistFilters.from_query(request.query_params)

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from node.db.models import Instance, Report, Study
 from node.db.types import utcnow
 from node.states import ReportState, StudyState
-from node.web.deps import UserDep, Viewer, audit_view, get_context, render
+from node.web.deps import PassiveUserDep, UserDep, Viewer, audit_view, get_context, render
 from node.web.reading import readers_of
 
 router = APIRouter()
@@ -250,13 +250,13 @@ def worklist(request: Request, viewer: UserDep) -> Response:
 
 
 @router.get("/worklist/rows")
-def worklist_rows_fragment(request: Request, viewer: UserDep) -> Response:
+def worklist_rows_fragment(request: Request, viewer: PassiveUserDep) -> Response:
     """The worklist's rows alone (HTML), for the page to swap in when they changed."""
     return render(request, "worklist_rows.html", _worklist_context(request, viewer))
 
 
 @router.get("/api/worklist/counts")
-def worklist_counts(request: Request, viewer: UserDep) -> Response:
+def worklist_counts(request: Request, viewer: PassiveUserDep) -> Response:
     """Studies per state, as JSON (polled by the worklist page)."""
     ctx = get_context(request)
     with ctx.database.sessions() as session:

@@ -245,3 +245,30 @@ def test_live_stream_ends_with_the_login(one_stream: WebEnv) -> None:
             for row in session.scalars(select(WebSession)):
                 row.ended_at = utcnow()
         assert _first_event(lines)[0] == "logout"
+
+
+def test_live_refreshes_never_keep_an_idle_login_alive(web: WebEnv) -> None:
+    """The stream, the digest and the rows a page fetches by itself leave the login's last
+    activity where it was; a page the user opens moves it."""
+    seed_user(web.database, "mcurie")
+    web.login("mcurie")
+    idle_since = utcnow() - dt.timedelta(minutes=5)
+
+    def set_last_seen() -> None:
+        with web.database.sessions.begin() as session:
+            for row in session.scalars(select(WebSession).where(WebSession.ended_at.is_(None))):
+                row.last_seen_at = idle_since
+
+    def last_seen() -> dt.datetime:
+        with web.database.sessions() as session:
+            return session.scalars(select(WebSession.last_seen_at).where(
+                WebSession.ended_at.is_(None))).one()
+
+    set_last_seen()
+    for path in ("/api/worklist/state", "/worklist/rows", "/api/worklist/counts"):
+        assert web.client.get(path).status_code == 200, path
+    with web.client.stream("GET", "/api/worklist/events") as stream:
+        assert stream.status_code == 200
+    assert abs((last_seen() - idle_since).total_seconds()) < 1
+    assert web.client.get("/", headers=HTML).status_code == 200
+    assert last_seen() > idle_since + dt.timedelta(minutes=4)
