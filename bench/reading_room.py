@@ -3,7 +3,7 @@
 Run on its own::
 
     .venv/bin/python bench/reading_room.py                  # 25 studies, 512 px, SQLite
-    .venv/bin/python bench/reading_room.py --studies 40 --size 2048 --json reading.json
+    .venv/bin/python bench/reading_room.py --studies 40 --size 2048 --dwell 3 --json r.json
     .venv/bin/python bench/reading_room.py --database-url postgresql+psycopg://...
 
 The web app (uvicorn, in this process) serves a database seeded the way the demo's studies
@@ -23,8 +23,9 @@ animation frame) with its draft text in the report field. The split: until the n
 navigation starts (the sign-off request for "sign and next"), and from there to the image
 on screen, with, from the navigation start, when the page's HTML and the image's PNG had
 arrived (Navigation and Resource Timing). The figure is the median and 95th percentile of
-each walk, and the ratio of the medians (sign and next / next). Not a test: nothing fails
-on a slow machine.
+each walk, and the ratio of the medians (sign and next / next). ``--dwell`` waits on each
+study before the key press, as a reader does (0 by default: the worst case, where the node
+has had no time to prepare the next study). Not a test: nothing fails on a slow machine.
 """
 
 from __future__ import annotations
@@ -143,10 +144,12 @@ def _wait_ready(page: Page, previous_url: str | None) -> dict[str, Any]:
     return ready
 
 
-def _walk(page: Page, steps: int, key: str) -> list[dict[str, float]]:
+def _walk(page: Page, steps: int, key: str, dwell: float) -> list[dict[str, float]]:
     samples: list[dict[str, float]] = []
     current = _wait_ready(page, None)
     for _ in range(steps):
+        if dwell:
+            page.wait_for_timeout(dwell * 1000)
         page.keyboard.press(key)
         ready = _wait_ready(page, current["url"])
         samples.append({"total_ms": ready["ready"] - ready["pressed"],
@@ -168,7 +171,7 @@ def _summary(samples: list[dict[str, float]]) -> dict[str, Any]:
         "samples": len(samples)}
 
 
-def run(studies: int, size: int, database_url: str) -> dict[str, Any]:
+def run(studies: int, size: int, database_url: str, dwell: float = 0.0) -> dict[str, Any]:
     """Seed, serve, walk twice; return the figures."""
     previous_hasher = use_password_hasher(FAST_HASHER)
     with tempfile.TemporaryDirectory(prefix="reading-bench-") as tmp:
@@ -193,12 +196,12 @@ def run(studies: int, size: int, database_url: str) -> dict[str, Any]:
                 page.keyboard.press("Enter")
                 first_url = _wait_ready(page, None)["url"]
                 # Warm-up: one step each way, not counted.
-                _walk(page, 1, "Alt+ArrowRight")
+                _walk(page, 1, "Alt+ArrowRight", dwell)
                 page.goto(f"{server.url}{first_url}")
                 started = time.perf_counter()
-                peer = _walk(page, studies, "Alt+ArrowRight")
+                peer = _walk(page, studies, "Alt+ArrowRight", dwell)
                 page.goto(f"{server.url}{first_url}")
-                signed = _walk(page, studies, "Control+Shift+Enter")
+                signed = _walk(page, studies, "Control+Shift+Enter", dwell)
                 elapsed = time.perf_counter() - started
                 browser.close()
         finally:
@@ -207,7 +210,7 @@ def run(studies: int, size: int, database_url: str) -> dict[str, Any]:
             use_password_hasher(previous_hasher)
     sign_next, next_only = _summary(signed), _summary(peer)
     return {
-        "studies": studies, "image_size": size, "images_per_study": 2,
+        "studies": studies, "image_size": size, "images_per_study": 2, "dwell_seconds": dwell,
         "database": "postgresql" if database_url.startswith("postgresql") else "sqlite",
         "sign_and_next": sign_next, "next_without_signing": next_only,
         "ratio_median_sign_next_over_next": round(
@@ -225,9 +228,11 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512, help="image matrix size (pixels)")
     parser.add_argument("--database-url", default="", help="SQLite in a temporary folder "
                         "by default")
+    parser.add_argument("--dwell", type=float, default=0.0,
+                        help="seconds on each study before the key press (reading time)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    figures = run(args.studies, args.size, args.database_url)
+    figures = run(args.studies, args.size, args.database_url, args.dwell)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json:
