@@ -45,13 +45,15 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+import numpy as np  # noqa: E402
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
+from node.db.engine import Database  # noqa: E402
 from node.db.types import utcnow  # noqa: E402
-from node.runtime import Database  # noqa: E402
 from node.storage import InstanceStore  # noqa: E402
 from node.users import use_password_hasher  # noqa: E402
 from node.web import create_app  # noqa: E402
+from node.web import study as study_routes  # noqa: E402
 from node.web.server import WebServer  # noqa: E402
 from tests.conftest import free_port, make_settings  # noqa: E402
 from tests.integration.web_seed import (  # noqa: E402
@@ -127,7 +129,8 @@ def _seed(folder: Path, database_url: str, studies: int, size: int) -> tuple[Any
     start = utcnow() - dt.timedelta(hours=2)
     for index in range(studies + 1):
         findings, impression = DRAFTS[index % len(DRAFTS)]
-        pixels = random_phantom(1000 + index, size=size, bits=12).pixels
+        pixels = np.asarray(random_phantom(1000 + index, size=size, bits=12).pixels,
+                            dtype=np.uint16)
         seed_drafted_study(database, store, patient_name=f"BENCH^STUDY{index:03d}",
                            patient_id=f"BENCH-{index:04d}", accession=f"B{index:06d}",
                            images=2, seed=index, image=pixels, findings=findings,
@@ -171,13 +174,16 @@ def _summary(samples: list[dict[str, float]]) -> dict[str, Any]:
         "samples": len(samples)}
 
 
-def run(studies: int, size: int, database_url: str, dwell: float = 0.0) -> dict[str, Any]:
+def run(studies: int, size: int, database_url: str, dwell: float = 0.0,
+        warm: bool = True) -> dict[str, Any]:
     """Seed, serve, walk twice; return the figures."""
+    if not warm:  # the study page no longer prepares the next study's images
+        study_routes.warm_study_images = lambda ctx, study_id: None
     previous_hasher = use_password_hasher(FAST_HASHER)
     with tempfile.TemporaryDirectory(prefix="reading-bench-") as tmp:
         settings, database, store = _seed(Path(tmp), database_url, studies, size)
-        app = create_app(settings, database, store, RecordingExporter(),  # type: ignore[arg-type]
-                         RecordingQueue())  # type: ignore[arg-type]
+        app = create_app(settings, database, store,
+                         RecordingExporter(), RecordingQueue())  # type: ignore[arg-type]
         server = WebServer(app, "127.0.0.1", free_port())
         server.start()
         try:
@@ -211,6 +217,7 @@ def run(studies: int, size: int, database_url: str, dwell: float = 0.0) -> dict[
     sign_next, next_only = _summary(signed), _summary(peer)
     return {
         "studies": studies, "image_size": size, "images_per_study": 2, "dwell_seconds": dwell,
+        "next_study_warmed": warm,
         "database": "postgresql" if database_url.startswith("postgresql") else "sqlite",
         "sign_and_next": sign_next, "next_without_signing": next_only,
         "ratio_median_sign_next_over_next": round(
@@ -230,9 +237,11 @@ def main() -> int:
                         "by default")
     parser.add_argument("--dwell", type=float, default=0.0,
                         help="seconds on each study before the key press (reading time)")
+    parser.add_argument("--no-warm", action="store_true",
+                        help="the study page does not decode the next study's images ahead")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    figures = run(args.studies, args.size, args.database_url, args.dwell)
+    figures = run(args.studies, args.size, args.database_url, args.dwell, not args.no_warm)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json:
