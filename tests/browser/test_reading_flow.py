@@ -288,6 +288,29 @@ def test_live_worklist_polls_when_the_stream_is_refused(browser: Browser,
     assert not errors, errors
 
 
+def test_live_worklist_polls_when_the_stream_keeps_breaking(browser: Browser,
+                                                           live_node: LiveNode) -> None:
+    """A stream cut before its first event, again and again (a proxy in the way), is given
+    up for polling after three tries."""
+    context = _context(browser)
+    page, errors = _page(context)
+    log_in(page, live_node, "hgreg")
+    cut: list[str] = []
+
+    def cut_stream(route):  # type: ignore[no-untyped-def]
+        cut.append(route.request.url)
+        route.fulfill(status=200, content_type="text/event-stream", body="retry: 50\n\n")
+
+    page.route("**/api/worklist/events**", cut_stream)
+    page.goto(f"{live_node.url}/?q=broken")
+    expect(page.locator("#worklist-card")).to_have_attribute("data-live", "poll",
+                                                               timeout=5_000)
+    page.wait_for_timeout(500)
+    assert len(cut) == 3, cut  # no more attempts once polling
+    context.close()
+    assert not errors, errors
+
+
 def test_live_stream_needs_a_login(browser: Browser, live_node: LiveNode) -> None:
     """Without a login the stream, the digest and the rows answer 401 and show nothing."""
     context = _context(browser)

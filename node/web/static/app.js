@@ -191,15 +191,19 @@
 
     if (!("EventSource" in window) || !card.dataset.liveUrl) { poll(); return; }
     const source = new EventSource(card.dataset.liveUrl);
+    let failures = 0;
     source.addEventListener("open", () => { card.dataset.live = "stream"; setStatus("Live: new studies appear by themselves."); });
     source.addEventListener("worklist", (event) => {
+      failures = 0;
       try { apply(JSON.parse(event.data)); } catch (error) { /* malformed event: ignore */ }
     });
     source.addEventListener("logout", () => { source.close(); window.location.reload(); });
     source.addEventListener("error", () => {
-      // CLOSED: the node refused the stream (login, too many streams) or it cannot be
-      // kept open; poll instead. CONNECTING: the browser reconnects by itself.
-      if (source.readyState === EventSource.CLOSED) poll();
+      // CLOSED: the node refused the stream (login, too many streams); poll instead.
+      // CONNECTING: the browser reconnects by itself, but a stream that keeps failing
+      // before its first event (a proxy that cuts it) is given up for polling too.
+      failures += 1;
+      if (source.readyState === EventSource.CLOSED || failures >= 3) { source.close(); poll(); }
     });
     window.addEventListener("pagehide", () => source.close());
   }
