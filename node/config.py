@@ -369,6 +369,15 @@ class WebSettings(_Section):
     """The OHIF Viewer served at ``/viewer/``: the ``dist`` folder of the npm package
     ``@ohif/app`` (``make ohif`` installs the pinned version there). Without it the viewer
     is off: ``/viewer/`` answers 404 and the study page shows no link to it."""
+    live_poll_seconds: float = Field(1.0, gt=0, le=60)
+    """How often an open worklist's live stream looks for changed rows."""
+    live_streams_per_user: int = Field(4, ge=1, le=100)
+    """Live worklist streams one user may hold at once (more answer 429: the page polls)."""
+    live_stream_max_seconds: float = Field(300.0, gt=0)
+    """A live stream ends after this long; the browser reconnects (and is authenticated
+    again)."""
+    live_login_check_seconds: float = Field(5.0, gt=0)
+    """How often an open live stream checks that its login is still valid."""
 
 
 class SelectionSettings(_Section):

@@ -271,6 +271,9 @@ class Report(Base):
     """When a radiologist rejected this draft as unusable (the study stays DRAFTED)."""
     rejected_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     rejection_reason: Mapped[str | None] = mapped_column(Text)
+    amendment_reason: Mapped[str | None] = mapped_column(Text)
+    """Why this version amends the one it supersedes (the radiologist's words; also in its
+    SR and the ``report_amended`` audit event); ``None`` for drafts and first signatures."""
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

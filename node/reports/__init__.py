@@ -7,7 +7,8 @@ in :mod:`dicom_templates`:
 * :func:`build_final_sr` — a radiologist's signed report or amendment
   (COMPLETE / VERIFIED / FINAL, with a predecessor);
 * :func:`sr_to_bytes`, :func:`write_sr`, :func:`read_sr` — Part 10 encoding and decoding;
-* :func:`read_report_content` — what a report says, read back from its SR.
+* :func:`read_report_content` — what a report says, read back from its SR;
+  :func:`read_amendment_reason` — why an amendment was made.
 """
 
 from node.reports.sr_builder import (
@@ -23,6 +24,7 @@ from node.reports.sr_content import (
     ModelProvenance,
     ReportContent,
     Verifier,
+    read_amendment_reason,
     read_report_content,
 )
 from node.reports.sr_template import (
@@ -44,6 +46,7 @@ __all__ = [
     "build_final_sr",
     "latest_verification",
     "load_report_template",
+    "read_amendment_reason",
     "read_report_content",
     "read_sr",
     "sr_to_bytes",

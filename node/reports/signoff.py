@@ -49,6 +49,7 @@ from node.reports.sr_content import (
     ModelProvenance,
     ReportContent,
     Verifier,
+    clean_text,
     read_report_content,
 )
 from node.reports.sr_index import sr_index_of
@@ -63,7 +64,7 @@ logger = logging.getLogger(__name__)
 FINAL_SERIES_NUMBER = 9002
 #: Verifying Organization written when the user has none recorded.
 UNKNOWN_ORGANIZATION = "Unknown organization"
-#: Longest rejection reason kept.
+#: Longest rejection or amendment reason kept.
 MAX_REASON_LENGTH = 1000
 
 _SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
@@ -268,6 +269,7 @@ def _write_version(
     now: dt.datetime,
     *,
     amendment: bool,
+    amendment_reason: str | None = None,
     language: str | None = None,
 ) -> Report:
     """Build, store and record a verified version superseding ``predecessor`` (locked)."""
@@ -302,7 +304,7 @@ def _write_version(
             evidence, content, model, predecessor_ds, verifier, now.astimezone(),
             amendment=amendment, series_instance_uid=series_uid, sop_instance_uid=sop_uid,
             series_number=FINAL_SERIES_NUMBER, instance_number=earlier + 1,
-            template=template_in_language(language),
+            amendment_reason=amendment_reason, template=template_in_language(language),
         )
     except ValueError as exc:
         raise SignoffError(f"the signed report cannot be built: {exc}") from exc
@@ -315,7 +317,8 @@ def _write_version(
         impression=content.impression, model_name=model.name, model_version=model.version,
         device_uid=model.device_uid, sop_instance_uid=sop_uid, series_instance_uid=series_uid,
         sr_path=relative, predecessor_id=predecessor.id, signed_by_id=user.id, signed_at=now,
-        created_at=now, signed_evidence=signed_evidence, **sr_index_of(dataset).columns(),
+        created_at=now, signed_evidence=signed_evidence, amendment_reason=amendment_reason,
+        **sr_index_of(dataset).columns(),
     )
     try:
         with session.begin_nested():
@@ -444,6 +447,19 @@ def sign_report(
     return final
 
 
+def _amendment_reason(reason: str) -> str:
+    """The reason for an amendment, checked: non-empty, bounded, fit for DICOM text."""
+    try:
+        cleaned = clean_text(reason if isinstance(reason, str) else "", "the reason")
+    except (TypeError, ValueError) as exc:
+        raise SignoffError(str(exc)) from exc
+    if not cleaned:
+        raise SignoffError("give a reason for the amendment")
+    if len(cleaned) > MAX_REASON_LENGTH:
+        raise SignoffError(f"the reason is longer than {MAX_REASON_LENGTH} characters")
+    return cleaned
+
+
 def amend_report(
     session: Session,
     store: InstanceStore,
@@ -452,6 +468,7 @@ def amend_report(
     findings: str,
     impression: str,
     *,
+    reason: str,
     now: dt.datetime | None = None,
     destinations: Iterable[Destination] = (),
     language: str | None = None,
@@ -459,7 +476,9 @@ def amend_report(
     """Amend the current final report: a new FINAL version; the old one becomes AMENDED.
 
     Parameters are those of :func:`sign_report`, with ``report_id`` the current FINAL
-    report of the study.
+    report of the study, and ``reason``: why the report is amended (required, at most
+    :data:`MAX_REASON_LENGTH` characters). It is stored with the new version, written into
+    its SR ("Reason for amendment") and into the ``report_amended`` audit event.
 
     Returns
     -------
@@ -475,20 +494,23 @@ def amend_report(
     EvidenceMismatch
         If a stored image no longer holds what the current report was signed on.
     SignoffError
-        If the report is not a final report, or the amendment changes nothing.
+        If the report is not a final report, the amendment changes nothing, or the reason
+        is empty, too long or holds characters DICOM text cannot carry.
     """
     now = now or utcnow()
     _check_radiologist(user)
+    reason = _amendment_reason(reason)
     current = _locked_report(session, report_id)
     if current.state == ReportState.AMENDED or _successor_id(session, current.id) is not None:
         raise AlreadySigned("this report was already amended; amend the newest version")
     if current.state != ReportState.FINAL:
         raise SignoffError("only a signed report can be amended; sign the draft instead")
     amended = _write_version(session, store, current, user, findings, impression, now,
-                             amendment=True, language=language)
+                             amendment=True, amendment_reason=reason, language=language)
     queue_exports(session, amended, destinations, now=now)
     _audit(session, now, user, "report_amended", amended, {
         "amends_report_id": current.id, "sop_instance_uid": amended.sop_instance_uid,
+        "reason": reason,
     })
     session.flush()
     log_event(logger, logging.INFO, "report_amended", report_id=amended.id,
@@ -562,6 +584,7 @@ def reject_draft(
 
 __all__ = [
     "FINAL_SERIES_NUMBER",
+    "MAX_REASON_LENGTH",
     "AlreadySigned",
     "ConfirmationRequired",
     "EvidenceMismatch",

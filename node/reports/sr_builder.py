@@ -37,6 +37,7 @@ from node.reports.sr_content import (
     Verifier,
     build_content_tree,
     check_long_string,
+    clean_text,
 )
 from node.reports.sr_template import CodeSpec, ReportTemplate, load_report_template
 from node.storage import is_valid_uid
@@ -185,6 +186,7 @@ def _build(
     contributed_at: dt.datetime | str | None,
     content_datetime: dt.datetime,
     previous_versions: Sequence[Dataset] | None,
+    amendment_reason: str | None = None,
     series_instance_uid: str,
     sop_instance_uid: str,
     series_number: int,
@@ -210,7 +212,7 @@ def _build(
     sr = sr_class(
         evidence=headers,
         content=build_content_tree(template, content, model, verifier=verifier,
-                                   notices=notices),
+                                   notices=notices, amendment_reason=amendment_reason),
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
@@ -361,6 +363,7 @@ def build_final_sr(
     sop_instance_uid: str,
     series_number: int,
     instance_number: int,
+    amendment_reason: str | None = None,
     institution_name: str | None = None,
     template: ReportTemplate | None = None,
 ) -> Dataset:
@@ -388,6 +391,9 @@ def build_final_sr(
         verified report (the predecessor must be VERIFIED and verified earlier).
     series_instance_uid, sop_instance_uid, series_number, instance_number, institution_name
         As for :func:`build_draft_sr`.
+    amendment_reason
+        Why the amendment is made (required, and only allowed, when ``amendment``): a
+        "Reason for amendment" TEXT item after the amendment notice.
     template
         The report template; the packaged ``chest_xr_report.toml`` by default.
 
@@ -399,8 +405,9 @@ def build_final_sr(
     Raises
     ------
     ValueError
-        On invalid evidence or UIDs, a predecessor of another study, or a predecessor whose
-        verification state does not match ``amendment``.
+        On invalid evidence or UIDs, a predecessor of another study, a predecessor whose
+        verification state does not match ``amendment``, or an amendment without a reason
+        (or a reason without an amendment).
     """
     if not isinstance(verifier, Verifier):
         raise TypeError("verifier must be a Verifier")
@@ -408,6 +415,12 @@ def build_final_sr(
         raise TypeError("verification_datetime must be a datetime")
     if not isinstance(amendment, bool):
         raise TypeError("amendment must be a bool")
+    if amendment:
+        amendment_reason = clean_text(amendment_reason or "", "amendment reason")
+        if not amendment_reason:
+            raise ValueError("an amendment needs a reason")
+    elif amendment_reason is not None:
+        raise ValueError("only an amendment has a reason for amendment")
     headers = _check_evidence(evidence)
     _check_predecessor(predecessor, str(headers[0].StudyInstanceUID), str(headers[0].PatientID),
                        sop_instance_uid, amendment, verification_datetime)
@@ -426,6 +439,7 @@ def build_final_sr(
         contribution=wording["final_contribution"],
         contributed_at=_model_contribution_time(predecessor, model.device_uid),
         content_datetime=verification_datetime, previous_versions=[predecessor],
+        amendment_reason=amendment_reason,
         series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
         series_number=series_number, instance_number=instance_number,
         institution_name=institution_name,

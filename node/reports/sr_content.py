@@ -316,6 +316,7 @@ def build_content_tree(
     *,
     verifier: Verifier | None,
     notices: Iterable[str],
+    amendment_reason: str | None = None,
 ) -> ContainerContentItem:
     """Build the root CONTAINER of a chest radiograph report.
 
@@ -331,6 +332,9 @@ def build_content_tree(
         The radiologist, written as person observer; ``None`` for a draft.
     notices
         Texts written as "Comment" items before the sections (draft warning, ...).
+    amendment_reason
+        Why an amendment was made, written as a "Reason for amendment" TEXT item after the
+        notices; ``None`` for drafts and first signatures.
 
     Returns
     -------
@@ -349,6 +353,8 @@ def build_content_tree(
         name=model.name, version=model.version, manufacturer=model.manufacturer
     )))
     items.extend(_text(c["comment"], notice, CONTAINS) for notice in notices)
+    if amendment_reason is not None:
+        items.append(_text(c["amendment_reason"], amendment_reason, CONTAINS))
     if content.findings:
         items.append(_section(c["findings_section"],
                               [_text(c["finding"], content.findings, CONTAINS)]))
@@ -446,6 +452,24 @@ def read_report_content(sr: Dataset, template: ReportTemplate | None = None) -> 
     )
 
 
+def read_amendment_reason(sr: Dataset, template: ReportTemplate | None = None) -> str | None:
+    """The "Reason for amendment" of an SR written by :mod:`node.reports`, or ``None``.
+
+    Parameters
+    ----------
+    sr
+        A radnode report SR (pydicom dataset or highdicom SR object).
+    template
+        The template it was written with; the packaged one by default.
+    """
+    template = template or load_report_template()
+    wanted = template.codes["amendment_reason"].key
+    for item in _children(sr):
+        if item.get("ValueType") == "TEXT" and _name_key(item) == wanted:
+            return str(item.TextValue)
+    return None
+
+
 __all__ = [
     "DEFAULT_IDENTIFIER_SCHEME",
     "ModelProvenance",
@@ -456,5 +480,6 @@ __all__ = [
     "check_person_name",
     "clean_text",
     "concept_key",
+    "read_amendment_reason",
     "read_report_content",
 ]

@@ -29,7 +29,7 @@ _SOP_CLASSES = {
 }
 _REQUIRED_CODES = (
     "root", "language_concept", "language", "findings_section", "finding",
-    "impressions_section", "impression", "comment", "observations_section",
+    "impressions_section", "impression", "comment", "amendment_reason", "observations_section",
     "triage_section", "triage_priority", "urgent", "routine", "triage_flag",
     "verifier_role", "contributing_purpose",
 )

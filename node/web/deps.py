@@ -151,7 +151,8 @@ def current_viewer(request: Request) -> Viewer | None:
             if expired or not user.active:
                 change = {"ended_at": now}
             else:
-                if now - web_session.last_seen_at >= TOUCH_INTERVAL:
+                passive = getattr(request.state, "passive", False)
+                if now - web_session.last_seen_at >= TOUCH_INTERVAL and not passive:
                     change = {"last_seen_at": now}
                 viewer = Viewer(user.id, user.username, user.display_name, user.role,
                                 web_session.id, ctx.signer.csrf_token("session", token))
@@ -186,6 +187,18 @@ def require_user(request: Request) -> Viewer:
 
 UserDep = Annotated[Viewer, Depends(require_user)]
 """A route parameter: the signed-in user (any role)."""
+
+
+def require_user_passively(request: Request) -> Viewer:
+    """Any signed-in, active user, on a request the page makes by itself (a live refresh):
+    it does not count as the user's activity, so it never keeps an idle login alive."""
+    if not hasattr(request.state, "viewer"):
+        request.state.passive = True
+    return require_user(request)
+
+
+PassiveUserDep = Annotated[Viewer, Depends(require_user_passively)]
+"""A route parameter: the signed-in user, on a background request of a page."""
 
 
 def require_admin(viewer: UserDep) -> Viewer:
@@ -291,6 +304,7 @@ __all__ = [
     "FormRowId",
     "LoginRequired",
     "MAX_ROW_ID",
+    "PassiveUserDep",
     "RowId",
     "Viewer",
     "WebContext",
@@ -304,4 +318,5 @@ __all__ = [
     "require_admin_csrf",
     "require_csrf",
     "require_user",
+    "require_user_passively",
 ]

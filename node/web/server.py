@@ -58,7 +58,9 @@ class WebServer:
         sock.set_inheritable(True)
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                lifespan="off", server_header=False, timeout_keep_alive=30)
+                                lifespan="off", server_header=False, timeout_keep_alive=30,
+                                # Live worklist streams never finish by themselves.
+                                timeout_graceful_shutdown=3)
         server = uvicorn.Server(config)
         self._server = server
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},

@@ -4,7 +4,13 @@
 * ``GET /studies/{id}/image/{instance_id}.png?wc=&ww=`` — the image rendered server-side,
   with the DICOM window by default or the centre/width given;
 * ``POST /studies/{id}/sign``, ``/reject``, ``/amend`` — the sign-off actions (radiologists
-  only, CSRF-checked), carried out by :mod:`node.reports.signoff`.
+  only, CSRF-checked), carried out by :mod:`node.reports.signoff`. An amendment needs a
+  reason. ``/sign`` with ``next=1`` answers with the next study of the worklist instead of
+  the signed one ("Sign and next").
+
+The study page carries the worklist's filters it was opened from (``?wl=``, the worklist's
+query string): its Back, Previous and Next links, and "Sign and next", walk the worklist in
+its order under the same filters (:func:`node.web.worklist.adjacent_study_id`).
 """
 
 from __future__ import annotations
@@ -12,13 +18,16 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
+from starlette.background import BackgroundTask
 
 from node.db.models import Export, Instance, Report, Study, User
 from node.db.types import utcnow
@@ -44,11 +53,13 @@ from node.web.deps import (
     RowId,
     UserDep,
     Viewer,
+    WebContext,
     audit_view,
     get_context,
     render,
 )
 from node.web.errors import STORAGE_FULL_MESSAGE, database_full
+from node.web.history import report_history
 from node.web.imaging import ImageDecodeError, WindowInfo
 from node.web.ohif import ohif_study_url
 from node.web.reading import (
@@ -58,6 +69,7 @@ from node.web.reading import (
     stale_working_copy,
     working_copy_of,
 )
+from node.web.worklist import WorklistFilters, adjacent_study_id
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -70,7 +82,14 @@ DONE_MESSAGES = {
     "amended": "Amendment signed. It supersedes the previous report.",
     "rejected": "Draft rejected. The study stays on the worklist.",
     "discarded": "Your text was discarded.",
+    "signed-next": "Previous report signed. This is the next study of your worklist.",
 }
+#: Longest worklist query string carried from the worklist to the study page.
+MAX_WORKLIST_QUERY = 1024
+#: Images of the next study decoded and rendered ahead of time, at most.
+WARM_IMAGES = 4
+#: One warm-up at a time: a burst of page views never queues decoding work.
+_warming = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -109,11 +128,31 @@ def _check_signed_evidence(request: Request, viewer: Viewer, study_id: int, duri
         raise _refuse_changed_evidence(request, viewer, study_id, exc, during) from exc
 
 
+def worklist_of(value: str | None) -> WorklistFilters:
+    """The worklist filters a study page was opened from (its ``wl`` parameter)."""
+    return WorklistFilters.from_query_string((value or "")[:MAX_WORKLIST_QUERY])
+
+
+def study_url(study_id: int, filters: WorklistFilters, **params: str) -> str:
+    """The study page's path, carrying the worklist filters (and ``params``)."""
+    query = [f"wl={quote(filters.query_string(), safe='')}"] if filters.query_string() else []
+    query += [f"{key}={quote(value, safe='')}" for key, value in params.items()]
+    return f"/studies/{study_id}" + (f"?{'&'.join(query)}" if query else "")
+
+
+def worklist_url(filters: WorklistFilters, **params: str) -> str:
+    """The worklist's path with ``filters`` (and ``params``)."""
+    query = "&".join(part for part in [filters.query_string()] + [
+        f"{key}={quote(value, safe='')}" for key, value in params.items()] if part)
+    return "/" + (f"?{query}" if query else "")
+
+
 def _study_page(request: Request, viewer: Viewer, study_id: int, *,
                 error: str | None = None, form: dict[str, str] | None = None,
                 status_code: int = 200) -> Response:
     ctx = get_context(request)
     _check_signed_evidence(request, viewer, study_id, "study_page")
+    filters = worklist_of(request.query_params.get("wl") or (form or {}).get("wl"))
     with ctx.database.sessions() as session:
         study = session.get(Study, study_id)
         if study is None:
@@ -132,6 +171,8 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         ) if current is not None else []
         readers = readers_of(session, [study.id], exclude_user=viewer.id, now=utcnow(),
                              expiry_seconds=ctx.settings.web.presence_expiry_seconds)
+        previous_id = adjacent_study_id(session, filters, study, forward=False)
+        next_id = adjacent_study_id(session, filters, study, forward=True)
         working = stale = None
         if viewer.is_radiologist and current is not None:
             working = working_copy_of(session, viewer.id, current.id)
@@ -167,8 +208,44 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         "readers": readers.get(study.id, []), "working": working, "stale": stale,
         "web": ctx.settings.web,
         "ohif_url": ohif_study_url(request, study.study_instance_uid),
+        "history": report_history(versions, users),
+        "worklist_query": filters.query_string(),
+        "worklist_url": worklist_url(filters),
+        "previous_url": study_url(previous_id, filters) if previous_id else None,
+        "next_url": study_url(next_id, filters) if next_id else None,
     }
-    return render(request, "study.html", context, status_code=status_code)
+    response = render(request, "study.html", context, status_code=status_code)
+    if next_id is not None and status_code == 200:
+        response.background = BackgroundTask(warm_study_images, ctx, next_id)
+    return response
+
+
+def warm_study_images(ctx: WebContext, study_id: int) -> None:
+    """Decode the images of the study the reader is likely to open next (the next one of
+    the worklist) and render their default PNGs into the renderer's caches, after the page
+    was sent. Opening that study then serves from memory; nothing is sent or audited here,
+    and the image route still checks each request (login, signed evidence) as always.
+    Best effort: skipped while another warm-up runs, failures ignored."""
+    if not _warming.acquire(blocking=False):
+        return
+    try:
+        with ctx.database.sessions() as session:
+            paths = session.scalars(
+                select(Instance.path)
+                .where(Instance.study_id == study_id, Instance.purged_at.is_(None),
+                       ~Instance.sop_class_uid.startswith(_SR_SOP_CLASS_PREFIX))
+                .order_by(Instance.series_number, Instance.instance_number, Instance.id)
+                .limit(WARM_IMAGES)).all()
+        for path in paths:
+            try:
+                ctx.renderer.window(path)
+                ctx.renderer.png(path)
+            except (ImageDecodeError, OSError, ValueError):
+                continue
+    except DBAPIError:
+        return
+    finally:
+        _warming.release()
 
 
 @router.get("/studies/{study_id}")
@@ -272,7 +349,8 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
                             unedited_urgent_confirmed=confirmed)
             elif action == "amend":
                 amend_report(session, ctx.store, report_id, user, form["findings"],
-                             form["impression"], destinations=ctx.settings.destinations,
+                             form["impression"], reason=form["reason"],
+                             destinations=ctx.settings.destinations,
                              language=ctx.settings.reports.language)
             else:
                 reject_draft(session, report_id, user, form["reason"])
@@ -308,30 +386,50 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
     if action != "reject" and ctx.exporter is not None:
         ctx.exporter.notify()
     done = {"sign": "signed", "amend": "amended", "reject": "rejected"}[action]
-    target = f"/studies/{study_id}?done={done}"
+    filters = worklist_of(form.get("wl"))
+    target = study_url(study_id, filters, done=done)
+    if action == "sign" and form.get("next") == "1":
+        target = _next_target(request, study_id, filters)
     if _wants_json(request):
         return JSONResponse({"redirect": target}, headers={"Cache-Control": "no-store"})
     return RedirectResponse(target, status_code=303)
+
+
+def _next_target(request: Request, study_id: int, filters: WorklistFilters) -> str:
+    """Where "Sign and next" goes: the next study of the worklist, or the worklist."""
+    with get_context(request).database.sessions() as session:
+        study = session.get_one(Study, study_id)
+        next_id = adjacent_study_id(session, filters, study, forward=True)
+    if next_id is None:
+        return worklist_url(filters, done="signed")
+    return study_url(next_id, filters, done="signed-next")
 
 
 @router.post("/studies/{study_id}/sign")
 def sign(study_id: RowId, request: Request, viewer: CsrfUserDep,
          report_id: FormRowId, findings: Annotated[str, Form()] = "",
          impression: Annotated[str, Form()] = "",
-         confirm_urgent: Annotated[str, Form()] = "") -> Response:
-    """Sign the draft with the text as edited (``confirm_urgent`` for an unedited urgent one)."""
+         confirm_urgent: Annotated[str, Form()] = "",
+         next_study: Annotated[str, Form(alias="next")] = "",
+         wl: Annotated[str, Form(max_length=MAX_WORKLIST_QUERY)] = "") -> Response:
+    """Sign the draft with the text as edited (``confirm_urgent`` for an unedited urgent one);
+    with ``next=1`` the answer leads to the next study of the worklist ``wl``."""
     return _signoff(request, viewer, study_id, report_id, "sign",
-                    {"findings": findings, "impression": impression, "mode": "sign"},
+                    {"findings": findings, "impression": impression, "mode": "sign",
+                     "next": next_study, "wl": wl},
                     confirmed=confirm_urgent == "1")
 
 
 @router.post("/studies/{study_id}/amend")
 def amend(study_id: RowId, request: Request, viewer: CsrfUserDep,
           report_id: FormRowId, findings: Annotated[str, Form()] = "",
-          impression: Annotated[str, Form()] = "") -> Response:
-    """Sign an amendment of the current final report."""
+          impression: Annotated[str, Form()] = "",
+          reason: Annotated[str, Form()] = "",
+          wl: Annotated[str, Form(max_length=MAX_WORKLIST_QUERY)] = "") -> Response:
+    """Sign an amendment of the current final report, with the reason for it."""
     return _signoff(request, viewer, study_id, report_id, "amend",
-                    {"findings": findings, "impression": impression, "mode": "amend"})
+                    {"findings": findings, "impression": impression, "reason": reason,
+                     "mode": "amend", "wl": wl})
 
 
 @router.post("/studies/{study_id}/reject")

@@ -1,15 +1,23 @@
 """The worklist: studies awaiting sign-off, urgent first, then oldest first.
 
 ``GET /`` renders it with filters (state, received date range, flag, text search);
-``GET /api/worklist/counts`` returns the count per state (no patient data), which the page
-polls to keep its counters current without a reload.
+``GET /worklist/rows`` renders its rows alone (the page swaps them in when the live stream
+of :mod:`node.web.live` says they changed); ``GET /api/worklist/counts`` returns the count
+per state (no patient data).
+
+The study page walks the same list: :func:`adjacent_study_id` gives the study after (or
+before) a study in the worklist order under the same filters, for "Sign and next" and the
+next/previous keys.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -19,7 +27,7 @@ from sqlalchemy.orm import Session
 from node.db.models import Instance, Report, Study
 from node.db.types import utcnow
 from node.states import ReportState, StudyState
-from node.web.deps import UserDep, audit_view, get_context, render
+from node.web.deps import PassiveUserDep, UserDep, Viewer, audit_view, get_context, render
 from node.web.reading import readers_of
 
 router = APIRouter()
@@ -51,6 +59,27 @@ class WorklistFilters:
         return cls(state=state, date_from=_date(params.get("from")),
                    date_to=_date(params.get("to")), flag=flag if flag in FLAGS else "",
                    text=str(params.get("q") or "").strip()[:64])
+
+    @classmethod
+    def from_query_string(cls, query: str) -> WorklistFilters:
+        """Parse the filters carried from the worklist to the study page (``wl=``)."""
+        values = parse_qs(query[:1024], keep_blank_values=False)
+        return cls.from_query({key: items[0] for key, items in values.items() if items})
+
+    def query_string(self) -> str:
+        """The filters as a query string (without ``?``), defaults left out."""
+        params: dict[str, str] = {}
+        if self.state != StudyState.DRAFTED.name:
+            params["state"] = self.state
+        if self.flag:
+            params["flag"] = self.flag
+        if self.date_from is not None:
+            params["from"] = self.date_from.isoformat()
+        if self.date_to is not None:
+            params["to"] = self.date_to.isoformat()
+        if self.text:
+            params["q"] = self.text
+        return urlencode(params)
 
 
 def _date(value: object) -> dt.date | None:
@@ -84,8 +113,8 @@ def latest_reports(session: Session, study_ids: list[int]) -> dict[int, Report]:
     return {r.study_id: r for r in reports}
 
 
-def worklist_query(filters: WorklistFilters) -> Select[Study]:
-    """The studies matching ``filters``, urgent first, then oldest first."""
+def filtered_studies(filters: WorklistFilters) -> Select[Study]:
+    """The studies matching ``filters``, in no order."""
     query = select(Study)
     if filters.state != "ALL":
         query = query.where(Study.state == StudyState[filters.state])
@@ -109,8 +138,44 @@ def worklist_query(filters: WorklistFilters) -> Select[Study]:
             func.lower(Study.patient_name).contains(needle, autoescape=True),
             func.lower(Study.patient_id).contains(needle, autoescape=True),
             func.lower(Study.accession_number).contains(needle, autoescape=True)))
-    return query.order_by(Study.urgent.desc(), Study.first_received_at.asc(),
-                          Study.id.asc()).limit(WORKLIST_LIMIT)
+    return query
+
+
+def worklist_query(filters: WorklistFilters) -> Select[Study]:
+    """The studies matching ``filters``, urgent first, then oldest first."""
+    return filtered_studies(filters).order_by(
+        Study.urgent.desc(), Study.first_received_at.asc(), Study.id.asc()
+    ).limit(WORKLIST_LIMIT)
+
+
+def adjacent_study_id(session: Session, filters: WorklistFilters, study: Study, *,
+                      forward: bool) -> int | None:
+    """The study after (``forward``) or before ``study`` in the worklist order.
+
+    The order is the worklist's (urgent first, then oldest, then by id), restricted to
+    ``filters``; ``study`` itself need not match them any more (it was just signed), its
+    place in the order is what counts.
+
+    Returns
+    -------
+    int or None
+        The id of that study, or ``None`` at the end (or start) of the list.
+    """
+    urgent, received, study_id = study.urgent, study.first_received_at, study.id
+    if forward:
+        same = and_(Study.urgent.is_(urgent), or_(
+            Study.first_received_at > received,
+            and_(Study.first_received_at == received, Study.id > study_id)))
+        condition = or_(same, Study.urgent.is_(False)) if urgent else same
+        order = (Study.urgent.desc(), Study.first_received_at.asc(), Study.id.asc())
+    else:
+        same = and_(Study.urgent.is_(urgent), or_(
+            Study.first_received_at < received,
+            and_(Study.first_received_at == received, Study.id < study_id)))
+        condition = same if urgent else or_(same, Study.urgent.is_(True))
+        order = (Study.urgent.asc(), Study.first_received_at.desc(), Study.id.desc())
+    query = filtered_studies(filters).where(condition).order_by(*order).limit(1)
+    return session.scalar(query.with_only_columns(Study.id))
 
 
 def worklist_rows(session: Session, filters: WorklistFilters) -> list[WorklistRow]:
@@ -122,6 +187,22 @@ def worklist_rows(session: Session, filters: WorklistFilters) -> list[WorklistRo
         select(Instance.study_id, func.count(Instance.id))
         .where(Instance.study_id.in_(ids)).group_by(Instance.study_id)).all()) if ids else {}
     return [WorklistRow(s, reports.get(s.id), int(counts.get(s.id, 0))) for s in studies]
+
+
+def worklist_digest(rows: list[WorklistRow], counts: dict[str, int],
+                    readers: dict[int, list[str]]) -> str:
+    """A digest of what a worklist shows: it changes when any row, flag, reader or count
+    does (the live worklist compares digests; no patient data can be read from one)."""
+    shown = [(
+        row.study.id, row.study.state.name, row.study.urgent,
+        list(row.study.urgent_findings or []), row.images,
+        None if row.report is None else (
+            row.report.id, row.report.state.name, row.report.degenerate,
+            row.report.rejected_at is not None),
+        readers.get(row.study.id, []),
+    ) for row in rows]
+    encoded = json.dumps([shown, counts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()[:32]
 
 
 def state_counts(session: Session) -> dict[str, int]:
@@ -140,27 +221,42 @@ def state_counts(session: Session) -> dict[str, int]:
     return counts
 
 
-@router.get("/")
-def worklist(request: Request, viewer: UserDep) -> Response:
-    """The worklist page."""
+def _worklist_context(request: Request, viewer: Viewer) -> dict[str, Any]:
+    """Rows, counts, readers and digest of the worklist the query asks for (audited)."""
     ctx = get_context(request)
     filters = WorklistFilters.from_query(request.query_params)
+    now = utcnow()
     with ctx.database.sessions() as session:
         rows = worklist_rows(session, filters)
         counts = state_counts(session)
         readers = readers_of(session, [row.study.id for row in rows], exclude_user=viewer.id,
-                             now=utcnow(),
+                             now=now,
                              expiry_seconds=ctx.settings.web.presence_expiry_seconds)
     audit_view(ctx.database, viewer, "worklist_viewed", "worklist",
                details={"state": filters.state, "rows": len(rows)})
+    return {"rows": rows, "counts": counts, "filters": filters, "now": now,
+            "limit": WORKLIST_LIMIT, "readers": readers,
+            "version": worklist_digest(rows, counts, readers)}
+
+
+@router.get("/")
+def worklist(request: Request, viewer: UserDep) -> Response:
+    """The worklist page."""
+    context = _worklist_context(request, viewer)
     return render(request, "worklist.html", {
-        "rows": rows, "counts": counts, "filters": filters, "states": list(StudyState),
-        "now": utcnow(), "limit": WORKLIST_LIMIT, "nav": "worklist", "readers": readers,
+        **context, "states": list(StudyState), "nav": "worklist",
+        "done": request.query_params.get("done", ""),
     })
 
 
+@router.get("/worklist/rows")
+def worklist_rows_fragment(request: Request, viewer: PassiveUserDep) -> Response:
+    """The worklist's rows alone (HTML), for the page to swap in when they changed."""
+    return render(request, "worklist_rows.html", _worklist_context(request, viewer))
+
+
 @router.get("/api/worklist/counts")
-def worklist_counts(request: Request, viewer: UserDep) -> Response:
+def worklist_counts(request: Request, viewer: PassiveUserDep) -> Response:
     """Studies per state, as JSON (polled by the worklist page)."""
     ctx = get_context(request)
     with ctx.database.sessions() as session:

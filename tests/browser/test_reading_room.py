@@ -199,6 +199,7 @@ def test_sign_conflict_shows_both_texts_and_amends(browser: Browser,
     expect(wilson.locator("#conflict-impression")).to_have_value("Left lower lobe pneumonia.")
     screenshot(wilson, "study-conflict.png")
 
+    wilson.locator("#conflict-reason").fill("My reading differs: consolidation.")
     wilson.get_by_role("button", name=re.compile("Amend the signed report")).click()
     wilson.wait_for_url(re.compile(r"done=amended"))
     final = _final(live_node, study)

@@ -174,7 +174,7 @@ def test_tampered_evidence_is_refused_when_serving_and_amending(web: WebEnv) -> 
     assert other.status_code == 200  # only the changed image is refused
     amend = web.client.post(f"/studies/{seeded.study_id}/amend", data={
         "csrf_token": csrf, "report_id": final.id, "findings": "F one.",
-        "impression": "I two."})
+        "impression": "I two.", "reason": "Second look."})
     assert amend.status_code == 409
     with web.database.sessions() as session:
         assert session.get_one(Report, final.id).state == ReportState.FINAL

@@ -31,6 +31,7 @@ from node.reports import (
     build_draft_sr,
     build_final_sr,
     load_report_template,
+    read_amendment_reason,
     read_report_content,
     write_sr,
 )
@@ -192,9 +193,10 @@ def test_draft_final_and_amendment_validate_and_round_trip(case: Case, name: str
                            SIGNED_AT, amendment=False, **uids(draft=False))
     final_path = write_sr(final, case.folder / "final.dcm")
     amended_body = dataclasses.replace(body, impression=body.impression + " Addendum: résolu.")
+    reason = "Addendum après relecture — 再読影 (comparaison avec le cliché de la veille)."
     amended = build_final_sr(case.evidence, amended_body, case.model, hd.sr.srread(final_path),
                              verifier, SIGNED_AT + dt.timedelta(days=1), amendment=True,
-                             **uids(draft=False))
+                             amendment_reason=reason, **uids(draft=False))
     amended_path = write_sr(amended, case.folder / "amended.dcm")
 
     for path in (draft_path, final_path, amended_path):
@@ -221,6 +223,25 @@ def test_draft_final_and_amendment_validate_and_round_trip(case: Case, name: str
     read_amended = check_round_trip(amended_path, case, amended_body)
     assert read_amended.VerificationFlag == "VERIFIED"
     assert predecessor_uid(read_amended) == final.SOPInstanceUID
+    assert read_amendment_reason(read_amended) == reason
+    assert read_amendment_reason(read_final) is None
+
+
+def test_amendment_needs_a_reason_and_only_an_amendment_has_one(case: Case) -> None:
+    """build_final_sr refuses an amendment without a reason, and a reason on a signature."""
+    body = BODIES["uncoded"]
+    draft = build_draft_sr(case.evidence, body, case.model, **uids(draft=True))
+    verifier = Verifier(name="Curie^Marie", organization="St Elsewhere", identifier="mc")
+    with pytest.raises(ValueError, match="only an amendment"):
+        build_final_sr(case.evidence, body, case.model, draft, verifier, SIGNED_AT,
+                       amendment=False, amendment_reason="why", **uids(draft=False))
+    final = build_final_sr(case.evidence, body, case.model, draft, verifier, SIGNED_AT,
+                           amendment=False, **uids(draft=False))
+    for reason in (None, "", "  "):
+        with pytest.raises(ValueError, match="needs a reason"):
+            build_final_sr(case.evidence, body, case.model, final, verifier,
+                           SIGNED_AT + dt.timedelta(hours=1), amendment=True,
+                           amendment_reason=reason, **uids(draft=False))
 
 
 def predecessor_uid(sr: Dataset) -> str:

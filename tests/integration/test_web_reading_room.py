@@ -83,7 +83,7 @@ def test_conflicting_sign_keeps_the_text_and_shows_both(web: WebEnv) -> None:
             Report.state == ReportState.FINAL)).one()
     amended = web.client.post(f"/studies/{seeded.study_id}/amend", headers=JSON, data={
         "csrf_token": csrf, "report_id": final_id, "findings": "Mine, not lost.",
-        "impression": "Two."})
+        "impression": "Two.", "reason": "My reading differs."})
     assert amended.status_code == 200
     with web.database.sessions() as session:
         assert session.scalars(select(WorkingCopy)).all() == []

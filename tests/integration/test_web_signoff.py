@@ -181,7 +181,7 @@ def test_amend_supersedes_the_signed_report(web: WebEnv) -> None:
             Report.state == ReportState.FINAL)).one()
     response = web.client.post(f"/studies/{seeded.study_id}/amend", data={
         "csrf_token": csrf, "report_id": first, "findings": "F one.",
-        "impression": "I two: moderate effusion."})
+        "impression": "I two: moderate effusion.", "reason": "Effusion understated."})
     assert response.status_code == 303
     with web.database.sessions() as session:
         states = dict(session.execute(select(Report.id, Report.state)).all())
@@ -196,7 +196,8 @@ def test_amend_supersedes_the_signed_report(web: WebEnv) -> None:
     page = web.client.get(f"/studies/{seeded.study_id}", headers=HTML)
     assert "AMENDED REPORT" in page.text and "I two: moderate effusion." in page.text
     stale = web.client.post(f"/studies/{seeded.study_id}/amend", data={
-        "csrf_token": csrf, "report_id": first, "findings": "x", "impression": "y"})
+        "csrf_token": csrf, "report_id": first, "findings": "x", "impression": "y",
+        "reason": "Stale."})
     assert stale.status_code == 409
 
 

@@ -18,11 +18,12 @@ from sqlalchemy import func, select
 
 from node.config import Destination, Settings
 from node.db.models import AuditEvent, Export, Instance, Report, Study, User
-from node.reports import read_report_content
+from node.reports import read_amendment_reason, read_report_content
 from node.reports.drafts import write_draft_sr
 from node.reports.handover import store_handed_over_srs
 from node.reports.signoff import (
     FINAL_SERIES_NUMBER,
+    MAX_REASON_LENGTH,
     AlreadySigned,
     NotPermitted,
     SignoffError,
@@ -186,7 +187,7 @@ def test_amend_supersedes_the_final(database: Database, store: InstanceStore) ->
         user = session.get_one(User, radiologist)
         amended = amend_report(session, store, first, user, "Edited findings.",
                                "Moderate left pleural effusion.", now=later,
-                               destinations=[PACS])
+                               destinations=[PACS], reason="Effusion size understated.")
         amended_id = amended.id
     with database.sessions() as session:
         old = session.get_one(Report, first)
@@ -205,11 +206,55 @@ def test_amend_supersedes_the_final(database: Database, store: InstanceStore) ->
     assert reference.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == old_uid
     with database.sessions.begin() as session, pytest.raises(AlreadySigned):
         user = session.get_one(User, radiologist)
-        amend_report(session, store, first, user, "x", "y", now=later)
+        amend_report(session, store, first, user, "x", "y", now=later, reason="Typo.")
     with database.sessions.begin() as session, pytest.raises(SignoffError, match="nothing"):
         user = session.get_one(User, radiologist)
         amend_report(session, store, amended_id, user, "Edited findings.",
-                     "Moderate left pleural effusion.", now=later + dt.timedelta(hours=1))
+                     "Moderate left pleural effusion.", now=later + dt.timedelta(hours=1),
+                     reason="Again.")
+
+
+def test_amendment_reason_is_required_stored_in_the_sr_and_audited(
+        database: Database, store: InstanceStore) -> None:
+    """No amendment without a reason (empty, blank, too long, control characters refused,
+    nothing written); the reason is kept on the row, in the SR (dciodvfy-clean) and in the
+    audit event."""
+    seeded = seed_drafted_study(database, store)
+    radiologist = seed_user(database, "mcurie")
+    first = _sign(database, store, seeded.report_id, radiologist)
+    later = SIGNED_AT + dt.timedelta(hours=2)
+    for reason, message in (("", "reason"), ("   \n ", "reason"),
+                            ("x" * (MAX_REASON_LENGTH + 1), "longer"),
+                            ("bell\x07", "control character")):
+        with database.sessions.begin() as session, pytest.raises(SignoffError, match=message):
+            amend_report(session, store, first, session.get_one(User, radiologist),
+                         "Edited findings.", "Moderate effusion.", now=later, reason=reason)
+    with database.sessions() as session:
+        assert session.scalar(select(func.count(Report.id))) == 2  # draft and final only
+    reason = "Effusion is moderate, not small — measured on the lateral view."
+    with database.sessions.begin() as session:
+        amended = amend_report(session, store, first, session.get_one(User, radiologist),
+                               "Edited findings.", "Moderate effusion.", now=later,
+                               reason=f"  {reason}\t")
+        amended_id, sr_path = amended.id, store.absolute(amended.sr_path or "")
+    with database.sessions() as session:
+        assert session.get_one(Report, amended_id).amendment_reason == reason
+        assert session.get_one(Report, first).amendment_reason is None
+        event = session.scalars(select(AuditEvent).where(
+            AuditEvent.action == "report_amended")).one()
+        assert event.details is not None and event.details["reason"] == reason
+    sr = hd.sr.srread(sr_path)
+    assert read_amendment_reason(sr) == reason
+    items = [(i.ConceptNameCodeSequence[0].CodeMeaning, i.TextValue)
+             for i in sr.ContentSequence if i.ValueType == "TEXT"
+             and i.ConceptNameCodeSequence[0].CodeValue == "AMENDREASON"]
+    assert items == [("Reason for amendment", reason)]
+    assert shutil.which("dciodvfy"), "dciodvfy missing: run `make system-deps`"
+    result = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    errors = [line for line in (result.stdout + result.stderr).splitlines()
+              if line.startswith("Error")]
+    assert not errors, errors
 
 
 def test_reject_keeps_the_study_drafted(database: Database, store: InstanceStore) -> None:
@@ -280,7 +325,8 @@ def test_a_report_is_amended_after_its_images_were_removed(
     with database.sessions.begin() as session:
         amended = amend_report(session, store, first, session.get_one(User, radiologist),
                                "Edited findings.", "Moderate left pleural effusion.",
-                               now=SIGNED_AT + dt.timedelta(hours=2))
+                               now=SIGNED_AT + dt.timedelta(hours=2),
+                               reason="Effusion size understated.")
         sr = hd.sr.srread(store.absolute(amended.sr_path or ""))
 
     assert len(_evidence_uids(sr)) == 2 and _evidence_uids(sr) == _evidence_uids(signed)
@@ -314,7 +360,8 @@ def test_signed_and_amended_srs_declare_the_configured_language(
     with database.sessions.begin() as session:
         user = session.get_one(User, radiologist)
         amended_id = amend_report(session, store, final_id, user, "Constat.", "Conclusion.",
-                                  now=SIGNED_AT + dt.timedelta(hours=1), language="fr-FR").id
+                                  now=SIGNED_AT + dt.timedelta(hours=1), language="fr-FR",
+                                  reason="Traduction.").id
     with database.sessions() as session:
         final = hd.sr.srread(store.absolute(session.get_one(Report, final_id).sr_path or ""))
         amended = hd.sr.srread(
@@ -324,7 +371,7 @@ def test_signed_and_amended_srs_declare_the_configured_language(
     with database.sessions.begin() as session, pytest.raises(ValueError, match="language"):
         user = session.get_one(User, radiologist)
         amend_report(session, store, amended_id, user, "x.", "y.",
-                     now=SIGNED_AT + dt.timedelta(hours=2), language="xx-YY")
+                     now=SIGNED_AT + dt.timedelta(hours=2), language="xx-YY", reason="z.")
 
 
 def test_a_draft_declares_the_configured_language(database: Database,

@@ -83,6 +83,7 @@ def final(evidence: Sequence[Dataset], predecessor: Dataset, *, amendment: bool 
         evidence, body or content(), model(), predecessor, verifier(), at,
         amendment=amendment, series_instance_uid=generate_uid(),
         sop_instance_uid=generate_uid(), series_number=901, instance_number=1,
+        amendment_reason="Follow-up advice added." if amendment else None,
     )
 
 
@@ -348,6 +349,9 @@ def test_amendment_points_at_the_previous_final_and_says_so() -> None:
     assert amended.VerificationFlag == "VERIFIED"
     notices = [i.TextValue for i in root_items(amended, "121106")]
     assert any("2024-05-17 14:05" in n for n in notices)
+    assert [i.TextValue for i in root_items(amended, "AMENDREASON")] == [
+        "Follow-up advice added."]
+    assert root_items(signed, "AMENDREASON") == []
     assert read_report_content(amended).impression == "Small left pleural effusion; follow up."
 
 

@@ -3,7 +3,9 @@
 // * Sign and Amend are sent with fetch, so a refusal (expired login, conflict, full storage)
 //   leaves the text on screen with a message;
 // * signing an unedited urgent draft asks for a confirmation first (Ctrl+Enter too);
-// * a heartbeat tells the node the study is open and shows colleagues who have it open.
+// * a heartbeat tells the node the study is open and shows colleagues who have it open;
+// * keys walk the worklist: Ctrl+Shift+Enter signs and opens the next study, Alt+→/Alt+←
+//   open the next/previous study without signing, Esc goes back to the worklist.
 (() => {
   "use strict";
 
@@ -165,14 +167,17 @@
       event.preventDefault();
       if (busy) return;
       busy = true;
+      // "Sign and next" is the same form sent by another button: carry its value.
+      const submitter = event.submitter;
+      const chosen = submitter && submitter.name ? { [submitter.name]: submitter.value } : {};
       if (saver) saver.cancel();  // a save landing after the signature would outlive it
       for (const button of buttons()) button.disabled = true;
       const message = document.getElementById("sign-message");
       if (message) message.hidden = true;
       try {
-        let response = await send({});
+        let response = await send(chosen);
         if (response.status === 428) {
-          if (await confirmUrgent()) response = await send({ confirm_urgent: "1" });
+          if (await confirmUrgent()) response = await send({ ...chosen, confirm_urgent: "1" });
           else { form.elements.findings.focus(); return; }
         }
         if (response.status === 401) { showMessage("", expiredMessage()); return; }
@@ -234,7 +239,53 @@
     } catch (error) { /* storage unavailable */ }
   }
 
+  const typing = (target) => Boolean(target && target.closest && target.closest("input, textarea, select, [contenteditable]"));
+  const SELECTION_KEY = "radnode:worklist:selection";
+
+  // The worklist selects this study when the user goes back to it (or the next one, once
+  // this one has left the list).
+  function rememberStudy(nav) {
+    const nextMatch = (nav.dataset.nextUrl || "").match(/^\/studies\/(\d+)/);
+    const worklist = new URL(nav.dataset.worklistUrl, window.location.href);
+    try {
+      window.sessionStorage.setItem(SELECTION_KEY, JSON.stringify({
+        query: worklist.search.replace(/^\?/, ""), id: nav.dataset.studyId,
+        fallback: nextMatch ? nextMatch[1] : "",
+      }));
+    } catch (error) { /* storage unavailable */ }
+  }
+
+  function studyKeys() {
+    const nav = document.getElementById("study-nav");
+    if (!nav) return;
+    rememberStudy(nav);
+    document.addEventListener("keydown", (event) => {
+      if (event.defaultPrevented || document.querySelector("dialog[open]")) return;
+      if ((event.ctrlKey || event.metaKey) && event.shiftKey && event.key === "Enter") {
+        const button = document.getElementById("sign-next-button");
+        if (button && button.offsetParent !== null && !button.disabled) {
+          event.preventDefault();
+          button.form.requestSubmit(button);
+        }
+        return;
+      }
+      if (event.altKey && !event.ctrlKey && !event.metaKey
+          && (event.key === "ArrowRight" || event.key === "ArrowLeft")) {
+        const url = event.key === "ArrowRight" ? nav.dataset.nextUrl : nav.dataset.previousUrl;
+        event.preventDefault();  // never the browser's history navigation
+        if (url) window.location.assign(url);
+        return;
+      }
+      if (event.key === "Escape" && !event.ctrlKey && !event.metaKey && !event.altKey) {
+        event.preventDefault();
+        if (typing(event.target)) { event.target.blur(); return; }  // first leave the field
+        window.location.assign(nav.dataset.worklistUrl);
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    studyKeys();
     pruneLocal();
     for (const form of document.querySelectorAll("form[data-keep-text]")) {
       const saver = form.dataset.autosaveUrl ? keepText(form) : null;
