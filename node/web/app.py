@@ -37,6 +37,7 @@ from node.web.imaging import ImageRenderer
 from node.web.security import CookieSigner, resolve_secret_key
 from node.web.service_auth import ServiceTokenRefused, require_instance_reader
 from node.web.throttle import LoginThrottle
+from node.web.viewer_access import install_viewer_access
 
 if TYPE_CHECKING:
     from node.db.engine import Database
@@ -159,6 +160,7 @@ def create_app(
                               dependencies=[Depends(require_instance_reader)]),
         prefix="/dicomweb",
     )
+    install_viewer_access(app, settings)  # CORS, tokens' account page, STOW-RS
 
     @app.exception_handler(LoginRequired)
     def _login_required(request: Request, exc: LoginRequired) -> Response:
