@@ -8,7 +8,7 @@
   cross-origin: the login cookie is SameSite=Strict, so a viewer on another origin
   presents a personal bearer token. Without origins no CORS header is ever sent;
 * a bearer token refused too often from one address answers 429 with ``Retry-After``;
-* the account page (personal tokens) is mounted.
+* the account page (personal tokens) and STOW-RS (:mod:`node.web.stow`) are mounted.
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from node.config import Settings
+from node.dicom.ingest import InstanceIngestor
 from node.web import account
+from node.web.deps import WebContext
 from node.web.service_auth import BearerThrottled
+from node.web.stow import StowService, build_stow_router
+from workers.inference.dicom_limits import DatasetLimits
 
 #: Paths browsers on ``[web] cors_origins`` may call (each with what lies below it).
 CORS_PATHS = ("/dicomweb", "/wado")
@@ -65,10 +69,17 @@ class DicomWebCors:
 
 
 def install_viewer_access(app: FastAPI, settings: Settings) -> None:
-    """Add CORS (when origins are configured), the 429 answer and the account page."""
+    """Add CORS (when origins are configured), the 429 answer, the account page and
+    STOW-RS (after ``app.state.ctx`` is set)."""
     if settings.web.cors_origins:
         app.add_middleware(DicomWebCors, origins=settings.web.cors_origins)
     app.include_router(account.router)
+    ctx: WebContext = app.state.ctx
+    ingestor = InstanceIngestor(ctx.store, ctx.database.sessions,
+                                DatasetLimits(**settings.dicom.limits.model_dump()))
+    app.include_router(build_stow_router(StowService(
+        ingestor, settings.web.stow_max_request_mb * 2**20,
+        settings.web.stow_max_instance_mb * 2**20)), prefix="/dicomweb")
 
     @app.exception_handler(BearerThrottled)
     def _throttled(request: Request, exc: BearerThrottled) -> Response:
