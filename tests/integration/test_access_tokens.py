@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, text, update
 
 from node.cli.main import main
 from node.db.models import AccessToken, AuditEvent, User
@@ -19,6 +19,7 @@ from node.db.types import utcnow
 from node.states import Role, TokenScope
 from node.users import UserError
 from node.web.access_tokens import IssuedToken, hash_access_token, issue_access_token
+from tests.integration.test_database import _migrate
 from tests.integration.web_seed import (
     HTML,
     WebEnv,
@@ -339,3 +340,22 @@ def test_no_cors_headers_without_configured_origins(tmp_path: Path, database_url
         assert "access-control-allow-origin" not in answer.headers
     finally:
         env.close()
+
+
+def test_downgrade_below_tokens_leaves_uploaders_deactivated_radiologists(
+        web: WebEnv) -> None:
+    """Revision 0014 down: the tokens go, an uploader cannot load as a role the older
+    schema lacks, and does not gain the worklist either (deactivated)."""
+    seed_user(web.database, "mcurie")
+    uploader_id = seed_user(web.database, "import", Role.UPLOADER, display_name="Imp^Ort")
+    issue(web, "import")
+    _migrate(web.database, "0013", down=True)
+    with web.database.engine.connect() as connection:
+        assert "access_tokens" not in inspect(connection).get_table_names()
+        rows = connection.execute(text("SELECT username, role, active FROM users "
+                                       "ORDER BY id")).all()
+    assert [tuple(row) for row in rows] == [("mcurie", "RADIOLOGIST", True),
+                                            ("import", "RADIOLOGIST", False)]
+    _migrate(web.database, "0014", down=False)
+    with web.database.sessions() as session:
+        assert session.get_one(User, uploader_id).role is Role.RADIOLOGIST
