@@ -46,12 +46,12 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pynetdicom.presentation import AllStoragePresentationContexts
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from node.db.models import AuditEvent, Instance, Study
+from node.db.models import AccessToken, AuditEvent, Instance, Study
 from node.db.types import utcnow
 from node.dicom.ingest import IngestOutcome, InstanceIngestor, ReceivedInstance
 from node.dicom.scp import ACCEPTED_TRANSFER_SYNTAXES
@@ -381,12 +381,17 @@ class StowService:
                                 for r in failed[:100] if r.failure is not None}}
         if viewer.token_id is not None:
             details["token_id"] = viewer.token_id
+        touch = getattr(request.state, "touch_token", None)
         try:  # each stored instance has its own event already (written by the ingest)
             with ctx.database.sessions.begin() as session:
-                session.add(AuditEvent(at=utcnow(), actor=viewer.username, user_id=viewer.id,
+                now = utcnow()
+                session.add(AuditEvent(at=now, actor=viewer.username, user_id=viewer.id,
                                        action="stow_request",
                                        object_type="study" if study else "dicomweb",
                                        object_id=study, details=details))
+                if touch is not None:
+                    session.execute(update(AccessToken).where(AccessToken.id == touch)
+                                    .values(last_used_at=now))
         except DBAPIError as exc:
             log_event(logger, logging.ERROR, "audit_unrecorded", action="stow_request",
                       user_id=viewer.id, error=type(exc.orig or exc).__name__)

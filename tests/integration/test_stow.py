@@ -158,6 +158,10 @@ def test_dicomweb_client_stores_a_study_durably_through_the_ingest_path(
     [request] = audit_events(stow.env.database, "stow_request")
     assert (request.actor, request.object_id) == ("import-1", study_uid)
     assert request.details is not None and request.details["stored"] == 2
+    with stow.env.database.sessions() as session:
+        [used] = session.scalars(select(AccessToken.last_used_at).where(
+            AccessToken.id == request.details["token_id"])).all()
+        assert used is not None
 
     # A reader gets back the very bytes; the uploader's token reads nothing.
     retrieved = stow.client(stow.read_token).retrieve_instance(
