@@ -357,14 +357,6 @@ class WebSettings(_Section):
     """Failed logins allowed per client address within the window, whatever the usernames
     (bounds what a flood with random usernames can cost and store). Behind a proxy every
     client shares its address: raise it there."""
-    autosave_seconds: float = Field(2.0, gt=0)
-    """The study page saves the text being edited this long after the last keystroke."""
-    presence_heartbeat_seconds: float = Field(15.0, gt=0)
-    """How often an open study page tells the node that its user is reading the study."""
-    presence_expiry_seconds: float = Field(45.0, gt=0)
-    """A reader without a heartbeat for this long no longer counts as having it open."""
-    confirm_unedited_urgent: bool = True
-    """Ask for a confirmation before signing an unedited draft of an urgent study."""
     cors_origins: list[str] = Field(default_factory=list)
     """Origins of viewers served from another site that may call ``/dicomweb`` (and
     WADO-URI) from a browser, e.g. ``["https://viewer.example"]``. Empty: no CORS
@@ -396,6 +388,15 @@ class WebSettings(_Section):
                 raise ValueError(f"invalid origin {value!r}: write the host in lower case")
             checked.append(value)
         return checked
+
+    autosave_seconds: float = Field(2.0, gt=0)
+    """The study page saves the text being edited this long after the last keystroke."""
+    presence_heartbeat_seconds: float = Field(15.0, gt=0)
+    """How often an open study page tells the node that its user is reading the study."""
+    presence_expiry_seconds: float = Field(45.0, gt=0)
+    """A reader without a heartbeat for this long no longer counts as having it open."""
+    confirm_unedited_urgent: bool = True
+    """Ask for a confirmation before signing an unedited draft of an urgent study."""
 
 
 class SelectionSettings(_Section):
