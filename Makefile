@@ -1,16 +1,23 @@
 # radnode — set-up and test entry points.
 #   make demo   create .venv, install, build the demo model, run the node
 #   make test   the whole test suite (installs what it needs first)
+#   make ohif   install the pinned OHIF Viewer that the node serves at /viewer/
 
 VENV      ?= .venv
 PYTHON    ?= python3
 PY        := $(VENV)/bin/python
 RADNODE   := $(VENV)/bin/radnode
 DEMO_MODEL := var/models/demo/manifest.json
-APT_PACKAGES := dcmtk dicom3tools orthanc chromium chromium-driver docker-compose systemd
+# The OHIF Viewer served at /viewer/: the npm package @ohif/app, pinned by version and by
+# the SHA-512 the registry publishes for it (`npm view @ohif/app@VERSION dist.integrity`).
+# To upgrade, change both lines and run `make ohif` (see docs/web.md).
+OHIF_VERSION   := 3.13.2
+OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
+OHIF_DIST      ?= var/ohif/dist
+APT_PACKAGES := dcmtk dicom3tools orthanc chromium chromium-driver docker-compose systemd npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install system-deps demo-model lint typecheck bench clean
+.PHONY: demo test install system-deps demo-model ohif lint typecheck bench clean
 
 install: $(VENV)/.installed
 
@@ -20,11 +27,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[cpu,test]"
 	touch $@
 
-# Debian tools the integration tests drive: DCMTK, dicom3tools, Orthanc, Chromium, and the
-# validators of the deployment files (docker-compose, systemd-analyze).
+# Debian tools the integration tests drive: DCMTK, dicom3tools, Orthanc, Chromium, the
+# validators of the deployment files (docker-compose, systemd-analyze), and npm (fetches
+# the OHIF Viewer).
 system-deps:
 	@missing=""; \
-	for tool in storescu dciodvfy Orthanc chromium docker-compose systemd-analyze; do \
+	for tool in storescu dciodvfy Orthanc chromium docker-compose systemd-analyze npm; do \
 	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -38,7 +46,15 @@ demo-model: $(DEMO_MODEL)
 $(DEMO_MODEL): $(VENV)/.installed
 	$(RADNODE) model synth var/models/demo
 
-test: system-deps install demo-model
+# Fetched once (npm pack), checked against OHIF_INTEGRITY, unpacked into OHIF_DIST; a
+# later run with the same pin does nothing. Never fetched while the node runs.
+ohif: $(OHIF_DIST)/.radnode-ohif-$(OHIF_VERSION)
+
+$(OHIF_DIST)/.radnode-ohif-$(OHIF_VERSION):
+	deploy/ohif/install.sh $(OHIF_VERSION) $(OHIF_INTEGRITY) $(OHIF_DIST)
+	touch $@
+
+test: system-deps install demo-model ohif
 	$(PY) -m pytest
 
 demo: install demo-model

@@ -78,6 +78,12 @@ def prompt_embeds(count: int, length: int, hidden: int, *, device: str, dtype: t
             for _ in range(count)]
 
 
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the device's queued work (a no-op off CUDA)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def copy_bandwidth(device: str, gib: float = 2.0, reps: int = 10) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read and written."""
     source = torch.empty(int(gib * GIB), dtype=torch.uint8, device=device)
@@ -113,11 +119,11 @@ def hf_generate_timing(model: Any, embeds: torch.Tensor, new_tokens: int, *,
         config = GenerationConfig(do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
                                   eos_token_id=None, pad_token_id=0,
                                   cache_implementation=cache)
-        torch.cuda.synchronize()
+        synchronize(embeds.device)
         started = time.perf_counter()
         with torch.inference_mode():
             model.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
-        torch.cuda.synchronize()
+        synchronize(embeds.device)
         return time.perf_counter() - started
 
     if cache == "static":
@@ -249,14 +255,15 @@ def gpu_run(args: argparse.Namespace) -> int:
     model = random_model(vicuna_config(), torch.float16, device)
     engine = DecodeEngine(model, max_batch=max(batches), max_seq_len=prompt_len + new + 16,
                           max_new_tokens=new, fused_kernels=args.fused,
-                          attention=args.attention, stop_check_interval=args.stop_check)
+                          attention=args.attention, stop_check_interval=args.stop_check,
+                          prefill_chunk_tokens=args.prefill_chunk_tokens, fp8=args.fp8,
+                          kv_cache=args.kv_cache)
     info = engine.describe()
     report.put("engine", info)
-    kv_per_token = engine.weights.shape.kv_bytes_per_token
     mean_context = prompt_len + new / 2
 
     def floor_ms(batch: int) -> float:
-        return 1000.0 * (info["weight_bytes"] + batch * mean_context * kv_per_token) / bandwidth
+        return 1000.0 * engine.step_bytes(batch, int(mean_context)) / bandwidth
 
     def engine_steps() -> dict[str, Any]:
         rows = {}
@@ -296,6 +303,7 @@ def gpu_run(args: argparse.Namespace) -> int:
                 "ttft_median_s": round(statistics.median(o.first_token_s for o in outputs), 3),
                 "latency_median_s": round(statistics.median(o.total_s for o in outputs), 3),
                 "mean_batch": round(engine.stats.mean_batch(), 1),
+                "mean_batch_while_queued": round(engine.stats.mean_batch_while_queued(), 1),
                 "tokens": sum(len(o.token_ids) for o in outputs)}
     guarded(report, "throughput", deadline, throughput)
     engine.close()
@@ -403,7 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", type=int, default=192, help="studies in the throughput run")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--attention", choices=("sdpa", "matmul"), default="sdpa")
+    parser.add_argument("--attention", choices=("sdpa", "matmul", "varlen"), default="sdpa")
+    parser.add_argument("--prefill-chunk-tokens", type=int, default=None,
+                        help="chunked prefill: token budget per engine step (default: whole "
+                             "prompts)")
+    parser.add_argument("--fp8", action="store_true", help="E4M3 weights")
+    parser.add_argument("--kv-cache", choices=("auto", "fp8"), default="auto")
     parser.add_argument("--stop-check", type=int, default=16)
     parser.add_argument("--parity", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--budget-s", type=float, default=540.0,

@@ -397,6 +397,10 @@ class WebSettings(_Section):
     """A reader without a heartbeat for this long no longer counts as having it open."""
     confirm_unedited_urgent: bool = True
     """Ask for a confirmation before signing an unedited draft of an urgent study."""
+    ohif_dist: Path = Path("var/ohif/dist")
+    """The OHIF Viewer served at ``/viewer/``: the ``dist`` folder of the npm package
+    ``@ohif/app`` (``make ohif`` installs the pinned version there). Without it the viewer
+    is off: ``/viewer/`` answers 404 and the study page shows no link to it."""
 
 
 class SelectionSettings(_Section):

@@ -1,5 +1,6 @@
 """The web application: worklist, study view and sign-off, admin triage and monitoring,
-and DICOMweb (QIDO-RS/WADO-RS at ``/dicomweb``) for viewers, behind the same login.
+DICOMweb (QIDO-RS/WADO-RS at ``/dicomweb``) for viewers, and the OHIF Viewer at ``/viewer/``
+(:mod:`node.web.ohif`), behind the same login.
 
 :func:`create_app` builds a FastAPI app over the node's services. Pages are rendered on the
 server (Jinja2) with a little vanilla JavaScript and one stylesheet served from
@@ -34,10 +35,12 @@ from node.web.dicomweb import build_dicomweb_router
 from node.web.errors import STORAGE_FULL_MESSAGE, database_full
 from node.web.formatting import install_filters
 from node.web.imaging import ImageRenderer
+from node.web.ohif import OhifDist, build_ohif_router
 from node.web.security import CookieSigner, resolve_secret_key
 from node.web.service_auth import ServiceTokenRefused, require_instance_reader
 from node.web.throttle import LoginThrottle
 from node.web.viewer_access import install_viewer_access
+from workers.inference.dicom_limits import DatasetLimits
 
 if TYPE_CHECKING:
     from node.db.engine import Database
@@ -157,9 +160,12 @@ def create_app(
         app.include_router(module.router)
     app.include_router(
         build_dicomweb_router(database.sessions, store,
-                              dependencies=[Depends(require_instance_reader)]),
+                              dependencies=[Depends(require_instance_reader)],
+                              limits=DatasetLimits(**settings.dicom.limits.model_dump())),
         prefix="/dicomweb",
     )
+    app.state.ohif = OhifDist(settings.web.ohif_dist)
+    app.include_router(build_ohif_router())
     install_viewer_access(app, settings)  # CORS, tokens' account page, STOW-RS
 
     @app.exception_handler(LoginRequired)

@@ -25,10 +25,18 @@ Search (QIDO-RS, ``application/dicom+json``)
 Retrieve (WADO-RS)
     ``GET /studies/{study}``, ``/studies/{study}/series/{series}``,
     ``/studies/{study}/series/{series}/instances/{instance}`` answer
-    ``multipart/related; type="application/dicom"`` with each stored Part 10 file as it is
-    (no transcoding); the ``/metadata`` variants answer ``application/dicom+json`` without
-    bulk data (Pixel Data and binary values over :data:`BULK_DATA_THRESHOLD` bytes are
-    omitted).
+    ``multipart/related; type="application/dicom"`` with each stored Part 10 file as it is,
+    or converted to the transfer syntax the Accept header names
+    (:mod:`node.web.wado_transcode`); an instance asked for as single-part
+    ``application/dicom`` is the bare file. The ``/metadata`` variants answer
+    ``application/dicom+json`` with a ``BulkDataURI`` for Pixel Data and binary values over
+    :data:`BULK_DATA_THRESHOLD` bytes (:mod:`node.web.wado_bulkdata`).
+
+Pixels and WADO-URI
+    Frames and bulk data (:mod:`node.web.wado_frames`), rendered images and thumbnails
+    (:mod:`node.web.wado_rendered`), and WADO-URI at ``/wado`` (:mod:`node.web.wado_uri`).
+    Each retrieve resource checks the signed evidence behind the instances, the size
+    limits before a file is parsed, and audits the read (:mod:`node.web.wado_source`).
 """
 
 from __future__ import annotations
@@ -39,14 +47,12 @@ import re
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, params
 from fastapi.responses import Response, StreamingResponse
-from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_file_meta_info
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -60,27 +66,28 @@ from node.dicom.qr_keys import (
     keys_for_level,
     match_dataset,
 )
-from node.dicom.qr_query import find, find_objects
+from node.dicom.qr_query import find
 from node.logs import log_event
-from node.reports.evidence import EvidenceChanged, audit_mismatch, changed_behind_signed_reports
-from node.storage import InstanceStore, is_valid_uid
-from workers.inference.dicom_limits import check_encoded
+from node.storage import InstanceStore
+from node.web.wado_bulkdata import BULK_DATA_THRESHOLD, metadata_json, read_metadata
+from node.web.wado_frames import add_pixel_routes
+from node.web.wado_media import DICOM, Part, multipart_body, multipart_media_type, read_accept
+from node.web.wado_rendered import add_rendered_routes
+from node.web.wado_source import InstanceSource, check_uid
+from node.web.wado_transcode import DicomForm, choose_syntax, instance_bytes
+from node.web.wado_uri import add_wado_uri_route
+from workers.inference.dicom_limits import DEFAULT_LIMITS, DatasetLimits
 
 logger = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
-MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 
 #: The largest ``limit`` or ``offset`` accepted (a signed 64-bit integer); larger: 400.
 MAX_QUERY_NUMBER = 2**63 - 1
 #: The most matches one search returns; ask for the rest with ``offset``.
 MAX_RESULTS = 1000
-#: Binary values longer than this (bytes) are left out of metadata.
-BULK_DATA_THRESHOLD = 1024
 _CHUNK = 1 << 20
-_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
-_SPLIT_MEDIA_RANGES = re.compile(r',(?=(?:[^"]*"[^"]*")*[^"]*$)')
 _CONTROL_PARAMS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
 
 #: Attributes returned by default (PS3.18 Table 10.6.3-3), by level.
@@ -186,54 +193,23 @@ def _return_keys(level: QueryLevel, scope: QueryLevel, search: _Search) -> list[
     return list(dict.fromkeys(k for k in keys if k in usable))
 
 
-def _accepts(request: Request, media_type: str, syntaxes: set[str] | None = None) -> bool:
-    """Whether the Accept header allows ``media_type`` (and the stored transfer syntaxes)."""
-    header = request.headers.get("accept", "").strip()
-    if not header:
-        return True
-    main = media_type.split(";")[0]
-    for media_range in _SPLIT_MEDIA_RANGES.split(header):
-        kind, *parameters = [part.strip() for part in media_range.split(";")]
-        options = {}
-        for parameter in parameters:
-            name, _, value = parameter.partition("=")
-            options[name.strip().lower()] = value.strip().strip('"')
-        kind = kind.lower()
-        if kind in ("*/*", f"{main.split('/')[0]}/*"):
-            return True
-        if kind == main == "multipart/related":
-            if options.get("type", "application/dicom") not in ("application/dicom",):
-                continue
-            wanted = options.get("transfer-syntax", "*")
-            if wanted == "*" or (syntaxes is not None and syntaxes == {wanted}):
-                return True
-        elif kind == main or (main == DICOM_JSON and kind == "application/json"):
+def _accepts(request: Request, media_type: str) -> bool:
+    """Whether the Accept header allows ``media_type`` (JSON answers: also application/json)."""
+    for media_range in read_accept(request.headers.get("accept")):
+        if media_range.matches(media_type) or (
+                media_type == DICOM_JSON and media_range.kind == "application/json"):
             return True
     return False
-
-
-def _check_uid(value: str) -> str:
-    if not is_valid_uid(value):
-        raise HTTPException(400, "not a valid DICOM UID")
-    return value
-
-
-def _strip_bulk_data(dataset: Dataset) -> None:
-    for element in list(dataset):
-        if element.VR == "SQ":
-            for item in element.value:
-                _strip_bulk_data(item)
-        elif element.VR in _BINARY_VRS and (element.tag == 0x7FE00010
-                                            or len(element.value or b"") > BULK_DATA_THRESHOLD):
-            del dataset[element.tag]
 
 
 class _DicomWeb:
     """The handlers, bound to the database and the store."""
 
-    def __init__(self, sessions: sessionmaker[Session], store: InstanceStore) -> None:
+    def __init__(self, sessions: sessionmaker[Session], store: InstanceStore,
+                 limits: DatasetLimits) -> None:
         self.sessions = sessions
         self.store = store
+        self.source = InstanceSource(sessions, store, limits)
 
     # -- QIDO-RS ---------------------------------------------------------------------------------
 
@@ -295,100 +271,91 @@ class _DicomWeb:
                                       instance=match["SOPInstanceUID"])
             dataset.RetrieveURL = str(url)
         result: dict[str, Any] = dataset.to_json_dict()
+        # A study without a modality (no instances with Modality) leaves ModalitiesInStudy
+        # out rather than empty: OHIF's study list reads its Value unguarded and fails on
+        # the whole page for one such study.
+        if "Value" not in result.get("00080061", {"Value": None}):
+            del result["00080061"]
         return result
 
     # -- WADO-RS --------------------------------------------------------------------------------
 
-    def _objects(self, request: Request, filters: dict[str, str]) -> list[StoredObject]:
-        for value in filters.values():
-            _check_uid(value)
-        try:
-            with self.sessions() as session:
-                found = find_objects(session, filters)
-                wanted: dict[int, set[str]] = {}
-                for item in found:
-                    if not item.is_report:
-                        wanted.setdefault(item.study_id, set()).add(item.sop_instance_uid)
-                changed = changed_behind_signed_reports(session, self.store, wanted)
-            if changed:
-                self._refuse_changed_evidence(request, changed)
-        except SQLAlchemyError as exc:
-            log_event(logger, logging.ERROR, "dicomweb_database_error",
-                      error=type(exc).__name__)
-            raise HTTPException(503, "database unavailable") from exc
-        present = []
-        for item in found:
-            if self.store.absolute(item.path).is_file():
-                present.append(item)
-            else:
-                log_event(logger, logging.ERROR, "dicomweb_file_missing",
-                          sop_instance_uid=item.sop_instance_uid)
-        if not present:
-            raise HTTPException(404, "no such instances")
-        return present
-
-    def _refuse_changed_evidence(
-        self, request: Request, changed: Sequence[tuple[int, EvidenceChanged]]
-    ) -> NoReturn:
-        """Audit images that no longer hold what a report was signed on; answer 409."""
-        viewer = getattr(request.state, "viewer", None)
-        actor = getattr(viewer, "username", None) or "dicomweb"
-        user_id = getattr(viewer, "id", None)
-        with self.sessions.begin() as session:
-            for study_id, error in changed:
-                audit_mismatch(session, study_id, error, actor=actor, user_id=user_id,
-                               during="wado_rs")
-        raise HTTPException(409, str(changed[0][1]))
-
-    def _transfer_syntax(self, item: StoredObject) -> str:
-        if item.transfer_syntax_uid:
-            return item.transfer_syntax_uid
-        meta = read_file_meta_info(self.store.absolute(item.path))
-        return str(meta.TransferSyntaxUID)
-
-    def retrieve(self, request: Request, filters: dict[str, str]) -> Response:
-        objects = self._objects(request, filters)
-        syntaxes = [self._transfer_syntax(item) for item in objects]
-        if not _accepts(request, "multipart/related", set(syntaxes)):
-            raise HTTPException(
-                406, 'instances are served as multipart/related; type="application/dicom" '
-                     "in their stored transfer syntax")
+    def retrieve(self, request: Request, filters: dict[str, str], *,
+                 single_allowed: bool = False) -> Response:
+        objects = self.source.objects(request, filters)
+        ranges = read_accept(request.headers.get("accept"))
+        forms = []
+        for item in objects:
+            form = choose_syntax(ranges, self.source.transfer_syntax(item),
+                                 single_allowed=single_allowed)
+            if form is None:
+                raise HTTPException(
+                    406, 'instances are served as multipart/related; type="application/dicom"'
+                         " in their stored transfer syntax, an uncompressed little endian "
+                         "one, or a lossless one the node encodes")
+            forms.append(form)
+        if len(objects) == 1 and forms[0].single_part:
+            data = instance_bytes(self.source, objects[0], forms[0])
+            self.source.audit_read(request, objects, "instances")
+            return Response(data, media_type=f"{DICOM}; transfer-syntax="
+                                             f"{forms[0].transfer_syntax}")
+        ready: dict[int, bytes] = {}
+        if len(objects) == 1 and not forms[0].as_stored:  # refusals before the answer starts
+            ready[0] = instance_bytes(self.source, objects[0], forms[0])
+        self.source.audit_read(request, objects, "instances")
         boundary = uuid.uuid4().hex
-        log_event(logger, logging.INFO, "dicomweb_retrieve", instances=len(objects))
+        log_event(logger, logging.INFO, "dicomweb_retrieve", instances=len(objects),
+                  transcoded=sum(not f.as_stored for f in forms))
         return StreamingResponse(
-            self._multipart(objects, syntaxes, boundary),
-            media_type=f"{MULTIPART_DICOM}; boundary={boundary}",
+            multipart_body(self._parts(objects, forms, ready), boundary),
+            media_type=multipart_media_type(DICOM, boundary),
         )
 
-    def _multipart(
-        self, objects: Sequence[StoredObject], syntaxes: Sequence[str], boundary: str
-    ) -> Iterator[bytes]:
-        for item, syntax in zip(objects, syntaxes, strict=True):
-            path = self.store.absolute(item.path)
-            yield (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}"
-                   f"\r\nContent-Length: {path.stat().st_size}\r\n\r\n").encode("ascii")
-            with path.open("rb") as stream:
-                while chunk := stream.read(_CHUNK):
-                    yield chunk
-            yield b"\r\n"
-        yield f"--{boundary}--\r\n".encode("ascii")
+    def _parts(self, objects: Sequence[StoredObject], forms: Sequence[DicomForm],
+               ready: dict[int, bytes]) -> Iterator[Part]:
+        for index, (item, form) in enumerate(zip(objects, forms, strict=True)):
+            content_type = f"{DICOM}; transfer-syntax={form.transfer_syntax}"
+            if form.as_stored:
+                path = self.store.absolute(item.path)
+                yield Part(content_type, _file_chunks(path), path.stat().st_size)
+                continue
+            try:
+                data = ready.pop(index, None) or instance_bytes(self.source, item, form)
+            except HTTPException as exc:  # the answer has started: leave this one out
+                log_event(logger, logging.ERROR, "dicomweb_transcode_failed",
+                          sop_instance_uid=item.sop_instance_uid, status=exc.status_code)
+                continue
+            yield Part(content_type, [data], len(data))
 
     def metadata(self, request: Request, filters: dict[str, str]) -> Response:
         if not _accepts(request, DICOM_JSON):
             raise HTTPException(406, "metadata is application/dicom+json")
         results = []
-        for item in self._objects(request, filters):
+        read = []
+        for item in self.source.objects(request, filters):
             try:
-                check_encoded(self.store.absolute(item.path))  # before any inflation
-                dataset = dcmread(self.store.absolute(item.path), stop_before_pixels=True)
-                _strip_bulk_data(dataset)
-                results.append(dataset.to_json_dict())
+                self.source.check_limits(item)  # before any inflation
+                dataset, bulk = read_metadata(self.store.absolute(item.path),
+                                              self.source.transfer_syntax(item))
+                base = request.url_for("dicomweb_retrieve_instance",
+                                       study=item.study_instance_uid,
+                                       series=item.series_instance_uid,
+                                       instance=item.sop_instance_uid)
+                results.append(metadata_json(dataset, bulk, str(base)))
+                read.append(item)
             except Exception as exc:
                 log_event(logger, logging.ERROR, "dicomweb_metadata_unreadable",
                           sop_instance_uid=item.sop_instance_uid, error=type(exc).__name__)
         if not results:
             raise HTTPException(404, "no readable instances")
+        self.source.audit_read(request, read, "metadata")
         return Response(json.dumps(results), media_type=DICOM_JSON)
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            yield chunk
 
 
 def build_dicomweb_router(
@@ -396,6 +363,7 @@ def build_dicomweb_router(
     store: InstanceStore,
     *,
     dependencies: Sequence[params.Depends] = (),
+    limits: DatasetLimits = DEFAULT_LIMITS,
 ) -> APIRouter:
     """Build the QIDO-RS and WADO-RS routes, to be mounted at ``/dicomweb``.
 
@@ -409,6 +377,9 @@ def build_dicomweb_router(
         FastAPI dependencies run before every route, e.g. ``[Depends(require_user)]``.
         The router has no authentication of its own: in production, one of these must
         authenticate the caller.
+    limits
+        Size limits checked before a stored file is parsed or its pixels decoded (the
+        node's ``dicom.limits``).
 
     Returns
     -------
@@ -417,7 +388,7 @@ def build_dicomweb_router(
     """
     if not dependencies:
         log_event(logger, logging.WARNING, "dicomweb_router_unauthenticated")
-    web = _DicomWeb(sessions, store)
+    web = _DicomWeb(sessions, store, limits)
     router = APIRouter(dependencies=list(dependencies))
     study_level, series_level, image_level = QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE
 
@@ -436,19 +407,19 @@ def build_dicomweb_router(
     @router.get("/studies/{study}/series", name="dicomweb_search_study_series")
     def search_study_series(request: Request, study: str) -> Response:
         return web.search(request, series_level, study_level,
-                          {"StudyInstanceUID": _check_uid(study)})
+                          {"StudyInstanceUID": check_uid(study)})
 
     @router.get("/studies/{study}/instances", name="dicomweb_search_study_instances")
     def search_study_instances(request: Request, study: str) -> Response:
         return web.search(request, image_level, study_level,
-                          {"StudyInstanceUID": _check_uid(study)})
+                          {"StudyInstanceUID": check_uid(study)})
 
     @router.get("/studies/{study}/series/{series}/instances",
                 name="dicomweb_search_series_instances")
     def search_series_instances(request: Request, study: str, series: str) -> Response:
         return web.search(request, image_level, series_level, {
-            "StudyInstanceUID": _check_uid(study),
-            "SeriesInstanceUID": _check_uid(series),
+            "StudyInstanceUID": check_uid(study),
+            "SeriesInstanceUID": check_uid(series),
         })
 
     @router.get("/studies/{study}", name="dicomweb_retrieve_study")
@@ -471,7 +442,7 @@ def build_dicomweb_router(
                 name="dicomweb_retrieve_instance")
     def retrieve_instance(request: Request, study: str, series: str, instance: str) -> Response:
         return web.retrieve(request, {"StudyInstanceUID": study, "SeriesInstanceUID": series,
-                                      "SOPInstanceUID": instance})
+                                      "SOPInstanceUID": instance}, single_allowed=True)
 
     @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata",
                 name="dicomweb_instance_metadata")
@@ -479,6 +450,9 @@ def build_dicomweb_router(
         return web.metadata(request, {"StudyInstanceUID": study, "SeriesInstanceUID": series,
                                       "SOPInstanceUID": instance})
 
+    add_pixel_routes(router, web.source)
+    add_rendered_routes(router, web.source)
+    add_wado_uri_route(router, web.source)
     return router
 
 

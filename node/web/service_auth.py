@@ -55,6 +55,8 @@ TOKEN_PREFIX = "rnw_"
 SERVICE_ROUTES = frozenset({
     "dicomweb_retrieve_study", "dicomweb_retrieve_series", "dicomweb_retrieve_instance",
 })
+#: Names of the QIDO-RS routes (their reads are audited by the authentication).
+SEARCH_ROUTE_PREFIX = "dicomweb_search"
 #: ``last_used_at`` is written at most this often per token.
 _TOUCH_INTERVAL = dt.timedelta(seconds=60)
 _UNUSABLE_PASSWORD = "!service-account"
@@ -238,13 +240,21 @@ def _write_audit(request: Request, events: list[AuditEvent],
 
 
 def _audit_read(request: Request, viewer: Viewer) -> None:
+    """Audit a search (QIDO-RS) here; the resources that read stored instances audit
+    each study they read themselves (:meth:`node.web.wado_source.InstanceSource.
+    audit_read`). A token's last use is written either way (at most once a minute)."""
+    touch = getattr(request.state, "touch_token", None)
+    route = _route_name(request) or ""
+    if not route.startswith(SEARCH_ROUTE_PREFIX):
+        if touch is not None:
+            _write_audit(request, [], touch)
+        return
     study = request.path_params.get("study")
     details: dict[str, object] = {"client": client_address(request),
                                   "route": _route_name(request),
                                   "via": "session" if viewer.token_id is None else "token"}
     if viewer.token_id is not None:
         details["token_id"] = viewer.token_id
-    touch = getattr(request.state, "touch_token", None)
     _write_audit(request, [AuditEvent(
         at=utcnow(), actor=viewer.username, user_id=viewer.id, action="dicomweb_read",
         object_type="study" if study else "dicomweb",

@@ -50,6 +50,7 @@ from node.web.deps import (
 )
 from node.web.errors import STORAGE_FULL_MESSAGE, database_full
 from node.web.imaging import ImageDecodeError, WindowInfo
+from node.web.ohif import ohif_study_url
 from node.web.reading import (
     forget_working_copies,
     readers_of,
@@ -165,6 +166,7 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         "can_sign": viewer.is_radiologist, "is_amendment": is_amendment,
         "readers": readers.get(study.id, []), "working": working, "stale": stale,
         "web": ctx.settings.web,
+        "ohif_url": ohif_study_url(request, study.study_instance_uid),
     }
     return render(request, "study.html", context, status_code=status_code)
 

@@ -48,11 +48,14 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
+#: The OHIF Viewer that ``make ohif`` installs (``make test`` runs it first).
+OHIF_DIST = REPO_ROOT / "var" / "ohif" / "dist"
 DOCS_SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 #: Read at import: the suite's autouse fixture clears ``RADNODE_*`` variables per test.
 UPDATE_DOCS = os.environ.get("RADNODE_UPDATE_SCREENSHOTS") == "1"
 #: The screenshots the documentation shows.
-DOCUMENTED = frozenset({"worklist.png", "study.png", "triage.png", "monitoring.png"})
+DOCUMENTED = frozenset({"worklist.png", "study.png", "triage.png", "monitoring.png",
+                        "ohif-study-list.png", "ohif-study.png", "ohif-draft-sr.png"})
 
 
 def phantom(seed: int) -> NDArray[np.uint16]:
@@ -85,7 +88,7 @@ def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
         web={"secret_key_file": str(root / "web-secret.key"),
              # Short reading-room intervals keep the browser tests fast.
              "autosave_seconds": 0.3, "presence_heartbeat_seconds": 0.5,
-             "presence_expiry_seconds": 3.0},
+             "presence_expiry_seconds": 3.0, "ohif_dist": str(OHIF_DIST)},
         destinations=[DESTINATION],
         model={"bundle": str(write_bundle_manifest(root / "bundle"))},
     )

@@ -186,10 +186,14 @@ def test_session_reads_of_dicomweb_are_audited_too(web: WebEnv) -> None:
     web.login("mcurie")
     assert web.client.get(f"/dicomweb/studies/{seeded.study_uid}/metadata",
                           headers=QIDO).status_code == 200
-    [event] = audit_events(web.database, "dicomweb_read")
-    assert (event.actor, event.object_id) == ("mcurie", seeded.study_uid)
-    assert event.details == {"client": "testclient", "route": "dicomweb_study_metadata",
-                             "via": "session"}
+    assert web.client.get("/dicomweb/studies", headers=QIDO).status_code == 200
+    metadata, search = audit_events(web.database, "dicomweb_read")
+    assert (metadata.actor, metadata.object_id) == ("mcurie", seeded.study_uid)
+    assert metadata.details == {"resource": "metadata", "instances": 2,  # image and draft SR
+                                "client": "testclient", "via": "session"}
+    assert (search.actor, search.object_id) == ("mcurie", None)
+    assert search.details == {"client": "testclient", "route": "dicomweb_search_studies",
+                              "via": "session"}
 
 
 def _token_in(html: str) -> str:

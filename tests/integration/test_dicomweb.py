@@ -7,134 +7,42 @@ the web app's login. One server per database backend serves the archive of
 
 from __future__ import annotations
 
-import re
 import resource
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from dicomweb_client.api import DICOMwebClient
-from fastapi import Depends, FastAPI, Header, HTTPException
 from pydicom import dcmread
 
-from node.dicom.ingest import InstanceIngestor
 from node.dicom.qr_keys import COMPREHENSIVE_SR
-from node.runtime import Database
-from node.storage import InstanceStore
-from node.web.dicomweb import MAX_RESULTS, build_dicomweb_router
-from tests.conftest import free_port, make_settings
-from tests.integration.dicom_net import wait_for
-from tests.integration.qr_archive import (
-    ArchiveContent,
-    all_files,
-    build_files,
-    database_url_for,
-    dataset_of,
-    finish_archive,
-    ingest_files,
-    stored_path,
+from node.web.dicomweb import MAX_RESULTS
+from tests.integration.dicomweb_server import (
+    MODALITY,
+    SERIES_UID,
+    SOP_UID,
+    STUDY_UID,
+    Server,
+    dicomweb_server,
+    multipart_parts,
+    value,
+    values,
 )
+from tests.integration.qr_archive import dataset_of
 from tests.reliability.bombs import write_deflate_bomb
 
 pytestmark = pytest.mark.usefixtures("dcmtk_installed")
-
-TOKEN = "test-token"
-
-
-@dataclass
-class Server:
-    """A uvicorn server with the DICOMweb router, and what it serves."""
-
-    base_url: str
-    content: ArchiveContent
-    database: Database
-    store: InstanceStore
-
-    def client(self) -> DICOMwebClient:
-        return DICOMwebClient(url=self.base_url, headers={"Authorization": f"Bearer {TOKEN}"})
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {TOKEN}", **kwargs.pop("headers", {})}
-        return httpx.get(f"{self.base_url}{path}", headers=headers, timeout=30, **kwargs)
-
-    def stored(self, sop_uid: str) -> Path:
-        return stored_path(self.database.sessions, self.store, sop_uid)
-
-
-def require_token(authorization: str | None = Header(default=None)) -> None:
-    """The stand-in for the web app's authentication dependency."""
-    if authorization != f"Bearer {TOKEN}":
-        raise HTTPException(401, "authentication required",
-                            headers={"WWW-Authenticate": "Bearer"})
 
 
 @pytest.fixture(scope="module",
                 params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp(f"dicomweb-{request.param}")
-    with database_url_for(request.param, folder) as url:
-        settings = make_settings(folder, url)
-        database = Database.from_settings(settings, migrate=True)
-        store = InstanceStore(folder / "storage", min_free_mb=1, max_used_percent=100)
-        content = build_files(folder / "files")
-        ingest_files(InstanceIngestor(store, database.sessions), all_files(content))
-        finish_archive(database.sessions, store, content)
-        app = FastAPI()
-        app.include_router(
-            build_dicomweb_router(database.sessions, store,
-                                  dependencies=[Depends(require_token)]),
-            prefix="/dicomweb",
-        )
-        port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="off")
-        uvicorn_server = uvicorn.Server(config)
-        thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-        thread.start()
-        try:
-            wait_for(lambda: uvicorn_server.started, timeout=15, what="uvicorn")
-            yield Server(f"http://127.0.0.1:{port}/dicomweb", content, database, store)
-        finally:
-            uvicorn_server.should_exit = True
-            thread.join(timeout=10)
-            database.engine.dispose()
-
-
-def value(result: dict[str, Any], tag: str) -> Any:
-    """The first value of ``tag`` in a DICOM JSON object (``None`` when empty)."""
-    values = result.get(tag, {}).get("Value")
-    return values[0] if values else None
-
-
-def values(result: dict[str, Any], tag: str) -> list[Any]:
-    return list(result.get(tag, {}).get("Value", []))
-
-
-STUDY_UID, SERIES_UID, SOP_UID, MODALITY = "0020000D", "0020000E", "00080018", "00080060"
-
-
-def multipart_parts(response: httpx.Response) -> list[tuple[str, bytes]]:
-    """Split a multipart/related body into (content type, bytes) parts."""
-    match = re.search(r'boundary="?([^";]+)"?', response.headers["content-type"])
-    assert match is not None
-    delimiter = b"--" + match.group(1).encode()
-    parts = []
-    for chunk in response.content.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, _, data = chunk.partition(b"\r\n\r\n")
-        content_type = re.search(rb"Content-Type: ([^\r\n]+)", head)
-        assert content_type is not None
-        parts.append((content_type.group(1).decode(), data.removesuffix(b"\r\n")))
-    return parts
+    with dicomweb_server(request.param,
+                         tmp_path_factory.mktemp(f"dicomweb-{request.param}")) as running:
+        yield running
 
 
 # -- QIDO-RS ----------------------------------------------------------------------------------
@@ -276,7 +184,7 @@ def test_retrieve_keeps_the_stored_transfer_syntax(server: Server) -> None:
     assert data == server.stored(a2.sop_uids[0]).read_bytes()
     refused = server.get(f"/studies/{a2.uid}", headers={
         "Accept": 'multipart/related; type="application/dicom"; '
-                  'transfer-syntax=1.2.840.10008.1.2.1'})
+                  'transfer-syntax=1.2.840.10008.1.2.4.50'})  # lossy: never made here
     assert refused.status_code == 406
 
 
@@ -294,13 +202,14 @@ def test_retrieve_study_and_series(server: Server) -> None:
     assert all(data == server.stored(uid).read_bytes() for uid, data in by_uid.items())
 
 
-def test_retrieve_study_metadata_has_no_bulk_data(server: Server) -> None:
+def test_retrieve_study_metadata_refers_to_bulk_data(server: Server) -> None:
     content = server.content
     a1 = content.studies["A1"]
     metadata = server.client().retrieve_study_metadata(a1.uid)
     assert {value(m, SOP_UID) for m in metadata} == {*a1.sop_uids, content.report_sop_uid}
-    assert all("7FE00010" not in m for m in metadata)
     images = [m for m in metadata if value(m, MODALITY) == "DX"]
+    assert all(set(m["7FE00010"]) == {"vr", "BulkDataURI"} for m in images)
+    assert all("7FE00010" not in m for m in metadata if value(m, MODALITY) == "SR")
     assert all(value(m, "00280010") == 48 for m in images)
     instance = server.client().retrieve_instance_metadata(
         a1.uid, content.report_series_uid, content.report_sop_uid)

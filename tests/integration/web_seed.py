@@ -79,10 +79,12 @@ def seed_user(database: Database, username: str, role: Role = Role.RADIOLOGIST, 
 
 def store_instances(database: Database, store: InstanceStore, study: Study,
                     count: int, *, seed: int, rows: int,
-                    image: NDArray[np.uint16] | None = None) -> list[int]:
+                    image: NDArray[np.uint16] | None = None,
+                    transfer_syntax: str | None = None) -> list[int]:
     """Write ``count`` images of ``study`` (PA, then lateral) with their rows.
 
-    ``image`` gives 12-bit stored values to use instead of the factory's synthetic chest.
+    ``image`` gives 12-bit stored values to use instead of the factory's synthetic chest;
+    ``transfer_syntax`` a (lossless) syntax to compress them to with pydicom's encoders.
     """
     series_uid = generate_uid()
     ids: list[int] = []
@@ -97,6 +99,8 @@ def store_instances(database: Database, store: InstanceStore, study: Study,
                 view_position=view, instance_number=number, rows=rows, cols=rows,
                 bits=12, seed=seed + number, windows=[(1800.0, 3000.0)], image=image,
             )
+            if transfer_syntax is not None:
+                ds.compress(transfer_syntax)
             buffer = BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
             data = buffer.getvalue()
@@ -155,6 +159,7 @@ def seed_drafted_study(
     seed: int = 0,
     rows: int = 256,
     image: NDArray[np.uint16] | None = None,
+    transfer_syntax: str | None = None,
 ) -> SeededStudy:
     """A DRAFTED study: stored images, a succeeded job and a draft report with its SR."""
     study = seed_study(database, patient_name=patient_name, patient_id=patient_id,
@@ -162,7 +167,7 @@ def seed_drafted_study(
                        received_at=received_at, urgent=urgent,
                        urgent_findings=urgent_findings)
     instance_ids = store_instances(database, store, study, images, seed=seed, rows=rows,
-                                   image=image)
+                                   image=image, transfer_syntax=transfer_syntax)
     with database.sessions.begin() as session:
         paths = [store.absolute(p) for p in session.scalars(
             select(Instance.path).where(Instance.study_id == study.id).order_by(Instance.id))]

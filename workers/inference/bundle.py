@@ -533,7 +533,10 @@ def load_bundle(
             engine = EngineGenerator(model, tokenizer, max_batch=engine_batch,
                                      num_image_tokens=manifest.num_image_tokens,
                                      max_new_tokens=max(manifest.generation.max_new_tokens,
-                                                        engine_max_new_tokens or 0))
+                                                        engine_max_new_tokens or 0),
+                                     fp8=manifest.engine.weights == "fp8",
+                                     kv_cache="fp8" if manifest.engine.kv_cache == "fp8"
+                                     else "auto")
         except UnsupportedModelError as exc:
             if engine_required:
                 raise BundleError(f"the decode engine cannot run this LLM: {exc}") from exc

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from workers.inference.engine import DecodeEngine, DecodeRequest, SamplingSettings
+from workers.inference.engine.forward import KVCacheKind
 from workers.inference.llm import GenerationResult
 from workers.inference.manifest import GenerationSpec
 
@@ -47,10 +48,13 @@ class EngineGenerator:
         Largest output a request may ask for.
     fused_kernels
         Fuse the element-wise parts of a layer (GPU only).
+    fp8, kv_cache
+        E4M3 weights, and ``"fp8"`` for an E4M3 KV cache (the bundle's ``engine`` block).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch: int, num_image_tokens: int,
-                 max_new_tokens: int, fused_kernels: bool = True) -> None:
+                 max_new_tokens: int, fused_kernels: bool = True, fp8: bool = False,
+                 kv_cache: KVCacheKind = "auto") -> None:
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ValueError("tokenizer has no EOS token")
@@ -59,7 +63,8 @@ class EngineGenerator:
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         wanted = num_image_tokens + PROMPT_TEXT_ALLOWANCE + max_new_tokens
         self.engine = DecodeEngine(model, max_batch=max_batch, max_seq_len=wanted,
-                                   max_new_tokens=max_new_tokens, fused_kernels=fused_kernels)
+                                   max_new_tokens=max_new_tokens, fused_kernels=fused_kernels,
+                                   fp8=fp8, kv_cache=kv_cache)
 
     def describe(self) -> dict[str, Any]:
         """The engine's configuration (device, slots, cache size)."""

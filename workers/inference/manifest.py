@@ -191,6 +191,21 @@ class GenerationSpec(_Spec):
         return GenerationSpec(**{**self.model_dump(), **overrides})
 
 
+class EngineSpec(_Spec):
+    """How the decode engine (:mod:`workers.inference.engine`) runs the LLM; read only when a
+    worker drafts through the engine.
+
+    ``weights = "fp8"`` stores the layers' projection matrices in E4M3 with one scale per
+    output channel and multiplies them on the fp8 tensor cores (activations quantised per
+    token); ``kv_cache = "fp8"`` keeps keys and values in E4M3 with one scale per (token,
+    head) vector. Both halve the bytes a decode step reads and change the model's numbers
+    slightly (see docs/models.md for the measured agreement); both are off by default.
+    """
+
+    weights: Literal["model", "fp8"] = "model"
+    kv_cache: Literal["model", "fp8"] = "model"
+
+
 class BundleManifest(BaseModel):
     """Everything the node needs to know about one model bundle."""
 
@@ -213,6 +228,7 @@ class BundleManifest(BaseModel):
     synthetic: bool
     device_uid: str = Field(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=64)
     output_sections: Literal["findings", "findings_impression"]
+    engine: EngineSpec = Field(default_factory=EngineSpec)
     files: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -324,6 +340,7 @@ __all__ = [
     "CLIP_STD",
     "ENCODER_ONNX_FILENAME",
     "ENCODER_WEIGHTS_FILENAME",
+    "EngineSpec",
     "FORMAT_VERSION",
     "GenerationSpec",
     "LLM_DIRNAME",

@@ -22,15 +22,18 @@ import torch
 
 from workers.inference.engine.forward import (
     AttentionKind,
+    KVCacheKind,
     LayerKernels,
     RotaryTables,
     StaticKVCache,
     prefill,
+    prefill_chunk,
 )
 from workers.inference.engine.graphs import StepRunner, batch_buckets, bucket_for
 from workers.inference.engine.sampling import SamplingSettings, SamplingTensors, choose_tokens
+from workers.inference.engine.scheduler import ChunkedPrefillScheduler, StepPlan
 from workers.inference.engine.slots import MAX_STOP_TOKENS, DecodeStep, SlotTable
-from workers.inference.engine.weights import DecoderWeights, extract_weights
+from workers.inference.engine.weights import DecoderWeights, extract_weights, to_fp8
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +105,18 @@ class EngineStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     busy_slots_sum: int = 0
+    queued_steps: int = 0
+    queued_busy_slots_sum: int = 0
+    prefill_chunks: int = 0
 
     def mean_batch(self) -> float:
-        """Mean running sequences per decode step."""
+        """Mean running (decoding) sequences per decode step."""
         return self.busy_slots_sum / self.steps if self.steps else 0.0
+
+    def mean_batch_while_queued(self) -> float:
+        """Mean running sequences per decode step taken while requests waited for a slot
+        (what slot occupancy is judged by: with nothing waiting, free slots are no loss)."""
+        return self.queued_busy_slots_sum / self.queued_steps if self.queued_steps else 0.0
 
 
 @dataclass
@@ -138,9 +149,22 @@ class DecodeEngine:
     stop_check_interval
         Decode steps between looks at the stop flags (host synchronisations).
     max_prefill_tokens
-        Prompt tokens admitted between two decode chunks, so running sequences keep moving.
+        Prompt tokens admitted between two decode chunks, so running sequences keep moving
+        (whole prompts; see ``prefill_chunk_tokens``).
     attention
-        ``"sdpa"`` (fused attention kernel) or ``"matmul"``.
+        ``"sdpa"`` (fused attention kernel over the whole cache, masked), ``"matmul"``, or
+        ``"varlen"`` (each sequence's own length: a Triton kernel on a GPU, the PyTorch
+        reference elsewhere).
+    prefill_chunk_tokens
+        Chunked prefill: the token budget of an engine step (decode tokens plus prompt
+        tokens, see :mod:`workers.inference.engine.scheduler`). Prompts are prefilled in
+        chunks between decode steps, and a freed slot starts filling at the next step.
+        ``None`` prefills each prompt whole when it takes a slot.
+    fp8
+        E4M3 weights (per output channel) for the layers' projections, products on the fp8
+        tensor cores where the device has them.
+    kv_cache
+        ``"auto"`` (the model's dtype) or ``"fp8"`` (E4M3 with per-vector scales).
     """
 
     def __init__(
@@ -155,10 +179,17 @@ class DecodeEngine:
         stop_check_interval: int = 8,
         max_prefill_tokens: int = 8192,
         attention: AttentionKind = "sdpa",
+        prefill_chunk_tokens: int | None = None,
+        fp8: bool = False,
+        kv_cache: KVCacheKind = "auto",
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if prefill_chunk_tokens is not None and prefill_chunk_tokens < 1:
+            raise ValueError("prefill_chunk_tokens must be >= 1")
         self.weights: DecoderWeights = extract_weights(model)
+        if fp8:
+            self.weights = to_fp8(self.weights)
         shape = self.weights.shape
         device = self.weights.device
         self.device = device
@@ -170,14 +201,15 @@ class DecodeEngine:
         on_gpu = device.type == "cuda"
         use_graphs = on_gpu if cuda_graphs is None else (cuda_graphs and on_gpu)
         self.cache = StaticKVCache(shape, max_batch, self.max_seq_len,
-                                   dtype=self.weights.dtype, device=device)
-        self.rotary = RotaryTables(self.weights, self.max_seq_len)
-        self.table = SlotTable(max_batch, shape.vocab, max_new_tokens, device)
+                                   dtype=self.weights.dtype, device=device, kind=kv_cache)
+        self.rotary = RotaryTables(self.weights, self.cache.capacity)
+        self.table = SlotTable(max_batch, shape.vocab, max_new_tokens, device,
+                               park_position=self.cache.scratch)
         self._prefill_kernels = LayerKernels.plain()
         decode_kernels = (LayerKernels.fused() if (fused_kernels and on_gpu)
                           else self._prefill_kernels)
         self.step = DecodeStep(self.weights, decode_kernels, self.cache, self.rotary, self.table,
-                               torch.arange(self.max_seq_len, device=device), attention)
+                               torch.arange(self.cache.capacity, device=device), attention)
         self.buckets = batch_buckets(max_batch)
         self.runner = StepRunner(self.step, self.buckets, use_graphs=use_graphs)
         with torch.inference_mode():
@@ -186,6 +218,10 @@ class DecodeEngine:
         self._slots: list[_Running | None] = [None] * max_batch
         self._queue: queue.Queue[_Running | None] = queue.Queue()
         self._pending: list[_Running] = []
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self._scheduler: ChunkedPrefillScheduler[_Running] | None = (
+            None if prefill_chunk_tokens is None
+            else ChunkedPrefillScheduler(max_batch, prefill_chunk_tokens))
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -201,9 +237,18 @@ class DecodeEngine:
             "cuda_graphs": self.runner.recorded,
             "fused_kernels": self.step.kernels.compiled,
             "attention": self.step.attention,
+            "prefill_chunk_tokens": self.prefill_chunk_tokens,
+            "fp8_weights": self.weights.fp8,
+            "kv_cache": self.cache.kind,
             "kv_cache_bytes": self.cache.nbytes(),
+            "kv_bytes_per_token": self.cache.bytes_per_token(),
             "weight_bytes": self.weights.nbytes(),
         }
+
+    def step_bytes(self, batch: int, context: int) -> int:
+        """Bytes one decode step must read: every projection and norm weight once, and the
+        ``context`` cached positions of each of ``batch`` sequences (the floor's numerator)."""
+        return self.weights.nbytes() + batch * context * self.cache.bytes_per_token()
 
     def measure_step(self, batch: int, *, context: int, steps: int = 50,
                      greedy_only: bool = True) -> float:
@@ -306,13 +351,51 @@ class DecodeEngine:
 
     def _serve_once(self) -> bool:
         """Admit, decode one chunk, finish; ``False`` once closed."""
+        if self._scheduler is not None:
+            return self._serve_once_chunked(self._scheduler)
         block = not any(self._slots) and not self._pending
         if not self._drain_queue(block=block):
             return False
         self._admit()
         if any(self._slots):
-            self._finish_done(self._decode_chunk())
+            self._finish_done(self._decode_chunk(queued=bool(self._pending)))
         return True
+
+    def _serve_once_chunked(self, scheduler: ChunkedPrefillScheduler[_Running]) -> bool:
+        """One step of chunked prefill (admission, prompt chunks) then one decode chunk."""
+        if not self._drain_queue(block=scheduler.idle() and not self._pending):
+            return False
+        for running in self._pending:
+            scheduler.submit(running, int(running.request.inputs_embeds.shape[0]))
+        self._pending = []
+        plan = scheduler.plan(accept=lambda item: item.future.set_running_or_notify_cancel())
+        self._run_plan(plan)
+        if scheduler.decoding:
+            done = self._decode_chunk(queued=scheduler.waiting > 0)
+            finished = self._finish_done(done)
+            for slot in finished:
+                scheduler.finish(slot)
+        return True
+
+    def _run_plan(self, plan: StepPlan[_Running]) -> None:
+        now = time.perf_counter()
+        for slot, admitted in plan.admitted:
+            admitted.admitted = now
+            self.table.release(slot)
+            self._slots[slot] = admitted
+        for chunk in plan.chunks:
+            running = self._slots[chunk.slot]
+            assert running is not None
+            request = running.request
+            started = time.perf_counter()
+            embeds = request.inputs_embeds[chunk.start:chunk.end].to(
+                device=self.device, dtype=self.weights.dtype)
+            logits = prefill_chunk(self.weights, self._prefill_kernels, self.cache, self.rotary,
+                                   chunk.slot, embeds, start=chunk.start)
+            self.stats.prefill_chunks += 1
+            if chunk.final:
+                self._occupy(chunk.slot, running, logits)
+            self.stats.prefill_seconds += time.perf_counter() - started
 
     def _drain_queue(self, *, block: bool) -> bool:
         try:
@@ -355,18 +438,23 @@ class DecodeEngine:
     def _start(self, slot: int, running: _Running) -> None:
         request = running.request
         running.admitted = time.perf_counter()
-        prompt = int(request.inputs_embeds.shape[0])
-        budget = min(request.max_new_tokens, self.max_new_tokens, self.max_seq_len - prompt)
         embeds = request.inputs_embeds.to(device=self.device, dtype=self.weights.dtype)
         logits = prefill(self.weights, self._prefill_kernels, self.cache, self.rotary, slot, embeds)
+        self._occupy(slot, running, logits)
+        self.stats.prefill_seconds += running.first_token - running.admitted
+        self._slots[slot] = running
+
+    def _occupy(self, slot: int, running: _Running, logits: torch.Tensor) -> None:
+        """Choose the first token from the prompt's last logits and start decoding the slot."""
+        request = running.request
+        prompt = int(request.inputs_embeds.shape[0])
+        budget = min(request.max_new_tokens, self.max_new_tokens, self.max_seq_len - prompt)
         first = int(choose_tokens(logits[None], self._first_token_settings(request),
                                   greedy_only=request.sampling.greedy)[0])
         running.first_token = time.perf_counter()
-        self.stats.prefill_seconds += running.first_token - running.admitted
         self.table.occupy(slot, first_token=first, position=prompt, max_new_tokens=budget,
                           settings=request.sampling, seed=request.seed,
                           stop_ids=request.stop_token_ids)
-        self._slots[slot] = running
 
     def _first_token_settings(self, request: DecodeRequest) -> SamplingTensors:
         s = request.sampling
@@ -381,25 +469,30 @@ class DecodeEngine:
             seen=torch.zeros((1, self.weights.shape.vocab), dtype=torch.bool, device=self.device),
         )
 
-    def _decode_chunk(self) -> list[bool]:
+    def _decode_chunk(self, *, queued: bool) -> list[bool]:
         used = max(i for i, r in enumerate(self._slots) if r is not None) + 1
         bucket = bucket_for(used, self.buckets)
         greedy_only = all(r.request.sampling.greedy for r in self._slots[:bucket] if r is not None)
-        busy = sum(r is not None for r in self._slots)
+        busy = sum(r is not None and r.first_token > 0 for r in self._slots)
         started = time.perf_counter()
         for _ in range(self.stop_check_interval):
             self.runner.run(bucket, greedy_only=greedy_only)
         self.stats.steps += self.stop_check_interval
         self.stats.busy_slots_sum += busy * self.stop_check_interval
+        if queued:
+            self.stats.queued_steps += self.stop_check_interval
+            self.stats.queued_busy_slots_sum += busy * self.stop_check_interval
         done = self.table.done[:bucket].tolist()
         self.stats.decode_seconds += time.perf_counter() - started
         return done
 
-    def _finish_done(self, done: list[bool]) -> None:
+    def _finish_done(self, done: list[bool]) -> list[int]:
+        """Resolve the futures of ended sequences and free their slots; returns the slots."""
         finished = [i for i, flag in enumerate(done)
-                    if flag and self._slots[i] is not None]
+                    if flag and (occupant := self._slots[i]) is not None
+                    and occupant.first_token > 0]
         if not finished:
-            return
+            return []
         counts = self.table.count[finished].tolist()
         rows = self.table.output[finished].tolist()
         now = time.perf_counter()
@@ -422,6 +515,7 @@ class DecodeEngine:
             self.stats.requests += 1
             self.stats.tokens += len(output.token_ids)
             running.future.set_result(output)
+        return finished
 
     def _fail_all(self, error: BaseException) -> None:
         waiting = [r for r in self._slots if r is not None] + self._pending
@@ -432,6 +526,8 @@ class DecodeEngine:
                 break
             if item is not None:
                 waiting.append(item)
+        if self._scheduler is not None:
+            waiting.extend(self._scheduler.clear())
         for running in waiting:
             if not running.future.done():
                 running.future.set_exception(error)

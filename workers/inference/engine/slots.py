@@ -40,16 +40,21 @@ class SlotTable:
         Longest output any request may ask for.
     device
         Where the tensors live.
+    park_position
+        Cache position a slot without a running sequence writes its step's keys to (the
+        cache's scratch row), so that a slot being prefilled keeps its prompt intact.
     """
 
-    def __init__(self, slots: int, vocab: int, max_new_tokens: int, device: torch.device) -> None:
+    def __init__(self, slots: int, vocab: int, max_new_tokens: int, device: torch.device,
+                 park_position: int = 0) -> None:
         def zeros(*size: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
             return torch.zeros(size, dtype=dtype, device=device)
 
         self.size = slots
         self.max_new_tokens = max_new_tokens
+        self.park_position = park_position
         self.tokens = zeros(slots)
-        self.positions = zeros(slots)
+        self.positions = torch.full((slots,), park_position, dtype=torch.long, device=device)
         self.active = zeros(slots, dtype=torch.bool)
         self.done = zeros(slots, dtype=torch.bool)
         self.count = zeros(slots)
@@ -98,9 +103,10 @@ class SlotTable:
         self.active[slot] = True
 
     def release(self, slot: int) -> None:
-        """Free ``slot`` for the next request."""
+        """Free ``slot`` for the next request (its steps write to the scratch position)."""
         self.active[slot] = False
         self.done[slot] = False
+        self.positions[slot] = self.park_position
 
 
 @dataclass
@@ -118,12 +124,14 @@ class DecodeStep:
     def __call__(self, n: int, *, greedy_only: bool) -> None:
         """Advance every running sequence among the first ``n`` slots by one token."""
         t = self.table
+        running = t.active[:n] & ~t.done[:n]
+        lengths = torch.where(running, t.positions[:n] + 1, torch.ones_like(t.positions[:n]))
         inputs = DecodeInputs(tokens=t.tokens[:n], positions=t.positions[:n],
-                              slot_index=t.slot_index[:n], key_index=self.key_index)
+                              slot_index=t.slot_index[:n], key_index=self.key_index,
+                              lengths=lengths)
         logits = decode(self.weights, self.kernels, self.cache, self.rotary, inputs,
                         self.attention)
         chosen = choose_tokens(logits, t.sampling(n), greedy_only=greedy_only)
-        running = t.active[:n] & ~t.done[:n]
         rows = t.slot_index[:n]
         column = t.count[:n].clamp(max=t.max_new_tokens - 1)
         t.output[rows, column] = torch.where(running, chosen, t.output[rows, column])

@@ -9,11 +9,16 @@ parameters are re-pointed at row slices of the fused matrices, so nothing is sto
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
+
+from workers.inference.engine.fp8 import Fp8Matrix
+
+Matrix: TypeAlias = torch.Tensor | Fp8Matrix
+"""A projection matrix (out, in): in the model's dtype, or E4M3 with per-channel scales."""
 
 
 class UnsupportedModelError(ValueError):
@@ -67,11 +72,16 @@ class LayerWeights:
     """One decoder layer; matrices are (out, in) like ``nn.Linear.weight``."""
 
     input_norm: torch.Tensor
-    qkv: torch.Tensor
-    out: torch.Tensor
+    qkv: Matrix
+    out: Matrix
     post_norm: torch.Tensor
-    gate_up: torch.Tensor
-    down: torch.Tensor
+    gate_up: Matrix
+    down: Matrix
+
+    def nbytes(self) -> int:
+        """Bytes of the layer's weights (E4M3 values and scales for fp8 matrices)."""
+        return sum(t.nbytes for t in (self.input_norm, self.qkv, self.out, self.post_norm,
+                                      self.gate_up, self.down))
 
 
 @dataclass(frozen=True)
@@ -114,11 +124,30 @@ class DecoderWeights:
 
     def nbytes(self) -> int:
         """Bytes of weights a decode step reads (embedding rows excluded)."""
-        total = self.final_norm.nbytes + self.lm_head.nbytes
-        for layer in self.layers:
-            total += sum(t.nbytes for t in (layer.input_norm, layer.qkv, layer.out,
-                                            layer.post_norm, layer.gate_up, layer.down))
-        return total
+        return (self.final_norm.nbytes + self.lm_head.nbytes
+                + sum(layer.nbytes() for layer in self.layers))
+
+    @property
+    def fp8(self) -> bool:
+        """Whether the layers' projections are E4M3."""
+        return isinstance(self.layers[0].qkv, Fp8Matrix)
+
+
+def to_fp8(weights: DecoderWeights) -> DecoderWeights:
+    """The same decoder with every layer's projections in E4M3, per output channel.
+
+    Norm weights, the embedding and the output projection (``lm_head``, which decides the
+    logits directly and is about 2 % of a 7B model's bytes) stay in the model's dtype.
+    """
+    def quantized(matrix: Matrix) -> Fp8Matrix:
+        return matrix if isinstance(matrix, Fp8Matrix) else Fp8Matrix.from_weight(matrix)
+
+    layers = tuple(
+        replace(layer, qkv=quantized(layer.qkv), out=quantized(layer.out),
+                gate_up=quantized(layer.gate_up), down=quantized(layer.down))
+        for layer in weights.layers
+    )
+    return replace(weights, layers=layers)
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -223,7 +252,9 @@ __all__ = [
     "DecoderShape",
     "DecoderWeights",
     "LayerWeights",
+    "Matrix",
     "UnsupportedModelError",
     "extract_weights",
+    "to_fp8",
     "unsupported_reason",
 ]
