@@ -358,8 +358,8 @@ class WebSettings(_Section):
     (bounds what a flood with random usernames can cost and store). Behind a proxy every
     client shares its address: raise it there."""
     cors_origins: list[str] = Field(default_factory=list)
-    """Origins of viewers served from another site that may call ``/dicomweb`` (and
-    WADO-URI) from a browser, e.g. ``["https://viewer.example"]``. Empty: no CORS
+    """Origins of viewers served from another site that may call ``/dicomweb`` (WADO-URI
+    included) from a browser, e.g. ``["https://viewer.example"]``. Empty: no CORS
     headers, so browsers allow only pages of this node. Each entry is an exact origin
     (scheme, host, optional port); ``*`` is refused. Cross-origin callers authenticate
     with a personal bearer token: the login cookie never travels cross-site."""

@@ -3,7 +3,7 @@
 :func:`install_viewer_access` is called once by :func:`node.web.app.create_app`:
 
 * with ``[web] cors_origins`` set, browsers on those origins may call ``/dicomweb`` and
-  WADO-URI (``/wado``) — only those paths — with an ``Authorization`` header (GET, and
+  its WADO-URI (``/dicomweb/wado``) — only that path — with an ``Authorization`` header (GET, and
   POST for STOW-RS; preflights answered). Credentials (cookies) are never allowed
   cross-origin: the login cookie is SameSite=Strict, so a viewer on another origin
   presents a personal bearer token. Without origins no CORS header is ever sent;
@@ -30,7 +30,7 @@ from node.web.stow import StowService, build_stow_router
 from workers.inference.dicom_limits import DatasetLimits
 
 #: Paths browsers on ``[web] cors_origins`` may call (each with what lies below it).
-CORS_PATHS = ("/dicomweb", "/wado")
+CORS_PATHS = ("/dicomweb",)
 CORS_METHODS = ("GET", "HEAD", "POST")
 CORS_REQUEST_HEADERS = ("Authorization", "Accept", "Content-Type")
 CORS_EXPOSED_HEADERS = ("Warning", "Content-Location", "Location", "Retry-After",

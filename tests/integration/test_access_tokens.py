@@ -306,12 +306,14 @@ def test_cors_preflight_allows_the_configured_viewer_origin_on_dicomweb_only(
     assert "authorization" in answer.headers["access-control-allow-headers"].lower()
     assert "POST" in answer.headers["access-control-allow-methods"]
     assert "access-control-allow-credentials" not in answer.headers
+    wado_uri = web.client.options("/dicomweb/wado", headers=preflight)
+    assert wado_uri.headers["access-control-allow-origin"] == VIEWER_ORIGIN
 
     other = web.client.options("/dicomweb/studies",
                                headers={**preflight, "Origin": "https://evil.example"})
     assert other.status_code == 400
     assert "access-control-allow-origin" not in other.headers
-    for path in ("/login", "/account", "/api/worklist/counts"):
+    for path in ("/login", "/account", "/api/worklist/counts", "/viewer/"):
         page = web.client.options(path, headers=preflight)
         assert "access-control-allow-origin" not in page.headers, path
 
@@ -363,3 +365,18 @@ def test_downgrade_below_tokens_leaves_uploaders_deactivated_radiologists(
     _migrate(web.database, "0014", down=False)
     with web.database.sessions() as session:
         assert session.get_one(User, uploader_id).role is Role.RADIOLOGIST
+
+
+def test_a_token_reads_pixels_and_wado_uri_audited_per_study(web: WebEnv) -> None:
+    from tests.integration.test_dicomweb_web_app import _resources
+
+    _, paths = _resources(web)
+    seed_user(web.database, "mcurie")
+    issued = issue(web, "mcurie")
+    for path in paths:
+        response = web.client.get(path, headers={"Authorization": f"Bearer {issued.token}"})
+        assert response.status_code == 200, path
+    events = audit_events(web.database, "dicomweb_read")
+    assert len(events) == len(paths)
+    assert {(e.actor, e.details["via"], e.details["token_id"])  # type: ignore[index]
+            for e in events} == {("mcurie", "token", issued.token_id)}
