@@ -237,7 +237,8 @@ class StowService:
                         and _media_type(part.content_type) != "application/dicom":
                     raise HTTPException(415, "every part must be application/dicom")
             results = await run_in_threadpool(self._store_all, body, viewer, study)
-        return self._answer(request, viewer, study, results)
+        # The answer queries and audits the database: off the event loop too.
+        return await run_in_threadpool(self._answer, request, viewer, study, results)
 
     def _check_request(self, request: Request) -> bytes:
         media, options = parse_options_header(request.headers.get("content-type"))
