@@ -380,3 +380,11 @@ def test_a_token_reads_pixels_and_wado_uri_audited_per_study(web: WebEnv) -> Non
     assert len(events) == len(paths)
     assert {(e.actor, e.details["via"], e.details["token_id"])  # type: ignore[index]
             for e in events} == {("mcurie", "token", issued.token_id)}
+
+
+def test_the_configuration_page_shows_the_viewer_origins_and_token_limit(web: WebEnv) -> None:
+    seed_user(web.database, "root", Role.ADMIN, display_name="Admin^Ada")
+    web.login("root")
+    page = web.client.get("/admin/config", headers=HTML)
+    assert page.status_code == 200
+    assert VIEWER_ORIGIN in page.text and "expire within 30 days" in page.text
