@@ -357,6 +357,38 @@ class WebSettings(_Section):
     """Failed logins allowed per client address within the window, whatever the usernames
     (bounds what a flood with random usernames can cost and store). Behind a proxy every
     client shares its address: raise it there."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins of viewers served from another site that may call ``/dicomweb`` (WADO-URI
+    included) from a browser, e.g. ``["https://viewer.example"]``. Empty: no CORS
+    headers, so browsers allow only pages of this node. Each entry is an exact origin
+    (scheme, host, optional port); ``*`` is refused. Cross-origin callers authenticate
+    with a personal bearer token: the login cookie never travels cross-site."""
+    token_max_days: int = Field(90, ge=1, le=3650)
+    """The longest lifetime a personal bearer token may be issued with (each one
+    must expire)."""
+    stow_max_request_mb: int = Field(2048, ge=1)
+    """Largest STOW-RS request body in MiB (413 beyond; nothing of it is stored)."""
+    stow_max_instance_mb: int = Field(512, ge=1)
+    """Largest instance in a STOW-RS request, in MiB (that instance fails with 0xA700)."""
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, values: list[str]) -> list[str]:
+        checked = []
+        for value in values:
+            parts = urlsplit(value)
+            if value == "*" or value == "null":
+                raise ValueError(f"{value!r} is not allowed: name each viewer's origin")
+            if (parts.scheme not in ("http", "https") or not parts.hostname
+                    or parts.path or parts.query or parts.fragment or parts.username
+                    or parts.password or value != f"{parts.scheme}://{parts.netloc}"):
+                raise ValueError(f"invalid origin {value!r}: scheme://host[:port], "
+                                 "lower case, without a path or a trailing slash")
+            if parts.netloc != parts.netloc.lower():
+                raise ValueError(f"invalid origin {value!r}: write the host in lower case")
+            checked.append(value)
+        return checked
+
     autosave_seconds: float = Field(2.0, gt=0)
     """The study page saves the text being edited this long after the last keystroke."""
     presence_heartbeat_seconds: float = Field(15.0, gt=0)

@@ -64,6 +64,28 @@ class Role(enum.Enum):
     WORKER = "worker"
     """A drafting worker's service account: reads instances over WADO-RS with a bearer
     token, and nothing else (it cannot sign in to the web pages)."""
+    UPLOADER = "uploader"
+    """Stores instances over STOW-RS (an import station, a scanner gateway, a person
+    importing outside images) and reads nothing: its only page is its account page."""
+
+
+class TokenScope(enum.Enum):
+    """What a personal bearer token may be used for (within its holder's role)."""
+
+    DICOMWEB_READ = "dicomweb-read"
+    """QIDO-RS search, WADO-RS and WADO-URI retrieve."""
+    DICOMWEB_STORE = "dicomweb-store"
+    """STOW-RS store."""
+
+
+#: The scopes each role's personal tokens may carry. A token is checked against its
+#: holder's role on every request, so a lowered role narrows its tokens at once.
+ROLE_SCOPES: dict[Role, frozenset[TokenScope]] = {
+    Role.RADIOLOGIST: frozenset({TokenScope.DICOMWEB_READ}),
+    Role.ADMIN: frozenset({TokenScope.DICOMWEB_READ}),
+    Role.UPLOADER: frozenset({TokenScope.DICOMWEB_STORE}),
+    Role.WORKER: frozenset(),
+}
 
 
 class IgnoreReason(enum.Enum):

@@ -15,6 +15,7 @@ from node.cli import (
     label_command,
     model_commands,
     node_commands,
+    token_commands,
     web_commands,
     worker_commands,
 )
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.register(commands)
     demo_command.register(commands)
     web_commands.register(commands)
+    token_commands.register(commands)
     eval_commands.register(commands)
     label_command.register(commands)
     data_commands.register(commands)

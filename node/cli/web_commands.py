@@ -1,4 +1,4 @@
-"""Subcommands for the web app's users: ``radnode user add|list|token|deactivate``."""
+"""Subcommands for the web app's users: ``radnode user add|list|role|token|deactivate``."""
 
 from __future__ import annotations
 
@@ -78,6 +78,26 @@ def _user_deactivate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_role(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    database = Database.from_settings(settings, migrate=settings.database.migrate_on_start)
+    role = Role[args.role.upper()]
+    with database.sessions.begin() as session:
+        user = session.scalar(select(User).where(User.username == args.username))
+        if user is None or user.role is Role.WORKER:
+            print(f"radnode: no person {args.username!r}", file=sys.stderr)
+            return 2
+        previous = user.role
+        user.role = role
+        session.add(AuditEvent(at=utcnow(), actor="cli", action="user_role_changed",
+                               object_type="user", object_id=str(user.id), user_id=user.id,
+                               details={"from": previous.name, "to": role.name}))
+    print(f"user {args.username} is now {role.value} (was {previous.value}) in "
+          f"{database_description(settings)}; logins and tokens follow at their next "
+          "request")
+    return 0
+
+
 def _user_token(args: argparse.Namespace) -> int:
     from node.web.service_auth import issue_service_token, revoke_service_tokens
 
@@ -144,6 +164,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     token.add_argument("--revoke", action="store_true",
                        help="revoke every token of the account instead")
     token.set_defaults(handler=_user_token)
+
+    role = actions.add_parser("role", help="change a person's role (their tokens follow)")
+    role.add_argument("username")
+    role.add_argument("role", choices=[r.name.lower() for r in Role if r is not Role.WORKER])
+    role.set_defaults(handler=_user_role)
 
     deactivate = actions.add_parser("deactivate", help="stop a user from signing in")
     deactivate.add_argument("username")

@@ -397,6 +397,28 @@ class ServiceToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
+class AccessToken(Base):
+    """A person's bearer token for DICOMweb (a viewer on another origin, a desktop client).
+
+    The token is shown once when issued; the row keeps its SHA-256. ``scopes`` are the
+    :class:`~node.states.TokenScope` values granted at issue; each request is allowed only
+    what the holder's role allows *now* as well, and only while the holder is active,
+    the token unrevoked and unexpired.
+    """
+
+    __tablename__ = "access_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(64), default="")
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
 class WorkerHeartbeat(Base):
     """The latest beat of one drafting worker process: where it runs and what it holds."""
 

@@ -58,6 +58,15 @@ class ReceivedInstance:
     requested_sop_class_uid: str
     requested_sop_instance_uid: str
     calling_ae: str
+    actor: str | None = None
+    """Who sent it, for the audit trail, when not the calling AE (a STOW-RS user)."""
+    expected_study_uid: str | None = None
+    """The study it must belong to (the study of a STOW-RS URL), else 0xC409."""
+
+    @property
+    def audit_actor(self) -> str:
+        """The audit trail's actor: the user, or ``ae:`` and the calling AE title."""
+        return self.actor or f"ae:{self.calling_ae}"
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,10 @@ class InstanceIngestor:
                 StoreStatus.CANNOT_UNDERSTAND,
                 "SOP Instance UID in the dataset differs from the request",
             )
+        if received.expected_study_uid is not None \
+                and header.study_instance_uid != received.expected_study_uid:
+            return IngestOutcome(StoreStatus.STUDY_MISMATCH,
+                                 "Study Instance UID differs from the study of the request")
         digest: str | None = None
         for attempt in (1, 2, 3):
             try:
@@ -352,7 +365,7 @@ class InstanceIngestor:
             session.add(kept)
             session.flush()
             session.add(AuditEvent(
-                at=now, actor=f"ae:{received.calling_ae}", action="instance_quarantined",
+                at=now, actor=received.audit_actor, action="instance_quarantined",
                 object_type="instance", object_id=header.sop_instance_uid,
                 study_id=study_id if study_id is not None else (
                     plan.existing.study_id if plan.existing is not None else None),
@@ -370,7 +383,7 @@ class InstanceIngestor:
         try:
             with self.session_factory.begin() as session:
                 session.add(AuditEvent(
-                    at=utcnow(), actor=f"ae:{received.calling_ae}", action="instance_refused",
+                    at=utcnow(), actor=received.audit_actor, action="instance_refused",
                     object_type="instance", object_id=received.requested_sop_instance_uid,
                     details={"status": f"0x{StoreStatus.CANNOT_UNDERSTAND:04X}",
                              "reason": reason, "attribute": keyword},
@@ -490,7 +503,7 @@ class InstanceIngestor:
             session.add(
                 AuditEvent(
                     at=now,
-                    actor=f"ae:{received.calling_ae}",
+                    actor=received.audit_actor,
                     action="instance_restored" if restored else "instance_received",
                     object_type="instance",
                     object_id=header.sop_instance_uid,

@@ -16,3 +16,6 @@ class StoreStatus(enum.IntEnum):
     """Also answered for an instance over a size limit (inflated size, pixel count)."""
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC210
+    STUDY_MISMATCH = 0xC409
+    """STOW-RS only (never answered to C-STORE): the instance's Study Instance UID is not
+    the study of the request URL (a radnode code in the Cannot understand range)."""

@@ -49,6 +49,7 @@ from node.web.ohif import OhifDist, build_ohif_router
 from node.web.security import CookieSigner, resolve_secret_key
 from node.web.service_auth import ServiceTokenRefused, require_instance_reader
 from node.web.throttle import LoginThrottle
+from node.web.viewer_access import install_viewer_access
 from workers.inference.dicom_limits import DatasetLimits
 
 if TYPE_CHECKING:
@@ -176,6 +177,7 @@ def create_app(
     )
     app.state.ohif = OhifDist(settings.web.ohif_dist)
     app.include_router(build_ohif_router())
+    install_viewer_access(app, settings)  # CORS, tokens' account page, STOW-RS
 
     @app.exception_handler(LoginRequired)
     def _login_required(request: Request, exc: LoginRequired) -> Response:

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from node.db.models import AuditEvent, User, WebSession
 from node.db.types import utcnow
 from node.logs import log_event
+from node.states import Role
 from node.users import check_password, find_login_candidate
 from node.web.deps import (
     CsrfUserDep,
@@ -144,6 +145,9 @@ def login(
         session.add(AuditEvent(at=now, actor=candidate.username, user_id=candidate.id,
                                action="login", object_type="user",
                                object_id=str(candidate.id), details={"client": address}))
+        if next_path == "/" and session.scalar(
+                select(User.role).where(User.id == candidate.id)) is Role.UPLOADER:
+            next_path = "/account"  # an uploader's only page
     user_id = candidate.id
     log_event(logger, logging.INFO, "login", user_id=user_id)
     response = RedirectResponse(next_path, status_code=303)

@@ -95,6 +95,9 @@ class Viewer:
     role: Role
     web_session_id: int
     csrf_token: str
+    token_id: int | None = None
+    """The personal bearer token the request came with (``None``: the login cookie).
+    Such a viewer exists only on DICOMweb routes; pages refuse it."""
 
     @property
     def is_admin(self) -> bool:
@@ -175,13 +178,22 @@ def _update_session(database: Database, web_session_id: int,
                   error=type(exc.orig or exc).__name__)
 
 
-def require_user(request: Request) -> Viewer:
-    """Any signed-in, active user."""
+def require_person(request: Request) -> Viewer:
+    """Any signed-in person: radiologist, admin or uploader (their account page)."""
     viewer = current_viewer(request)
-    if viewer is None:
+    if viewer is None or viewer.token_id is not None:
         raise LoginRequired()
     if viewer.role is Role.WORKER:
         raise Forbidden("Worker accounts have no access to the web pages.")
+    return viewer
+
+
+def require_user(request: Request) -> Viewer:
+    """Any signed-in reader: a radiologist or an admin."""
+    viewer = require_person(request)
+    if viewer.role is Role.UPLOADER:
+        raise Forbidden("Uploader accounts store images over STOW-RS and read nothing; "
+                        "their tokens are on the account page (/account).")
     return viewer
 
 
@@ -208,7 +220,8 @@ def require_admin(viewer: UserDep) -> Viewer:
     return viewer
 
 
-def _same_origin(request: Request) -> bool:
+def same_origin(request: Request) -> bool:
+    """Whether the request's ``Origin`` (when sent) is this node's own."""
     origin = request.headers.get("origin")
     if origin is None:
         return True  # not sent by this client; the CSRF token still decides
@@ -220,12 +233,22 @@ def _same_origin(request: Request) -> bool:
 
 async def require_csrf(request: Request, viewer: UserDep) -> Viewer:
     """A signed-in user whose POST carries their CSRF token and comes from this origin."""
+    return await _checked_csrf(request, viewer)
+
+
+async def require_person_csrf(request: Request,
+                              viewer: Annotated[Viewer, Depends(require_person)]) -> Viewer:
+    """A signed-in person (uploaders too) whose POST passes the CSRF check."""
+    return await _checked_csrf(request, viewer)
+
+
+async def _checked_csrf(request: Request, viewer: Viewer) -> Viewer:
     presented = request.headers.get("x-csrf-token")
     if presented is None:
         form = await request.form()
         value = form.get("csrf_token")
         presented = value if isinstance(value, str) else None
-    if not _same_origin(request) or presented is None or presented != viewer.csrf_token:
+    if not same_origin(request) or presented is None or presented != viewer.csrf_token:
         raise Forbidden("The form has expired or did not come from this site. "
                         "Reload the page and try again.")
     return viewer
@@ -314,9 +337,12 @@ __all__ = [
     "current_viewer",
     "get_context",
     "render",
+    "same_origin",
     "require_admin",
     "require_admin_csrf",
     "require_csrf",
+    "require_person",
+    "require_person_csrf",
     "require_user",
     "require_user_passively",
 ]

@@ -1,4 +1,11 @@
-"""Service accounts: drafting workers on other hosts that read instances with a bearer token.
+"""Who may call DICOMweb: login cookies, personal bearer tokens and worker tokens.
+
+:func:`require_instance_reader` guards the read routes (QIDO-RS, WADO-RS, WADO-URI) and
+:func:`require_instance_writer` STOW-RS; personal tokens are kept by
+:mod:`node.web.access_tokens`, refused tokens are throttled per client address by
+:class:`~node.web.throttle.LoginThrottle`.
+
+Service accounts: drafting workers on other hosts that read instances with a bearer token.
 
 A worker without the node's storage folder fetches a study's instances over WADO-RS
 (``GET /dicomweb/studies/{study}/series/{series}/instances/{instance}``). It presents
@@ -21,14 +28,24 @@ from dataclasses import dataclass
 
 from fastapi import Request
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from node.db.models import AuditEvent, ServiceToken, User
+from node.db.models import AccessToken, AuditEvent, ServiceToken, User
 from node.db.types import utcnow
 from node.logs import log_event
-from node.states import Role
+from node.states import ROLE_SCOPES, Role, TokenScope
 from node.users import UserError
-from node.web.deps import Forbidden, Viewer, client_address, get_context, require_user
+from node.web.access_tokens import TokenRefusal, authenticate_access_token
+from node.web.deps import (
+    Forbidden,
+    Viewer,
+    client_address,
+    get_context,
+    require_person,
+    require_user,
+    same_origin,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +55,8 @@ TOKEN_PREFIX = "rnw_"
 SERVICE_ROUTES = frozenset({
     "dicomweb_retrieve_study", "dicomweb_retrieve_series", "dicomweb_retrieve_instance",
 })
+#: Names of the QIDO-RS routes (their reads are audited by the authentication).
+SEARCH_ROUTE_PREFIX = "dicomweb_search"
 #: ``last_used_at`` is written at most this often per token.
 _TOUCH_INTERVAL = dt.timedelta(seconds=60)
 _UNUSABLE_PASSWORD = "!service-account"
@@ -151,18 +170,150 @@ def authenticate_service(session: Session, token: str, now: dt.datetime) -> Serv
 
 
 def require_instance_reader(request: Request) -> Viewer | ServiceAccount:
-    """A signed-in user, or a worker's bearer token on a WADO-RS retrieve route.
+    """The caller of a DICOMweb read route (QIDO-RS, WADO-RS, WADO-URI), audited.
 
-    A request with an ``Authorization`` header is judged by the token alone: an unknown
-    or revoked token answers 401, and a valid one on any route but a retrieve answers
-    403. Each retrieve by a service account is audited with the study and client.
+    * No ``Authorization`` header: the login cookie of a radiologist or admin.
+    * ``Bearer rnp_…``: a person's token with the ``dicomweb-read`` scope, still
+      allowed by the holder's current role (:mod:`node.web.access_tokens`).
+    * ``Bearer rnw_…``: a worker's token, on the three WADO-RS retrieve routes only.
+
+    A request with an ``Authorization`` header is judged by the token alone: unknown,
+    revoked, expired or of an inactive user answers 401; a valid token outside its
+    scope or routes 403; an address with too many refused tokens in the window 429
+    before its token is looked up. Every read is audited with its user
+    (``dicomweb_read``; ``instances_fetched`` for a worker), as is every refused token.
     """
     token = _bearer_token(request)
     if token is None:
-        return require_user(request)
+        viewer = require_user(request)
+        _audit_read(request, viewer)
+        return viewer
+    _check_bearer_throttle(request)
+    if token.startswith(TOKEN_PREFIX):
+        return _service_account(request, token)
+    viewer = _token_viewer(request, token, TokenScope.DICOMWEB_READ)
+    _audit_read(request, viewer)
+    return viewer
+
+
+def require_instance_writer(request: Request) -> Viewer:
+    """The caller of STOW-RS: an uploader's login cookie (from this origin) or a personal
+    token with the ``dicomweb-store`` scope. Worker tokens and readers answer 403."""
+    token = _bearer_token(request)
+    if token is None:
+        viewer = require_person(request)
+        if TokenScope.DICOMWEB_STORE not in ROLE_SCOPES[viewer.role]:
+            raise Forbidden(f"A {viewer.role.value} account may not store instances.")
+        if not same_origin(request):
+            raise Forbidden("The request did not come from this site.")
+        return viewer
+    _check_bearer_throttle(request)
+    if token.startswith(TOKEN_PREFIX):
+        _service_account(request, token, audit_fetch=False)
+        raise Forbidden("A worker's token may only retrieve instances (WADO-RS).")
+    return _token_viewer(request, token, TokenScope.DICOMWEB_STORE)
+
+
+def _route_name(request: Request) -> str | None:
+    return getattr(request.scope.get("route"), "name", None)
+
+
+def _write_audit(request: Request, events: list[AuditEvent],
+                 touch_token: int | None = None) -> None:
+    """Write audit events (and a token's last use) in a short transaction of their own.
+
+    As for page views (:func:`node.web.deps.audit_view`), a read is served even when
+    its event cannot be written (a full volume); the event then goes to the log.
+    """
     ctx = get_context(request)
-    route = request.scope.get("route")
-    route_name = getattr(route, "name", None)
+    try:
+        with ctx.database.sessions.begin() as session:
+            session.add_all(events)
+            if touch_token is not None:
+                session.execute(update(AccessToken).where(AccessToken.id == touch_token)
+                                .values(last_used_at=events[0].at if events else utcnow()))
+    except DBAPIError as exc:
+        for event in events:
+            log_event(logger, logging.ERROR, "audit_unrecorded", action=event.action,
+                      user_id=event.user_id, object_type=event.object_type,
+                      error=type(exc.orig or exc).__name__)
+
+
+def _audit_read(request: Request, viewer: Viewer) -> None:
+    """Audit a search (QIDO-RS) here; the resources that read stored instances audit
+    each study they read themselves (:meth:`node.web.wado_source.InstanceSource.
+    audit_read`). A token's last use is written either way (at most once a minute)."""
+    touch = getattr(request.state, "touch_token", None)
+    route = _route_name(request) or ""
+    if not route.startswith(SEARCH_ROUTE_PREFIX):
+        if touch is not None:
+            _write_audit(request, [], touch)
+        return
+    study = request.path_params.get("study")
+    details: dict[str, object] = {"client": client_address(request),
+                                  "route": _route_name(request),
+                                  "via": "session" if viewer.token_id is None else "token"}
+    if viewer.token_id is not None:
+        details["token_id"] = viewer.token_id
+    _write_audit(request, [AuditEvent(
+        at=utcnow(), actor=viewer.username, user_id=viewer.id, action="dicomweb_read",
+        object_type="study" if study else "dicomweb",
+        object_id=str(study)[:128] if study else None, details=details)], touch)
+
+
+def _check_bearer_throttle(request: Request) -> None:
+    ctx = get_context(request)
+    address = client_address(request)
+    check = ctx.throttle.bearer_check(address)
+    if check.allowed:
+        return
+    if check.first_refusal:
+        _write_audit(request, [AuditEvent(at=utcnow(), actor="-", action="bearer_throttled",
+                                          object_type="access_token",
+                                          details={"client": address})])
+    log_event(logger, logging.WARNING, "bearer_throttled")
+    raise BearerThrottled(check.retry_after)
+
+
+def _token_viewer(request: Request, token: str, scope: TokenScope) -> Viewer:
+    """The person behind a personal token, allowed ``scope``; 401 or 403 otherwise."""
+    ctx = get_context(request)
+    now = utcnow()
+    address = client_address(request)
+    with ctx.database.sessions() as session:
+        outcome = authenticate_access_token(session, token, now)
+    if isinstance(outcome, TokenRefusal):
+        ctx.throttle.bearer_failed(address, now)
+        _write_audit(request, [AuditEvent(
+            at=now, actor="-", user_id=outcome.user_id, action="access_token_refused",
+            object_type="access_token",
+            object_id=None if outcome.token_id is None else str(outcome.token_id),
+            details={"client": address, "reason": outcome.reason,
+                     "route": _route_name(request)})])
+        log_event(logger, logging.WARNING, "access_token_refused", reason=outcome.reason)
+        raise ServiceTokenRefused()
+    if scope not in outcome.scopes:
+        _write_audit(request, [AuditEvent(
+            at=now, actor=outcome.username, user_id=outcome.user_id,
+            action="access_token_out_of_scope", object_type="access_token",
+            object_id=str(outcome.token_id),
+            details={"client": address, "scope": scope.value,
+                     "route": _route_name(request)})])
+        raise Forbidden(f"This token does not allow {scope.value} (for a "
+                        f"{outcome.role.value}, or as issued).")
+    viewer = Viewer(outcome.user_id, outcome.username, outcome.display_name, outcome.role,
+                    web_session_id=0, csrf_token=secrets.token_hex(32),
+                    token_id=outcome.token_id)
+    request.state.viewer = viewer
+    request.state.touch_token = outcome.token_id if outcome.touch else None
+    return viewer
+
+
+def _service_account(request: Request, token: str, *,
+                     audit_fetch: bool = True) -> ServiceAccount:
+    """The worker behind a worker token, on a retrieve route; 401 or 403 otherwise."""
+    ctx = get_context(request)
+    route_name = _route_name(request)
     now = utcnow()
     address = client_address(request)
     with ctx.database.sessions.begin() as session:
@@ -171,7 +322,7 @@ def require_instance_reader(request: Request) -> Viewer | ServiceAccount:
             session.add(AuditEvent(at=now, actor="-", action="service_token_refused",
                                    object_type="service_token",
                                    details={"client": address}))
-        elif route_name in SERVICE_ROUTES:
+        elif audit_fetch and route_name in SERVICE_ROUTES:
             session.add(AuditEvent(
                 at=now, actor=account.username, user_id=account.user_id,
                 action="instances_fetched", object_type="study",
@@ -179,6 +330,7 @@ def require_instance_reader(request: Request) -> Viewer | ServiceAccount:
                 details={"client": address, "route": route_name},
             ))
     if account is None:
+        ctx.throttle.bearer_failed(address, now)
         log_event(logger, logging.WARNING, "service_token_refused")
         raise ServiceTokenRefused()
     if route_name not in SERVICE_ROUTES:
@@ -186,11 +338,20 @@ def require_instance_reader(request: Request) -> Viewer | ServiceAccount:
     return account
 
 
+class BearerThrottled(Exception):
+    """Too many refused bearer tokens from this client address in the window (429)."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("too many refused tokens")
+        self.retry_after = retry_after
+
+
 class ServiceTokenRefused(Exception):
     """The bearer token is unknown, revoked, or its account is inactive (401)."""
 
 
 __all__ = [
+    "BearerThrottled",
     "SERVICE_ROUTES",
     "TOKEN_PREFIX",
     "ServiceAccount",
@@ -199,5 +360,6 @@ __all__ = [
     "hash_service_token",
     "issue_service_token",
     "require_instance_reader",
+    "require_instance_writer",
     "revoke_service_tokens",
 ]

@@ -189,6 +189,49 @@ class LoginThrottle:
                                      1.0))
         return max(waits)
 
+    # -- bearer tokens -------------------------------------------------------------------
+
+    @staticmethod
+    def bearer_key(address: str) -> str:
+        """The throttle key of refused bearer tokens from a client address."""
+        return f"bearer|{address}"
+
+    def bearer_check(self, address: str, now: dt.datetime | None = None) -> Reservation:
+        """Whether ``address`` may present a bearer token now (before it is looked up).
+
+        A token is refused unseen once the address has had ``max_failures_per_address``
+        refused tokens in the window, as a login is. Unlike a login, an allowed attempt
+        is not reserved (a viewer sends many requests, each with its token): only a
+        refused token is counted (:meth:`bearer_failed`), so the counter never passes the
+        limit, though requests already in flight when it is reached are still looked up.
+        """
+        now = now or utcnow()
+        key = self.bearer_key(address)
+        key_hash = self.key_hash(key)
+        table = LoginAttemptWindow
+        with self.sessions() as session:
+            row = session.execute(select(table.failures, table.window_start)
+                                  .where(table.key_hash == key_hash)).first()
+        if row is None or row.failures < self.max_failures_per_address \
+                or row.window_start <= now - self.window:
+            return Reservation(True, 0.0, False, "", key)
+        with self.sessions.begin() as session:
+            refused = session.execute(
+                update(table).where(table.key_hash == key_hash)
+                .values(refusals=table.refusals + 1)
+                .returning(table.refusals, table.window_start)).first()
+        if refused is None:  # purged meanwhile: a fresh window
+            return Reservation(True, 0.0, False, "", key)
+        wait = max((refused.window_start + self.window - now).total_seconds(), 1.0)
+        return Reservation(False, wait, int(refused.refusals) == 1, "", key)
+
+    def bearer_failed(self, address: str, now: dt.datetime | None = None) -> None:
+        """Count a refused bearer token against ``address``."""
+        now = now or utcnow()
+        self._purge_ended(now)
+        with self.sessions.begin() as session:
+            self._count(session, self.bearer_key(address), self.max_failures_per_address, now)
+
     def purge(self, now: dt.datetime | None = None) -> int:
         """Delete the rows of windows that ended; return how many."""
         now = now or utcnow()

@@ -163,6 +163,8 @@ class InstanceSource:
             uid, count = studies.get(item.study_id, (item.study_instance_uid, 0))
             studies[item.study_id] = (uid, count + 1)
         client = request.client.host if request.client else "unknown"
+        token_id = getattr(viewer, "token_id", None)
+        how = {"via": "session"} if token_id is None else {"via": "token", "token_id": token_id}
         now = utcnow()
         try:
             with self.sessions.begin() as session:
@@ -170,7 +172,8 @@ class InstanceSource:
                     session.add(AuditEvent(
                         at=now, actor=actor, user_id=user_id, action=READ_ACTION,
                         object_type="study", object_id=uid[:128], study_id=study_id,
-                        details={"resource": resource, "instances": count, "client": client},
+                        details={"resource": resource, "instances": count, "client": client,
+                                 **(how if viewer is not None else {})},
                     ))
         except DBAPIError as exc:
             log_event(logger, logging.ERROR, "audit_unrecorded", action=READ_ACTION,

@@ -36,8 +36,8 @@ from workers.inference.preprocess import load_display_image
 
 pytestmark = pytest.mark.usefixtures("dcmtk_installed")
 
-SYNTAXES = ["implicit_little", "explicit_big", "deflate", "jpeg_baseline", "jpeg_lossless", "jpegls_lossless",
-            "jpegls_near_lossless", "rle", "jpeg2000"]
+SYNTAXES = ["implicit_little", "explicit_big", "deflate", "jpeg_baseline", "jpeg_lossless",
+            "jpegls_lossless", "jpegls_near_lossless", "rle", "jpeg2000"]
 OHIF_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 
 

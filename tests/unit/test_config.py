@@ -313,3 +313,14 @@ def test_unknown_file_key_suggests_the_closest(
 )
 def test_masked_url_hides_only_the_password(url: str, shown: str) -> None:
     assert masked_url(url) == shown
+
+
+def test_cors_origins_are_empty_by_default_and_must_be_exact_origins() -> None:
+    assert load_settings().web.cors_origins == []
+    allowed = ["https://viewer.example", "http://127.0.0.1:3000"]
+    assert load_settings(web={"cors_origins": allowed}).web.cors_origins == allowed
+    for bad in ("*", "null", "https://viewer.example/", "https://viewer.example/ohif",
+                "ftp://viewer.example", "https://Viewer.example", "viewer.example",
+                "https://user@viewer.example"):
+        with pytest.raises(ConfigError, match="cors_origins"):
+            load_settings(web={"cors_origins": [bad]})
