@@ -313,6 +313,10 @@ class RunResult:
     error: str | None = None
     background_cpu: float = 0.0
     """Fraction of the CPUs busy just before the run (other work on the machine)."""
+    peak_memory_mib: float = 0.0
+    """The receiver's memory high-water mark during the run (all its processes), MiB."""
+    start_memory_mib: float = 0.0
+    """The receiver's resident memory when the clock started (all its processes), MiB."""
 
     @property
     def mib_per_s(self) -> float:
@@ -354,9 +358,11 @@ def run_once(
     seconds = 0.0
     stored = -1
     background = 0.0
+    peak = start_memory = 0.0
     try:
         receiver.start(folder)
         background = wait_until_quiet(*quiet)
+        start_memory = receiver.start_memory_mib()
         started = time.perf_counter()
         try:
             scenario.send(receiver, data)
@@ -364,6 +370,7 @@ def run_once(
             error = str(exc)
         seconds = time.perf_counter() - started
         stored = receiver.stored_count()
+        peak = receiver.peak_memory_mib()
     except Exception as exc:  # report and carry on with the next run
         error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -384,6 +391,8 @@ def run_once(
         verified,
         error,
         background,
+        peak,
+        start_memory,
     )
 
 
@@ -648,6 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(
                         f"[{scenario.key} rep {repetition}/{repetitions}] {receiver.name:<11} "
                         f"{result.seconds:7.2f} s {result.mib_per_s:8.1f} MiB/s  {status}"
+                        f"  memory {result.start_memory_mib:4.0f}→{result.peak_memory_mib:4.0f} MiB"
                         f"  (CPU busy before: {result.background_cpu:.0%})",
                         flush=True,
                     )

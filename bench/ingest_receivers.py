@@ -27,6 +27,9 @@ SENDER_AE = "BENCHSCU"
 PDU_BYTES = 131072
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 MIB = 1024 * 1024
+#: The demo model bundle (``radnode serve`` checks that one is installed; nothing is
+#: drafted during a run).
+DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "var" / "models" / "demo"
 
 
 def warm_page_cache(files: Iterable[Path]) -> None:
@@ -134,6 +137,88 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> Non
         process.wait(timeout=timeout)
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids of ``pid``'s children (every thread's), from /proc."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                found.extend(int(v) for v in (task / "children").read_text().split())
+    return found
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Memory high-water mark (``VmHWM``) of ``pid`` and its descendants, summed, in MiB.
+
+    Read while the processes are alive (just before they are stopped); 0 where unknown.
+    """
+    total_kib = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kib += int(line.split()[1])
+        pending.extend(_children(current))
+    return total_kib / 1024
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Restart the high-water mark of ``pid`` and its descendants at their current size.
+
+    Writing 5 to ``/proc/PID/clear_refs`` resets ``VmHWM`` (Linux 4.0 and later), so that
+    the mark read after a run is the peak during that run, not during start-up.
+    """
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{current}/clear_refs").write_text("5")
+        pending.extend(_children(current))
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory (``VmRSS``) of ``pid`` and its descendants, summed, in MiB."""
+    total_kib = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kib += int(line.split()[1])
+        pending.extend(_children(current))
+    return total_kib / 1024
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User and system clock ticks of ``pid`` and its descendants."""
+    ticks = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        pending.extend(_children(current))
+    return ticks
+
+
+def wait_until_idle(pid: int, timeout: float = 60.0, interval: float = 0.5) -> None:
+    """Wait until ``pid`` (with its children) has finished starting up: less than 5 % of
+    one CPU over ``interval``, or ``timeout`` seconds."""
+    per_second = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + timeout
+    before = _cpu_ticks(pid)
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        after = _cpu_ticks(pid)
+        if (after - before) / per_second < 0.05 * interval:
+            return
+        before = after
+
+
 class Receiver(Protocol):
     """A storage SCP under test."""
 
@@ -146,6 +231,12 @@ class Receiver(Protocol):
 
     def stored_count(self) -> int:
         """Return how many instances the receiver holds now."""
+
+    def start_memory_mib(self) -> float:
+        """Return the receiver's resident memory now, and restart its high-water mark."""
+
+    def peak_memory_mib(self) -> float:
+        """Return the receiver's memory high-water mark since :meth:`start_memory_mib`."""
 
     def stop(self) -> None:
         """Stop and release everything started by :meth:`start`."""
@@ -189,6 +280,15 @@ class StoreScpReceiver:
         assert self._out is not None
         return sum(1 for p in self._out.iterdir() if p.is_file())
 
+    def start_memory_mib(self) -> float:
+        if self._process is None:
+            return 0.0
+        reset_peak_rss(self._process.pid)
+        return rss_mib(self._process.pid)
+
+    def peak_memory_mib(self) -> float:
+        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
+
     def stop(self) -> None:
         if self._process is not None:
             stop_process(self._process)
@@ -200,7 +300,8 @@ class NodeReceiver:
 
     ae_title = "RADNODE"
 
-    def __init__(self, database: str, source: Path | None = None, label: str = "") -> None:
+    def __init__(self, database: str, source: Path | None = None, label: str = "",
+                 extra_env: dict[str, str] | None = None) -> None:
         """Describe the node to start.
 
         Parameters
@@ -212,7 +313,10 @@ class NodeReceiver:
             one (to compare two versions in the same interleaved run).
         label
             Appended to the receiver name.
+        extra_env
+            More ``RADNODE_*`` settings for this receiver.
         """
+        self.extra_env = dict(extra_env or {})
         if database not in ("sqlite", "postgres"):
             raise ValueError(f"unknown database {database!r}")
         self.database = database
@@ -249,6 +353,13 @@ class NodeReceiver:
                 "RADNODE_STORAGE__ROOT": str(folder / "storage"),
                 "RADNODE_LOGGING__LEVEL": "WARNING",
                 "RADNODE_LOGGING__FORMAT": "text",
+                "RADNODE_WEB__HOST": "127.0.0.1",
+                "RADNODE_WEB__PORT": str(free_port()),
+                "RADNODE_MODEL__BUNDLE": str(DEMO_BUNDLE),
+                # Ingest only: no study becomes stable (and is drafted) during a run.
+                "RADNODE_ASSEMBLY__QUIET_SECONDS": "3600",
+                "RADNODE_ASSEMBLY__EARLY_STABLE_SINGLE_IMAGE": "false",
+                **self.extra_env,
             }
         )
         env.pop("RADNODE_CONFIG", None)
@@ -265,6 +376,8 @@ class NodeReceiver:
             command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT
         )
         wait_for_echo(self.port, self.ae_title, self._process)
+        # The embedded drafting worker loads its model after the listener answers.
+        wait_until_idle(self._process.pid)
 
     def stored_count(self) -> int:
         if self.database == "sqlite":
@@ -278,6 +391,15 @@ class NodeReceiver:
             row = conn.execute(f'SELECT count(*) FROM "{self._schema}".instances').fetchone()
             assert row is not None
             return int(row[0])
+
+    def start_memory_mib(self) -> float:
+        if self._process is None:
+            return 0.0
+        reset_peak_rss(self._process.pid)
+        return rss_mib(self._process.pid)
+
+    def peak_memory_mib(self) -> float:
+        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
 
     def stop(self) -> None:
         if self._process is not None:
@@ -359,6 +481,15 @@ class MinimalScpReceiver:
         assert self._out is not None
         return sum(1 for p in self._out.iterdir() if p.is_file())
 
+    def start_memory_mib(self) -> float:
+        if self._process is None:
+            return 0.0
+        reset_peak_rss(self._process.pid)
+        return rss_mib(self._process.pid)
+
+    def peak_memory_mib(self) -> float:
+        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
+
     def stop(self) -> None:
         if self._process is not None:
             stop_process(self._process)
@@ -419,6 +550,15 @@ class OrthancReceiver:
         url = f"http://127.0.0.1:{self.http_port}/statistics"
         with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (loopback)
             return int(json.load(response)["CountInstances"])
+
+    def start_memory_mib(self) -> float:
+        if self._process is None:
+            return 0.0
+        reset_peak_rss(self._process.pid)
+        return rss_mib(self._process.pid)
+
+    def peak_memory_mib(self) -> float:
+        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
 
     def stop(self) -> None:
         if self._process is not None:
