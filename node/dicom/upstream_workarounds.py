@@ -43,6 +43,7 @@ workaround can go).
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 from pathlib import Path
@@ -92,11 +93,24 @@ class _ConfigView(ModuleType):
 
 
 def _spool_file(*args: Any, **kwargs: Any) -> IO[bytes]:
-    """``NamedTemporaryFile`` for ``dimse_messages``: into the spooling server's folder."""
+    """``NamedTemporaryFile`` for ``dimse_messages``: into the spooling server's folder.
+
+    A spool folder that has gone is made again; one that cannot be written to gives way
+    to the system's temporary folder, so that the C-STORE handler still runs and answers
+    the storage failure with its status (an exception here would abort the association).
+    """
     folder = getattr(_spooling, "folder", None)
-    if folder is not None:
-        kwargs.update(dir=folder, prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX)
-    return tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 (pynetdicom closes it)
+    if folder is None:
+        return tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 (pynetdicom closes it)
+    spooled = dict(kwargs, dir=folder, prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX)
+    try:
+        try:
+            return tempfile.NamedTemporaryFile(*args, **spooled)  # noqa: SIM115
+        except FileNotFoundError:
+            os.makedirs(folder, mode=0o750, exist_ok=True)
+            return tempfile.NamedTemporaryFile(*args, **spooled)  # noqa: SIM115
+    except OSError:
+        return tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115
 
 
 _original_decode_msg = DIMSEMessage.decode_msg
