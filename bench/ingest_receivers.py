@@ -56,7 +56,7 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields), idle
 
 
-def cpu_busy(interval: float = 1.0) -> float:
+def cpu_busy(interval: float = 0.5) -> float:
     """Return the fraction of all CPUs busy over ``interval`` seconds (0 where unknown)."""
     try:
         total0, idle0 = _cpu_times()
@@ -300,6 +300,11 @@ class NodeReceiver:
 
     ae_title = "RADNODE"
 
+    #: ``[broker] url`` given to every node started: with a broker, ``radnode serve``
+    #: does not load the model for an embedded drafting worker (nothing is drafted during
+    #: a run either way). Empty: the embedded queue, and a slower start.
+    broker_url = ""
+
     def __init__(self, database: str, source: Path | None = None, label: str = "",
                  extra_env: dict[str, str] | None = None) -> None:
         """Describe the node to start.
@@ -359,6 +364,8 @@ class NodeReceiver:
                 # Ingest only: no study becomes stable (and is drafted) during a run.
                 "RADNODE_ASSEMBLY__QUIET_SECONDS": "3600",
                 "RADNODE_ASSEMBLY__EARLY_STABLE_SINGLE_IMAGE": "false",
+                "RADNODE_BROKER__URL": self.broker_url,
+                "RADNODE_BROKER__DRAFT_QUEUE": f"bench-{secrets.token_hex(4)}",
                 **self.extra_env,
             }
         )
@@ -567,3 +574,21 @@ class OrthancReceiver:
 
 
 # --------------------------------------------------------------------------- senders
+
+
+def dd_fsync_seconds(folder: Path, total_bytes: int) -> float:
+    """Seconds for ``dd`` to write ``total_bytes`` of zeros to ``folder`` and fsync them.
+
+    The disk's durable write bandwidth, measured in the same run: a floor no receiver
+    that fsyncs what it stores can beat.
+    """
+    target = folder / "dd-fsync.bin"
+    count = max(1, -(-total_bytes // MIB))
+    started = time.perf_counter()
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={count}", "conv=fsync"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    seconds = time.perf_counter() - started
+    target.unlink(missing_ok=True)
+    return seconds * total_bytes / (count * MIB)
