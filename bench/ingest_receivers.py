@@ -474,7 +474,7 @@ class MinimalScpReceiver:
         self._process = subprocess.Popen(
             [
                 sys.executable,
-                str(Path(__file__).resolve()),
+                str(Path(__file__).resolve().with_name("ingest.py")),
                 "--minimal-scp",
                 str(self.port),
                 str(self._out),
