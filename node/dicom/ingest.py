@@ -190,9 +190,10 @@ class InstanceIngestor:
                 StoreStatus.CANNOT_UNDERSTAND,
                 "SOP Instance UID in the dataset differs from the request",
             )
-        outcome, digest = self._store_new(header, received)
+        outcome, new_digest = self._store_new(header, received)
         if outcome is not None:
             return outcome
+        digest: str | None = new_digest
         for attempt in (1, 2, 3):
             try:
                 plan = self._plan(header, digest, received.encoded)

@@ -134,7 +134,7 @@ def _install() -> None:
             return
         view = _ConfigView("pynetdicom._config")
         dimse_messages._config = view  # type: ignore[attr-defined]
-        dimse_messages.NamedTemporaryFile = _spool_file  # type: ignore[attr-defined]
+        dimse_messages.NamedTemporaryFile = _spool_file  # type: ignore[attr-defined,assignment]
         DIMSEMessage.decode_msg = _decode_msg  # type: ignore[method-assign]
 
 
@@ -171,7 +171,7 @@ def _validate_value_remembering_uids(vr: str, value: Any, validation_mode: int,
         return
     if value in _known_valid_uids:
         return
-    check = VALIDATORS.get("UI")
+    check: Any = VALIDATORS.get("UI")
     if check is not None and check("UI", value)[0]:
         if len(_known_valid_uids) >= KNOWN_UIDS_LIMIT:
             _known_valid_uids.clear()
@@ -184,7 +184,7 @@ def remember_valid_uids() -> None:
     """Let ``pydicom.uid.UID`` skip re-validating a UID string it has already accepted."""
     pydicom.uid.validate_value = _validate_value_remembering_uids  # type: ignore[attr-defined]
     if not isinstance(pydicom.uid.UID.__dict__.get("is_valid"), _RememberedConformance):
-        pydicom.uid.UID.is_valid = _RememberedConformance(  # type: ignore[method-assign]
+        pydicom.uid.UID.is_valid = _RememberedConformance(  # type: ignore[method-assign,assignment]
             pydicom.uid.UID.__dict__["is_valid"])
 
 
