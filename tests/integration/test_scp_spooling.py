@@ -50,6 +50,7 @@ def plain_scp() -> Iterator[tuple[int, list[dict[str, Any]]]]:
     ae.add_supported_context(DigitalXRayImageStorageForPresentation)
     server = ae.start_server(("127.0.0.1", 0), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert server is not None
     try:
         yield int(server.server_address[1]), seen
     finally:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 from pydicom import config as pydicom_config
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import VALIDATORS
 from pynetdicom import _config
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.presentation import (
@@ -109,7 +110,7 @@ def test_spooling_leaves_other_receivers_in_memory() -> None:
         assert dimse_messages._config.STORE_RECV_CHUNKED_DATASET is True  # type: ignore[attr-defined]
     finally:
         upstream_workarounds._spooling.folder = None
-    assert dimse_messages._config.LOG_HANDLER_LEVEL == _config.LOG_HANDLER_LEVEL  # type: ignore[attr-defined]
+    assert dimse_messages._config.LOG_HANDLER_LEVEL == _config.LOG_HANDLER_LEVEL
 
 
 @pytest.fixture
@@ -130,8 +131,12 @@ def test_a_remembered_uid_is_built_without_validating_it_again(
     UID("1.2.3.4")
     assert "1.2.3.4" in upstream_workarounds._known_valid_uids
     calls: list[str] = []
-    monkeypatch.setitem(upstream_workarounds.VALIDATORS, "UI",
-                        lambda vr, value: calls.append(value) or (True, ""))
+
+    def counting_validator(vr: str, value: str) -> tuple[bool, str]:
+        calls.append(value)
+        return True, ""
+
+    monkeypatch.setitem(VALIDATORS, "UI", counting_validator)
     UID("1.2.3.4")
     UID("1.2.3.5")
     assert calls == ["1.2.3.5"]
