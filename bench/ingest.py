@@ -53,6 +53,7 @@ from ingest_receivers import (  # noqa: E402
     OrthancReceiver,
     Receiver,
     StoreScpReceiver,
+    dd_fsync_seconds,
     serve_minimal_scp,
     wait_until_quiet,
     warm_page_cache,
@@ -60,9 +61,10 @@ from ingest_receivers import (  # noqa: E402
 
 DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
 #: Receivers each node run is compared with, within the same repetition.
-REFERENCES = ("storescp", "orthanc", "pynetdicom-fsync", "node-sqlite-baseline")
+REFERENCES = ("storescp", "orthanc", "pynetdicom-fsync", "dd-fsync", "node-sqlite-baseline")
 REFERENCE_TITLES = {
     "storescp": "node ÷ storescp",
+    "dd-fsync": "node ÷ dd fsync floor",
     "orthanc": "node ÷ Orthanc",
     "pynetdicom-fsync": "node ÷ pynetdicom-fsync",
     "node-sqlite-baseline": "node ÷ baseline",
@@ -313,6 +315,12 @@ class RunResult:
     error: str | None = None
     background_cpu: float = 0.0
     """Fraction of the CPUs busy just before the run (other work on the machine)."""
+    peak_memory_mib: float = 0.0
+    """The receiver's memory high-water mark during the run (all its processes), MiB."""
+    start_memory_mib: float = 0.0
+    """The receiver's resident memory when the clock started (all its processes), MiB."""
+    load_average: float = 0.0
+    """The 1-minute load average when the clock started (``uptime``)."""
 
     @property
     def mib_per_s(self) -> float:
@@ -354,9 +362,12 @@ def run_once(
     seconds = 0.0
     stored = -1
     background = 0.0
+    peak = start_memory = load = 0.0
     try:
         receiver.start(folder)
         background = wait_until_quiet(*quiet)
+        start_memory = receiver.start_memory_mib()
+        load = os.getloadavg()[0]
         started = time.perf_counter()
         try:
             scenario.send(receiver, data)
@@ -364,6 +375,7 @@ def run_once(
             error = str(exc)
         seconds = time.perf_counter() - started
         stored = receiver.stored_count()
+        peak = receiver.peak_memory_mib()
     except Exception as exc:  # report and carry on with the next run
         error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -384,7 +396,20 @@ def run_once(
         verified,
         error,
         background,
+        peak,
+        start_memory,
+        load,
     )
+
+
+def run_dd_floor(scenario: Scenario, data: DataSet, repetition: int, root: Path) -> RunResult:
+    """Time ``dd … conv=fsync`` writing as many bytes as the scenario sends."""
+    os.sync()
+    load = os.getloadavg()[0]
+    seconds = dd_fsync_seconds(root, data.total_bytes)
+    count = len(data.files)
+    return RunResult(scenario.key, "dd-fsync", repetition, seconds, count, data.total_bytes,
+                     count, True, load_average=load)
 
 
 def summarize(results: list[RunResult], scenario: str) -> list[Summary]:
@@ -425,22 +450,29 @@ def markdown(scenarios: Sequence[Scenario], results: list[RunResult]) -> str:
     for scenario in scenarios:
         lines.append(f"#### {scenario.title}")
         lines.append("")
-        header = "| receiver | median s | MiB/s | instances/s | runs (s) |"
+        header = ("| receiver | median s | MiB/s | instances/s | memory MiB, start → peak "
+                  "| load (1 min) | runs (s) |")
         header += "".join(f" {REFERENCE_TITLES[ref]} |" for ref in references)
         lines.append(header)
-        lines.append("|---|---:|---:|---:|---|" + "---:|" * len(references))
+        lines.append("|---|---:|---:|---:|---:|---|---|" + "---:|" * len(references))
         for summary in summarize(results, scenario.key):
-            runs = [
-                f"{r.seconds:.2f}"
-                for r in results
-                if r.scenario == scenario.key and r.receiver == summary.receiver and r.verified
-            ]
+            mine = [r for r in results
+                    if r.scenario == scenario.key and r.receiver == summary.receiver
+                    and r.verified]
+            runs = [f"{r.seconds:.2f}" for r in mine]
+            memory = (
+                f"{statistics.median(r.start_memory_mib for r in mine):.0f} → "
+                f"{statistics.median(r.peak_memory_mib for r in mine):.0f}"
+                if any(r.peak_memory_mib for r in mine) else ""
+            )
+            loads = [r.load_average for r in mine]
+            load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else ""
             cells = [
                 f"{summary.ratios[ref]:.2f}×" if ref in summary.ratios else "" for ref in references
             ]
             lines.append(
                 f"| {summary.receiver} | {summary.median_seconds:.2f} | {summary.mib_per_s:.1f} "
-                f"| {summary.instances_per_s:.1f} | {', '.join(runs)} |"
+                f"| {summary.instances_per_s:.1f} | {memory} | {load} | {', '.join(runs)} |"
                 + "".join(f" {cell} |" for cell in cells)
             )
         failed = [r for r in results if r.scenario == scenario.key and not r.verified]
@@ -535,8 +567,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="wait before each timed run until the CPUs are less busy than this fraction",
     )
     parser.add_argument(
-        "--quiet-timeout", type=float, default=15.0, help="longest such wait, in seconds"
+        "--quiet-timeout", type=float, default=5.0, help="longest such wait, in seconds"
     )
+    parser.add_argument("--large-count", type=int,
+                        help="large images (default 40, quick 8)")
+    parser.add_argument("--small-count", type=int,
+                        help="small instances (default 200, quick 40)")
+    parser.add_argument(
+        "--node-broker",
+        default="redis://127.0.0.1:6379/15",
+        help="[broker] url for the node (no embedded drafting worker, so no model is "
+        "loaded at start); '' for the embedded queue",
+    )
+    parser.add_argument("--no-dd", action="store_true",
+                        help="skip the dd conv=fsync floor of the large scenarios")
     parser.add_argument(
         "--dcmtk-nagle",
         action="store_true",
@@ -574,7 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{tool} (DCMTK) is required", file=sys.stderr)
             return 2
     repetitions = args.repetitions or (1 if args.quick else 3)
-    large_count, small_count = (8, 40) if args.quick else (40, 500)
+    large_count = args.large_count or (8 if args.quick else 40)
+    small_count = args.small_count or (40 if args.quick else 200)
+    NodeReceiver.broker_url = args.node_broker
     receivers = build_receivers(
         [n.strip() for n in args.receivers.split(",") if n.strip()], args.baseline_src
     )
@@ -634,21 +680,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs_root = root / "runs"
         runs_root.mkdir(exist_ok=True)
         results: list[RunResult] = []
+        total_runs = len(scenarios) * repetitions * len(receivers)
+        done = 0
+        clock = time.perf_counter()
         for scenario in scenarios:
             data = datasets[scenario.data]
             for repetition in range(1, repetitions + 1):
+                if scenario.data == "large" and not args.no_dd:
+                    floor = run_dd_floor(scenario, data, repetition, runs_root)
+                    results.append(floor)
+                    print(f"[{scenario.key} rep {repetition}/{repetitions}] dd-fsync    "
+                          f"{floor.seconds:7.2f} s {floor.mib_per_s:8.1f} MiB/s  "
+                          f"(load {floor.load_average:.1f})", flush=True)
                 for receiver in receivers:
                     result = run_once(scenario, receiver, data, repetition, runs_root, quiet)
                     results.append(result)
+                    done += 1
+                    elapsed = time.perf_counter() - clock
+                    remaining = elapsed / done * (total_runs - done)
                     status = (
                         f"verified {result.stored}/{result.instances}"
                         if result.verified
                         else f"FAILED: {result.error}"
                     )
                     print(
+                        f"[{done}/{total_runs}, {elapsed / 60:.1f} min, about "
+                        f"{remaining / 60:.0f} min left] "
                         f"[{scenario.key} rep {repetition}/{repetitions}] {receiver.name:<11} "
                         f"{result.seconds:7.2f} s {result.mib_per_s:8.1f} MiB/s  {status}"
-                        f"  (CPU busy before: {result.background_cpu:.0%})",
+                        f"  memory {result.start_memory_mib:4.0f}→{result.peak_memory_mib:4.0f} MiB"
+                        f"  (CPU busy before: {result.background_cpu:.0%}, "
+                        f"load {result.load_average:.1f})",
                         flush=True,
                     )
 
@@ -661,6 +723,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repetitions": repetitions,
             "pdu_bytes": PDU_BYTES,
             "tcp_nodelay": os.environ.get("TCP_NODELAY", ""),
+            "large_count": large_count,
+            "small_count": small_count,
+            "node_broker": args.node_broker,
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "runs": [asdict(r) | {"mib_per_s": r.mib_per_s} for r in results],
             "summary": [asdict(s) for sc in scenarios for s in summarize(results, sc.key)],

@@ -27,6 +27,9 @@ SENDER_AE = "BENCHSCU"
 PDU_BYTES = 131072
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 MIB = 1024 * 1024
+#: The demo model bundle (``radnode serve`` checks that one is installed; nothing is
+#: drafted during a run).
+DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "var" / "models" / "demo"
 
 
 def warm_page_cache(files: Iterable[Path]) -> None:
@@ -53,7 +56,7 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields), idle
 
 
-def cpu_busy(interval: float = 1.0) -> float:
+def cpu_busy(interval: float = 0.5) -> float:
     """Return the fraction of all CPUs busy over ``interval`` seconds (0 where unknown)."""
     try:
         total0, idle0 = _cpu_times()
@@ -134,6 +137,88 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> Non
         process.wait(timeout=timeout)
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids of ``pid``'s children (every thread's), from /proc."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                found.extend(int(v) for v in (task / "children").read_text().split())
+    return found
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Memory high-water mark (``VmHWM``) of ``pid`` and its descendants, summed, in MiB.
+
+    Read while the processes are alive (just before they are stopped); 0 where unknown.
+    """
+    total_kib = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kib += int(line.split()[1])
+        pending.extend(_children(current))
+    return total_kib / 1024
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Restart the high-water mark of ``pid`` and its descendants at their current size.
+
+    Writing 5 to ``/proc/PID/clear_refs`` resets ``VmHWM`` (Linux 4.0 and later), so that
+    the mark read after a run is the peak during that run, not during start-up.
+    """
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{current}/clear_refs").write_text("5")
+        pending.extend(_children(current))
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory (``VmRSS``) of ``pid`` and its descendants, summed, in MiB."""
+    total_kib = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kib += int(line.split()[1])
+        pending.extend(_children(current))
+    return total_kib / 1024
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User and system clock ticks of ``pid`` and its descendants."""
+    ticks = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        pending.extend(_children(current))
+    return ticks
+
+
+def wait_until_idle(pid: int, timeout: float = 60.0, interval: float = 0.5) -> None:
+    """Wait until ``pid`` (with its children) has finished starting up: less than 5 % of
+    one CPU over ``interval``, or ``timeout`` seconds."""
+    per_second = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + timeout
+    before = _cpu_ticks(pid)
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        after = _cpu_ticks(pid)
+        if (after - before) / per_second < 0.05 * interval:
+            return
+        before = after
+
+
 class Receiver(Protocol):
     """A storage SCP under test."""
 
@@ -146,6 +231,12 @@ class Receiver(Protocol):
 
     def stored_count(self) -> int:
         """Return how many instances the receiver holds now."""
+
+    def start_memory_mib(self) -> float:
+        """Return the receiver's resident memory now, and restart its high-water mark."""
+
+    def peak_memory_mib(self) -> float:
+        """Return the receiver's memory high-water mark since :meth:`start_memory_mib`."""
 
     def stop(self) -> None:
         """Stop and release everything started by :meth:`start`."""
@@ -189,6 +280,15 @@ class StoreScpReceiver:
         assert self._out is not None
         return sum(1 for p in self._out.iterdir() if p.is_file())
 
+    def start_memory_mib(self) -> float:
+        if self._process is None:
+            return 0.0
+        reset_peak_rss(self._process.pid)
+        return rss_mib(self._process.pid)
+
+    def peak_memory_mib(self) -> float:
+        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
+
     def stop(self) -> None:
         if self._process is not None:
             stop_process(self._process)
@@ -200,7 +300,13 @@ class NodeReceiver:
 
     ae_title = "RADNODE"
 
-    def __init__(self, database: str, source: Path | None = None, label: str = "") -> None:
+    #: ``[broker] url`` given to every node started: with a broker, ``radnode serve``
+    #: does not load the model for an embedded drafting worker (nothing is drafted during
+    #: a run either way). Empty: the embedded queue, and a slower start.
+    broker_url = ""
+
+    def __init__(self, database: str, source: Path | None = None, label: str = "",
+                 extra_env: dict[str, str] | None = None) -> None:
         """Describe the node to start.
 
         Parameters
@@ -212,7 +318,10 @@ class NodeReceiver:
             one (to compare two versions in the same interleaved run).
         label
             Appended to the receiver name.
+        extra_env
+            More ``RADNODE_*`` settings for this receiver.
         """
+        self.extra_env = dict(extra_env or {})
         if database not in ("sqlite", "postgres"):
             raise ValueError(f"unknown database {database!r}")
         self.database = database
@@ -249,6 +358,15 @@ class NodeReceiver:
                 "RADNODE_STORAGE__ROOT": str(folder / "storage"),
                 "RADNODE_LOGGING__LEVEL": "WARNING",
                 "RADNODE_LOGGING__FORMAT": "text",
+                "RADNODE_WEB__HOST": "127.0.0.1",
+                "RADNODE_WEB__PORT": str(free_port()),
+                "RADNODE_MODEL__BUNDLE": str(DEMO_BUNDLE),
+                # Ingest only: no study becomes stable (and is drafted) during a run.
+                "RADNODE_ASSEMBLY__QUIET_SECONDS": "3600",
+                "RADNODE_ASSEMBLY__EARLY_STABLE_SINGLE_IMAGE": "false",
+                "RADNODE_BROKER__URL": self.broker_url,
+                "RADNODE_BROKER__DRAFT_QUEUE": f"bench-{secrets.token_hex(4)}",
+                **self.extra_env,
             }
         )
         env.pop("RADNODE_CONFIG", None)
@@ -265,6 +383,8 @@ class NodeReceiver:
             command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT
         )
         wait_for_echo(self.port, self.ae_title, self._process)
+        # The embedded drafting worker loads its model after the listener answers.
+        wait_until_idle(self._process.pid)
 
     def stored_count(self) -> int:
         if self.database == "sqlite":
@@ -278,6 +398,15 @@ class NodeReceiver:
             row = conn.execute(f'SELECT count(*) FROM "{self._schema}".instances').fetchone()
             assert row is not None
             return int(row[0])
+
+    def start_memory_mib(self) -> float:
+        if self._process is None:
+            return 0.0
+        reset_peak_rss(self._process.pid)
+        return rss_mib(self._process.pid)
+
+    def peak_memory_mib(self) -> float:
+        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
 
     def stop(self) -> None:
         if self._process is not None:
@@ -345,7 +474,7 @@ class MinimalScpReceiver:
         self._process = subprocess.Popen(
             [
                 sys.executable,
-                str(Path(__file__).resolve()),
+                str(Path(__file__).resolve().with_name("ingest.py")),
                 "--minimal-scp",
                 str(self.port),
                 str(self._out),
@@ -358,6 +487,15 @@ class MinimalScpReceiver:
     def stored_count(self) -> int:
         assert self._out is not None
         return sum(1 for p in self._out.iterdir() if p.is_file())
+
+    def start_memory_mib(self) -> float:
+        if self._process is None:
+            return 0.0
+        reset_peak_rss(self._process.pid)
+        return rss_mib(self._process.pid)
+
+    def peak_memory_mib(self) -> float:
+        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
 
     def stop(self) -> None:
         if self._process is not None:
@@ -420,6 +558,15 @@ class OrthancReceiver:
         with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (loopback)
             return int(json.load(response)["CountInstances"])
 
+    def start_memory_mib(self) -> float:
+        if self._process is None:
+            return 0.0
+        reset_peak_rss(self._process.pid)
+        return rss_mib(self._process.pid)
+
+    def peak_memory_mib(self) -> float:
+        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
+
     def stop(self) -> None:
         if self._process is not None:
             stop_process(self._process, timeout=60)
@@ -427,3 +574,21 @@ class OrthancReceiver:
 
 
 # --------------------------------------------------------------------------- senders
+
+
+def dd_fsync_seconds(folder: Path, total_bytes: int) -> float:
+    """Seconds for ``dd`` to write ``total_bytes`` of zeros to ``folder`` and fsync them.
+
+    The disk's durable write bandwidth, measured in the same run: a floor no receiver
+    that fsyncs what it stores can beat.
+    """
+    target = folder / "dd-fsync.bin"
+    count = max(1, -(-total_bytes // MIB))
+    started = time.perf_counter()
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={count}", "conv=fsync"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    seconds = time.perf_counter() - started
+    target.unlink(missing_ok=True)
+    return seconds * total_bytes / (count * MIB)

@@ -22,6 +22,8 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 #: Folder of the storage root holding quarantined instances (never a UID, so never a study).
 QUARANTINE_FOLDER = "quarantine"
+#: Folder of the storage root where received data sets are written as they arrive.
+SPOOL_FOLDER = ".spool"
 
 
 class StorageFullError(OSError):
@@ -223,6 +225,54 @@ class InstanceStore:
         os.close(fd)
         return temporary
 
+    def spool_folder(self) -> Path:
+        """The folder received data sets are written to as they arrive (created durably).
+
+        It is on the storage volume, so a spooled file is staged by a link, never copied.
+        """
+        folder = self.root / SPOOL_FOLDER
+        _make_dirs_durably(folder)
+        return folder
+
+    def stage_file(self, relative_folder: str, source: Path) -> Path:
+        """Stage the file ``source`` (written, not yet fsynced) like :meth:`stage` does bytes.
+
+        ``source`` is fsynced and gets a second, temporary name in ``relative_folder`` (a
+        hard link: nothing is copied); ``source`` itself is left where it is. Where the
+        link cannot be made (another volume), the bytes are copied.
+
+        Returns
+        -------
+        Path
+            The temporary file, for :meth:`publish`.
+
+        Raises
+        ------
+        StorageFullError
+            When the volume is out of space (nothing is left behind).
+        OSError
+            On other I/O failures (nothing is left behind).
+        """
+        folder = self.absolute(relative_folder)
+        _make_dirs_durably(folder)
+        temporary = folder / f".staged.{uuid.uuid4().hex}.tmp"
+        try:
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fchmod(fd, 0o640)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(source, temporary)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                return self.stage(relative_folder, source.read_bytes())
+            temporary.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFullError(exc.errno, "storage volume is full") from exc
+            raise
+        return temporary
+
     def publish(self, temporary: Path, relative_path: str) -> Path:
         """Give a staged file its final name, durably.
 
@@ -257,6 +307,37 @@ class InstanceStore:
             raise
         _fsync_dir(final.parent)
         return final
+
+    def publish_new(self, temporary: Path, relative_path: str) -> bool:
+        """Give a staged file its final name unless a file of that name exists.
+
+        Like :meth:`publish`, but an existing file is never replaced: the name holds the
+        SOP Instance UID and the content digest, so an existing file holds these bytes.
+
+        Returns
+        -------
+        bool
+            ``True`` when the file was published (linked under its final name, the folder
+            fsynced), ``False`` when the name was taken; the temporary is removed either way.
+
+        Raises
+        ------
+        ValueError
+            If the staged file is not in the final folder.
+        OSError
+            If the link or the folder fsync fails (the staged file is then removed).
+        """
+        final = self.absolute(relative_path)
+        if temporary.parent != final.parent:
+            raise ValueError("a staged file is published within its own folder")
+        try:
+            os.link(temporary, final)
+        except FileExistsError:
+            return False
+        finally:
+            temporary.unlink(missing_ok=True)
+        _fsync_dir(final.parent)
+        return True
 
     def remove(self, relative_path: str) -> None:
         """Delete a stored file if present (and fsync its folder)."""

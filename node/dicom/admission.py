@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import struct
@@ -45,6 +46,9 @@ logger = logging.getLogger(__name__)
 PROGRESS_BYTES = 64 * 1024
 """A PDU being received must advance by this many bytes per progress timeout."""
 MAX_REQUEST_BYTES = 1 << 20
+READY_WAIT_SECONDS = 0.001
+"""How long the reading thread of an association waits for data before it looks at its
+other work; data arriving ends the wait at once."""
 """Largest A-ASSOCIATE-RQ read (a real one is a few kilobytes)."""
 CLOSED_BEFORE_REQUEST = "connection closed before an association request"
 _AE_TITLES = slice(10, 42)  # Called and Calling AE Title in an A-ASSOCIATE-RQ
@@ -236,9 +240,19 @@ class GuardedAssociationSocket(AssociationSocket):
 
     @property
     def ready(self) -> bool:
-        """Data is waiting: replayed request bytes, or data on the connection."""
+        """Data is waiting: replayed request bytes, or data on the connection.
+
+        pynetdicom's reading thread polls this and sleeps a millisecond between polls
+        (:data:`READY_WAIT_SECONDS` here, with its own sleep set to zero): waiting in
+        ``select`` instead wakes it as soon as data arrives, for the same number of
+        wake-ups when the connection is idle.
+        """
         if self._prefix:
             return True
+        sock = self.socket
+        if sock is not None and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            with contextlib.suppress(OSError, ValueError):
+                select.select([sock], [], [], READY_WAIT_SECONDS)
         return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 
     def recv(self, nr_bytes: int) -> bytearray:
@@ -304,6 +318,7 @@ class _AdmittedRequestHandler(RequestHandler):
         guarded: Any = sock
         guarded.guard(admitted.request, admitted.slot, self.server.settings.pdu_progress_timeout,
                       self.server.settings.network_timeout)
+        assoc.dul._run_loop_delay = 0.0  # the socket's ``ready`` waits instead
         forbidden = self.server.forbidden_sop_classes(admitted.slot.calling_ae)
         assoc.acceptor.supported_contexts = [
             cx for cx in assoc.acceptor.supported_contexts

@@ -62,6 +62,11 @@ class ReceivedInstance:
     """Who sent it, for the audit trail, when not the calling AE (a STOW-RS user)."""
     expected_study_uid: str | None = None
     """The study it must belong to (the study of a STOW-RS URL), else 0xC409."""
+    spooled: Path | None = None
+    """A file on the storage volume that already holds exactly ``encoded`` (written as
+    the data set arrived, not yet fsynced), or ``None``. When given, the store links
+    this file into place instead of writing the bytes again; the caller removes it
+    after :meth:`InstanceIngestor.ingest` returns."""
 
     @property
     def audit_actor(self) -> str:
@@ -198,7 +203,10 @@ class InstanceIngestor:
                 and header.study_instance_uid != received.expected_study_uid:
             return IngestOutcome(StoreStatus.STUDY_MISMATCH,
                                  "Study Instance UID differs from the study of the request")
-        digest: str | None = None
+        outcome, new_digest = self._store_new(header, received)
+        if outcome is not None:
+            return outcome
+        digest: str | None = new_digest
         for attempt in (1, 2, 3):
             try:
                 plan = self._plan(header, digest, received.encoded)
@@ -215,6 +223,54 @@ class InstanceIngestor:
             if outcome is not None:
                 return outcome
         return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, "database conflict")
+
+    def _store_new(self, header: InstanceHeader,
+                   received: ReceivedInstance) -> tuple[IngestOutcome | None, str]:
+        """Store an instance whose SOP Instance UID is new, in one transaction.
+
+        The usual case: the bytes are staged while they are hashed, published under
+        their digest-bearing name (never over an existing file), and the row is written
+        in the same transaction that checks that the SOP Instance UID is unknown and the
+        patient identity agrees with the study's. Anything else (a re-send, a conflict,
+        a concurrent copy) is rolled back, the file removed if this call created it, and
+        the outcome is ``None``: the caller then plans the instance against what is
+        stored, as for every re-send.
+
+        Returns
+        -------
+        tuple
+            The outcome (``None``: plan and store as a known instance) and the digest.
+        """
+        folder = self.store.relative_folder(header.study_instance_uid,
+                                            header.series_instance_uid)
+        pending_digest = self._digest(received.encoded)
+        staged = self._stage(folder, received)
+        digest = pending_digest.result()
+        if isinstance(staged, IngestOutcome):
+            return staged, digest
+        relative = self.store.relative_path(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid, digest
+        )
+        try:
+            created = self.store.publish_new(staged, relative)
+        except OSError as exc:
+            return IngestOutcome(
+                StoreStatus.OUT_OF_RESOURCES, f"storage write failed: {exc.strerror}"), digest
+        try:
+            study_id, instance_id = self._index(header, received, relative, digest,
+                                                new_only=True)
+        except (_Replan, IntegrityError):
+            if created:
+                self.store.remove(relative)
+            return None, digest
+        except SQLAlchemyError as exc:
+            if created:
+                self.store.remove(relative)
+            return IngestOutcome(
+                StoreStatus.OUT_OF_RESOURCES, f"database unavailable: {exc.__class__.__name__}"
+            ), digest
+        return IngestOutcome(StoreStatus.SUCCESS, "stored", study_id=study_id,
+                             instance_id=instance_id), digest
 
     def _plan(
         self, header: InstanceHeader, digest: str | None, data: bytes
@@ -256,14 +312,14 @@ class InstanceIngestor:
         """Write and index an instance joining its study; ``None``: plan again."""
         folder = self.store.relative_folder(header.study_instance_uid, header.series_instance_uid)
         if plan.digest is None:
-            # A new instance, the usual case: hash while the bytes are written and
-            # fsynced (both release the GIL), then name the file after the digest.
+            # Hash while the bytes are written and fsynced (both release the GIL), then
+            # name the file after the digest.
             pending_digest = self._digest(received.encoded)
-            staged = self._stage(folder, received.encoded)
+            staged = self._stage(folder, received)
             digest = pending_digest.result()
         else:
             digest = plan.digest
-            staged = self._stage(folder, received.encoded)
+            staged = self._stage(folder, received)
         if isinstance(staged, IngestOutcome):
             return staged
         relative = self.store.relative_path(
@@ -319,7 +375,7 @@ class InstanceIngestor:
         relative = self.store.quarantine_path(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid, digest)
         folder, _, _ = relative.rpartition("/")
-        staged = self._stage(folder, received.encoded)
+        staged = self._stage(folder, received)
         if isinstance(staged, IngestOutcome):
             return staged
         try:
@@ -413,10 +469,13 @@ class InstanceIngestor:
             return done
         return self._hasher.submit(_sha256_hex, data)
 
-    def _stage(self, folder: str, data: bytes) -> Path | IngestOutcome:
-        """Write the bytes durably under a temporary name, or say why not."""
+    def _stage(self, folder: str, received: ReceivedInstance) -> Path | IngestOutcome:
+        """Write the bytes (or link the spooled file) durably under a temporary name, or
+        say why not."""
         try:
-            return self.store.stage(folder, data)
+            if received.spooled is not None:
+                return self.store.stage_file(folder, received.spooled)
+            return self.store.stage(folder, received.encoded)
         except StorageFullError:
             return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, "storage volume is full")
         except OSError as exc:
@@ -440,9 +499,13 @@ class InstanceIngestor:
             self.store.remove(relative)
 
     def _index(
-        self, header: InstanceHeader, received: ReceivedInstance, relative: str, digest: str
+        self, header: InstanceHeader, received: ReceivedInstance, relative: str, digest: str,
+        *, new_only: bool = False,
     ) -> tuple[int, int]:
         """Insert (or, after a purge, restore) the instance row and touch its study.
+
+        With ``new_only``, any row of the SOP Instance UID, purged or not, raises
+        :class:`_Replan` (the caller plans a known instance first).
 
         Returns
         -------
@@ -480,6 +543,8 @@ class InstanceIngestor:
                 select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
             ).scalar_one_or_none()
             if instance is not None:
+                if new_only:
+                    raise _Replan()
                 if instance.sha256 != digest or instance.study_id != study.id:
                     raise _Replan()
                 if instance.purged_at is None:

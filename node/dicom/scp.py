@@ -26,6 +26,13 @@ from node.dicom.ingest import InstanceIngestor, ReceivedInstance
 from node.dicom.qr import FIND_SOP_CLASSES, RETRIEVE_SOP_CLASSES, QueryRetrieveService
 from node.dicom.refusals import RefusalRecorder
 from node.dicom.statuses import StoreStatus
+from node.dicom.upstream_workarounds import (
+    remember_valid_uids,
+    share_contexts,
+    skip_unlogged_handlers,
+    spool_received_datasets,
+    spooled_path,
+)
 from node.logs import log_event
 
 logger = logging.getLogger(__name__)
@@ -193,6 +200,8 @@ class DicomListener:
             if self.settings.tls.enabled
             else None
         )
+        skip_unlogged_handlers()
+        remember_valid_uids()
         server = cast(
             GuardedAssociationServer,
             self.ae.make_server(
@@ -206,6 +215,8 @@ class DicomListener:
             Permission.QUERY: frozenset(FIND_SOP_CLASSES),
             Permission.RETRIEVE: frozenset(RETRIEVE_SOP_CLASSES),
         })
+        share_contexts(server)
+        spool_received_datasets(server, self.ingestor.store.spool_folder())
         # As AE.start_server does: serve from a daemon thread, and register the
         # server with the AE, whose list server.shutdown() removes it from.
         threading.Thread(
@@ -244,11 +255,13 @@ class DicomListener:
             return int(StoreStatus.NOT_AUTHORIZED)
         try:
             request = event.request
+            spooled = spooled_path(event)
             received = ReceivedInstance(
-                encoded=event.encoded_dataset(),
+                encoded=event.encoded_dataset() if spooled is None else spooled.read_bytes(),
                 requested_sop_class_uid=str(request.AffectedSOPClassUID),
                 requested_sop_instance_uid=str(request.AffectedSOPInstanceUID),
                 calling_ae=calling_ae,
+                spooled=spooled,
             )
         except Exception:
             logger.exception("store_request_unreadable")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,7 +258,7 @@ def test_replacement_failure_keeps_previous_version(node: NodeServices) -> None:
 def test_storage_write_failure(node: NodeServices) -> None:
     """When the storage folder cannot be written: 0xA700, no row; once it is back: Success."""
     root = node.store.root
-    root.rmdir()
+    shutil.rmtree(root)  # empty but for the listener's spool folder
     root.write_bytes(b"not a folder")  # every write under the root now fails
     try:
         result = exchange(node.listener.port, [_good()], sop_classes=SOP_CLASSES)

@@ -148,3 +148,49 @@ def test_capacity_refuses_above_used_percent(tmp_path: Path) -> None:
     capacity = store.capacity()
     assert capacity.used_percent > used / 2
     assert capacity.accepting is False
+
+
+def _spooled(store: InstanceStore, data: bytes) -> Path:
+    """A file as pynetdicom leaves it in the spool folder: written, not fsynced, mode 0600."""
+    spooled = store.spool_folder() / ".received.abc123.tmp"
+    spooled.write_bytes(data)
+    spooled.chmod(0o600)
+    return spooled
+
+
+def test_a_spooled_file_is_staged_by_a_link_and_published_without_a_copy(
+        store: InstanceStore) -> None:
+    data = os.urandom(200_000)
+    spooled = _spooled(store, data)
+    relative = store.relative_path(STUDY, SERIES, SOP, _digest(data))
+    staged = store.stage_file(store.relative_folder(STUDY, SERIES), spooled)
+    assert staged.parent == store.absolute(relative).parent
+    assert os.path.samefile(staged, spooled)  # the same inode: nothing was copied
+    assert spooled.exists()  # the spooled name stays for its owner to remove
+    assert store.publish_new(staged, relative)
+    final = store.absolute(relative)
+    assert final.read_bytes() == data
+    assert os.path.samefile(final, spooled)
+    assert oct(final.stat().st_mode & 0o777) == oct(0o640)
+    assert not staged.exists()
+    spooled.unlink()
+    assert final.stat().st_nlink == 1
+    assert list(final.parent.glob(".*.tmp")) == []
+
+
+def test_publish_new_never_replaces_a_stored_file(store: InstanceStore) -> None:
+    stored = os.urandom(1000)
+    relative = store.relative_path(STUDY, SERIES, SOP, _digest(stored))
+    final = store.write(relative, stored)
+    inode = final.stat().st_ino
+    folder = store.relative_folder(STUDY, SERIES)
+    assert not store.publish_new(store.stage(folder, os.urandom(1000)), relative)
+    assert final.read_bytes() == stored and final.stat().st_ino == inode
+    assert list(final.parent.glob(".*.tmp")) == []
+
+
+def test_sweep_removes_spooled_leftovers(store: InstanceStore) -> None:
+    """A crash mid-receive leaves a spooled temporary: the start-up sweep removes it."""
+    spooled = _spooled(store, b"partial")
+    assert store.sweep_temporaries() == 1
+    assert not spooled.exists()

@@ -1,0 +1,217 @@
+"""Workarounds for two costs in pynetdicom's receive path (3.0), until upstream changes them.
+
+1. **Per-association deep copy of the supported presentation contexts.**
+   ``RequestHandler._create_association`` gives every association
+   ``deepcopy(server.contexts)``: for the node's 171 contexts that is 2,724 transfer
+   syntax UIDs, each re-validated by ``UID.__new__``, 30–40 ms of CPU for every
+   association. Negotiation (``presentation.negotiate_as_acceptor``) only reads these
+   contexts and builds new ones for its results, so one shared, read-only list is
+   enough: :class:`SharedContexts` is a list whose deep copy is a shallow copy.
+
+2. **A received data set is assembled in memory.** pynetdicom can write a C-STORE data
+   set to a file as its PDUs arrive (``_config.STORE_RECV_CHUNKED_DATASET``), but the
+   switch is process-wide, and the file goes to the system temporary folder. The
+   listener wants it for its own associations only (other pynetdicom receivers in the
+   same process keep ``encoded_dataset()``), and in the storage volume, so that the
+   spooled file becomes the stored file by a link and a rename instead of a copy.
+   :func:`spool_received_datasets` switches spooling on for the associations of one
+   server, into one folder; :func:`spooled_path` tells a C-STORE handler where its data
+   set is.
+
+3. **Every UID is validated by regular expressions each time it is built.** An
+   A-ASSOCIATE-RQ from DCMTK's ``storescu`` proposes about 120 presentation contexts,
+   and decoding and negotiating it builds about 1,800 ``pydicom.uid.UID`` objects,
+   almost all of them the same few hundred strings, each checked by
+   ``valuerep.validate_value`` (two regular expressions): more CPU than anything else
+   in a small association. :func:`remember_valid_uids` lets ``UID`` skip the check for
+   a string that has already passed it (a bounded set); a string not yet seen, or one
+   that fails, is checked, warned about or refused exactly as before; ``UID.is_valid``
+   (the conformance check negotiation asks for each transfer syntax) is remembered the
+   same way.
+
+4. **Logging handlers that format what is never logged.** pynetdicom binds its standard
+   PDU and DIMSE logging handlers to every association; they format every presentation
+   context of every request before the logger drops the lines (the node keeps
+   pynetdicom's logger at WARNING). :func:`skip_unlogged_handlers` uses pynetdicom's own
+   switch, ``_config.LOG_HANDLER_LEVEL = "none"``, when that logger would drop them.
+
+All four rely on pynetdicom and pydicom internals; ``tests/unit/test_upstream_workarounds.py``
+fails when those change (or when upstream no longer deep-copies, and the first
+workaround can go).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any
+
+import pydicom.uid
+from pydicom import config as pydicom_config
+from pydicom.valuerep import VALIDATORS, validate_value
+from pynetdicom import _config, dimse_messages
+from pynetdicom.dimse_messages import DIMSEMessage
+
+#: Attribute of an association server naming the folder its C-STORE data sets spool to.
+SPOOL_FOLDER_ATTRIBUTE = "spool_folder"
+#: Names of spooled files: hidden temporaries, which ``InstanceStore.sweep_temporaries``
+#: removes after a crash.
+SPOOL_PREFIX, SPOOL_SUFFIX = ".received.", ".tmp"
+
+
+class SharedContexts(list):  # type: ignore[type-arg]
+    """Supported presentation contexts shared, read-only, by every association.
+
+    ``deepcopy`` returns a new list holding the same context objects: negotiation reads
+    them and never changes them.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return list(self)
+
+
+def share_contexts(server: Any) -> None:
+    """Stop ``server`` from deep-copying its presentation contexts for each association."""
+    server.contexts = SharedContexts(server.contexts)
+
+
+_spooling = threading.local()
+
+
+class _ConfigView(ModuleType):
+    """``pynetdicom._config`` as ``dimse_messages`` sees it: spooling on for the data
+    sets being decoded for a spooling server, pynetdicom's own setting otherwise."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "STORE_RECV_CHUNKED_DATASET" and getattr(_spooling, "folder", None):
+            return True
+        return getattr(_config, name)
+
+
+def _spool_file(*args: Any, **kwargs: Any) -> IO[bytes]:
+    """``NamedTemporaryFile`` for ``dimse_messages``: into the spooling server's folder.
+
+    A spool folder that has gone is made again; one that cannot be written to gives way
+    to the system's temporary folder, so that the C-STORE handler still runs and answers
+    the storage failure with its status (an exception here would abort the association).
+    """
+    folder = getattr(_spooling, "folder", None)
+    if folder is None:
+        return tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 (pynetdicom closes it)
+    spooled = dict(kwargs, dir=folder, prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX)
+    try:
+        try:
+            return tempfile.NamedTemporaryFile(*args, **spooled)  # noqa: SIM115
+        except FileNotFoundError:
+            os.makedirs(folder, mode=0o750, exist_ok=True)
+            return tempfile.NamedTemporaryFile(*args, **spooled)  # noqa: SIM115
+    except OSError:
+        return tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115
+
+
+_original_decode_msg = DIMSEMessage.decode_msg
+_install_lock = threading.Lock()
+
+
+def _decode_msg(self: DIMSEMessage, primitive: Any, assoc: Any = None) -> bool:
+    folder = getattr(getattr(assoc, "_server", None), SPOOL_FOLDER_ATTRIBUTE, None)
+    if folder is None:
+        return _original_decode_msg(self, primitive, assoc)
+    _spooling.folder = folder
+    try:
+        return _original_decode_msg(self, primitive, assoc)
+    finally:
+        _spooling.folder = None
+
+
+def _install() -> None:
+    with _install_lock:
+        if DIMSEMessage.decode_msg is _decode_msg:
+            return
+        view = _ConfigView("pynetdicom._config")
+        dimse_messages._config = view  # type: ignore[attr-defined]
+        dimse_messages.NamedTemporaryFile = _spool_file  # type: ignore[attr-defined,assignment]
+        DIMSEMessage.decode_msg = _decode_msg  # type: ignore[method-assign]
+
+
+def spool_received_datasets(server: Any, folder: Path) -> None:
+    """Spool the C-STORE data sets ``server``'s associations receive into ``folder``.
+
+    The file holds the preamble, pynetdicom's file meta and the data set exactly as
+    received: the same bytes as ``event.encoded_dataset()``. It is written (not fsynced)
+    as PDUs arrive; pynetdicom removes it after the handler returns unless the handler
+    has moved it.
+    """
+    _install()
+    setattr(server, SPOOL_FOLDER_ATTRIBUTE, str(folder))
+
+
+def spooled_path(event: Any) -> Path | None:
+    """The file holding this C-STORE's data set, or ``None`` when it was kept in memory."""
+    path = getattr(event.request, "_dataset_path", None)
+    return path if isinstance(path, Path) else None
+
+
+#: How many distinct valid UIDs are remembered before the set starts again.
+KNOWN_UIDS_LIMIT = 8192
+_known_valid_uids: set[str] = set()
+
+
+def _validate_value_remembering_uids(vr: str, value: Any, validation_mode: int,
+                                     validator: Any = None) -> None:
+    """``valuerep.validate_value`` for ``pydicom.uid``: a UID string that passed once
+    passes again without its regular expressions; everything else as pydicom does it."""
+    if (vr != "UI" or validator is not None or not isinstance(value, str)
+            or validation_mode == pydicom_config.IGNORE):
+        validate_value(vr, value, validation_mode, validator)
+        return
+    if value in _known_valid_uids:
+        return
+    check: Any = VALIDATORS.get("UI")
+    if check is not None and check("UI", value)[0]:
+        if len(_known_valid_uids) >= KNOWN_UIDS_LIMIT:
+            _known_valid_uids.clear()
+        _known_valid_uids.add(str(value))
+        return
+    validate_value(vr, value, validation_mode)
+
+
+def remember_valid_uids() -> None:
+    """Let ``pydicom.uid.UID`` skip re-validating a UID string it has already accepted."""
+    pydicom.uid.validate_value = _validate_value_remembering_uids  # type: ignore[attr-defined]
+    if not isinstance(pydicom.uid.UID.__dict__.get("is_valid"), _RememberedConformance):
+        pydicom.uid.UID.is_valid = _RememberedConformance(  # type: ignore[method-assign,assignment]
+            pydicom.uid.UID.__dict__["is_valid"])
+
+
+_conformant_uids: set[str] = set()
+
+
+class _RememberedConformance(property):
+    """``UID.is_valid`` remembering the conformant strings it has seen (bounded)."""
+
+    def __init__(self, original: property) -> None:
+        self.original = original
+
+        def is_valid(uid: pydicom.uid.UID) -> bool:
+            if uid in _conformant_uids:
+                return True
+            valid = bool(original.fget(uid))  # type: ignore[misc]
+            if valid:
+                if len(_conformant_uids) >= KNOWN_UIDS_LIMIT:
+                    _conformant_uids.clear()
+                _conformant_uids.add(str(uid))
+            return valid
+
+        super().__init__(is_valid, doc=original.__doc__)
+
+
+def skip_unlogged_handlers() -> None:
+    """Do not bind pynetdicom's standard logging handlers to new associations when its
+    logger would drop everything they write (they log at DEBUG and INFO)."""
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        _config.LOG_HANDLER_LEVEL = "none"

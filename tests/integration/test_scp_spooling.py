@@ -1,0 +1,95 @@
+"""Received data sets are spooled to the storage volume and linked into place, for the
+node's listener only: another pynetdicom receiver in the same process keeps them in memory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
+from sqlalchemy import select
+
+from node.db.models import Instance
+from node.dicom.ingest import IngestOutcome, ReceivedInstance
+from node.runtime import NodeServices
+from tests.dicom_factory import make_cxr_dataset, write_dataset
+from tests.integration.dicom_files import temporary_files
+from tests.integration.dicom_net import (
+    receiver_settings,
+    requires_dcmtk,
+    running_node,
+    store_successes,
+    storescu,
+)
+
+pytestmark = [pytest.mark.dcmtk, requires_dcmtk]
+
+
+@pytest.fixture
+def node(tmp_path: Path, database_url: str) -> Iterator[NodeServices]:
+    settings = receiver_settings(tmp_path, database_url, assembly={"quiet_seconds": 600})
+    with running_node(settings, assembly=False) as services:
+        yield services
+
+
+@pytest.fixture
+def plain_scp() -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """A bare pynetdicom storage SCP in this process, recording what its handler saw."""
+    seen: list[dict[str, Any]] = []
+
+    def on_store(event: Any) -> int:
+        seen.append({"spooled": getattr(event.request, "_dataset_path", None),
+                     "encoded": event.encoded_dataset()})
+        return 0x0000
+
+    ae = AE(ae_title="PLAINSCP")
+    ae.add_supported_context(DigitalXRayImageStorageForPresentation)
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert server is not None
+    try:
+        yield int(server.server_address[1]), seen
+    finally:
+        server.shutdown()
+
+
+def test_a_spooled_instance_is_linked_into_place_and_plain_receivers_stay_in_memory(
+        node: NodeServices, plain_scp: tuple[int, list[dict[str, Any]]],
+        tmp_path: Path) -> None:
+    """The node stores, byte for byte, what a plain pynetdicom receiver gets from
+    ``encoded_dataset()``; its copy came through a spooled file in the storage volume."""
+    sent = write_dataset(make_cxr_dataset(rows=512, cols=512, bits=12), tmp_path / "a.dcm")
+    ingested: list[ReceivedInstance] = []
+    spool_seen: list[bool] = []
+    original_ingest = node.listener.ingestor.ingest
+
+    def observe(received: ReceivedInstance) -> IngestOutcome:
+        ingested.append(received)
+        spool_seen.append(received.spooled is not None and received.spooled.is_file())
+        return original_ingest(received)
+
+    node.listener.ingestor.ingest = observe  # type: ignore[method-assign]
+    assert store_successes(storescu(node.listener.port, [sent])) == 1
+    plain_port, seen = plain_scp
+    assert store_successes(storescu(plain_port, [sent], called_ae="PLAINSCP")) == 1
+
+    assert len(ingested) == 1 and spool_seen == [True]
+    spooled = ingested[0].spooled
+    assert spooled is not None
+    assert spooled.parent == node.store.spool_folder()
+    assert not spooled.exists()  # removed once the handler returned
+    assert list(node.store.spool_folder().iterdir()) == []
+    assert temporary_files(node.store.root) == []
+
+    assert len(seen) == 1 and seen[0]["spooled"] is None
+    with node.database.sessions() as session:
+        path = session.scalar(select(Instance.path))
+    assert path is not None
+    stored = node.store.absolute(path)
+    assert stored.read_bytes() == seen[0]["encoded"] == ingested[0].encoded
+    assert os.stat(stored).st_nlink == 1
+    assert oct(os.stat(stored).st_mode & 0o777) == oct(0o640)

@@ -1,0 +1,186 @@
+"""The pynetdicom and pydicom internals ``node.dicom.upstream_workarounds`` relies on.
+
+Each test names the upstream behaviour a workaround depends on, and fails when it changes:
+then the workaround is either wrong or no longer needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import warnings
+from collections.abc import Iterator
+
+import pytest
+from pydicom import config as pydicom_config
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import VALIDATORS
+from pynetdicom import _config
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.presentation import (
+    AllStoragePresentationContexts,
+    PresentationContext,
+    build_context,
+    negotiate_as_acceptor,
+)
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.transport import RequestHandler
+
+from node.dicom import upstream_workarounds
+from node.dicom.upstream_workarounds import (
+    SharedContexts,
+    remember_valid_uids,
+    skip_unlogged_handlers,
+)
+
+
+def _supported() -> list[PresentationContext]:
+    contexts = []
+    for context in AllStoragePresentationContexts[:20]:
+        assert context.abstract_syntax is not None
+        supported = build_context(context.abstract_syntax,
+                                  [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        supported.scu_role = True
+        supported.scp_role = True
+        contexts.append(supported)
+    return contexts
+
+
+def _snapshot(contexts: list[PresentationContext]) -> list[tuple[object, ...]]:
+    return [(cx.context_id, cx.abstract_syntax, tuple(cx.transfer_syntax), cx.scu_role,
+             cx.scp_role, cx.result, cx.as_scu, cx.as_scp) for cx in contexts]
+
+
+def test_pynetdicom_still_deep_copies_the_server_contexts_for_each_association() -> None:
+    """If this fails, upstream stopped copying: ``share_contexts`` can go."""
+    source = inspect.getsource(RequestHandler._create_association)
+    assert "deepcopy(self.server.contexts)" in source
+
+
+def test_a_deep_copy_of_shared_contexts_shares_the_context_objects() -> None:
+    shared = SharedContexts(_supported())
+    copied = copy.deepcopy(shared)
+    assert copied == list(shared) and copied is not shared
+    assert all(a is b for a, b in zip(copied, shared, strict=True))
+
+
+def test_negotiation_never_changes_the_supported_contexts() -> None:
+    """Sharing one list between associations is safe only while negotiation just reads it."""
+    supported = _supported()
+    before = _snapshot(supported)
+    requested = []
+    for number, context in enumerate(supported[:10]):
+        assert context.abstract_syntax is not None
+        proposal = build_context(context.abstract_syntax,
+                                 [ImplicitVRLittleEndian, "1.2.840.10008.1.2.4.50"])
+        proposal.context_id = 2 * number + 1
+        requested.append(proposal)
+    roles = {supported[0].abstract_syntax: (True, True),
+             supported[1].abstract_syntax: (False, True)}
+    accepted, _ = negotiate_as_acceptor(requested, supported, roles)  # type: ignore[arg-type]
+    assert [cx.result for cx in accepted] == [0x00] * 10
+    assert all(result is not original for result in accepted for original in supported)
+    assert _snapshot(supported) == before
+
+
+def test_pynetdicom_still_spools_through_the_hooks_the_listener_replaces() -> None:
+    """``spool_received_datasets`` swaps ``_config`` and ``NamedTemporaryFile`` as
+    ``DIMSEMessage.decode_msg`` sees them, and relies on the storage service removing the
+    file by its name after the handler, tolerating a file already moved."""
+    decode = inspect.getsource(upstream_workarounds._original_decode_msg)
+    assert "_config.STORE_RECV_CHUNKED_DATASET" in decode
+    assert "NamedTemporaryFile(" in decode
+    assert "self._data_set_path = Path(self._data_set_file.name)" in decode
+    scp = inspect.getsource(StorageServiceClass.SCP)
+    assert "os.unlink(req._dataset_file.name)" in scp
+    assert "except OSError" in scp
+
+
+def test_spooling_leaves_other_receivers_in_memory() -> None:
+    """The switch is per server: pynetdicom's process-wide setting stays off."""
+    upstream_workarounds._install()
+    assert _config.STORE_RECV_CHUNKED_DATASET is False
+    assert DIMSEMessage.decode_msg is upstream_workarounds._decode_msg
+    from pynetdicom import dimse_messages
+
+    assert dimse_messages._config.STORE_RECV_CHUNKED_DATASET is False  # type: ignore[attr-defined]
+    upstream_workarounds._spooling.folder = "/somewhere"
+    try:
+        assert dimse_messages._config.STORE_RECV_CHUNKED_DATASET is True  # type: ignore[attr-defined]
+    finally:
+        upstream_workarounds._spooling.folder = None
+    assert dimse_messages._config.LOG_HANDLER_LEVEL == _config.LOG_HANDLER_LEVEL
+
+
+@pytest.fixture
+def remembered() -> Iterator[None]:
+    remember_valid_uids()
+    upstream_workarounds._known_valid_uids.clear()
+    upstream_workarounds._conformant_uids.clear()
+    yield
+
+
+def test_pydicom_uid_still_validates_through_its_module_validate_value() -> None:
+    """``remember_valid_uids`` replaces the name ``UID.__new__`` calls."""
+    assert 'validate_value("UI", val, validation_mode)' in inspect.getsource(UID.__new__)
+
+
+def test_a_remembered_uid_is_built_without_validating_it_again(
+        remembered: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    UID("1.2.3.4")
+    assert "1.2.3.4" in upstream_workarounds._known_valid_uids
+    calls: list[str] = []
+
+    def counting_validator(vr: str, value: str) -> tuple[bool, str]:
+        calls.append(value)
+        return True, ""
+
+    monkeypatch.setitem(VALIDATORS, "UI", counting_validator)
+    UID("1.2.3.4")
+    UID("1.2.3.5")
+    assert calls == ["1.2.3.5"]
+
+
+def test_an_invalid_uid_is_still_refused_or_warned_about_every_time(remembered: None) -> None:
+    with pytest.raises(ValueError):
+        UID("1.2.x", validation_mode=pydicom_config.RAISE)
+    with pytest.raises(ValueError):
+        UID("1.2.x", validation_mode=pydicom_config.RAISE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        UID("1.2.x", validation_mode=pydicom_config.WARN)
+    assert caught
+    assert "1.2.x" not in upstream_workarounds._known_valid_uids
+
+
+def test_conformance_is_remembered_only_for_conformant_uids(remembered: None) -> None:
+    assert UID("1.2.840.10008.1.2.1").is_valid
+    assert "1.2.840.10008.1.2.1" in upstream_workarounds._conformant_uids
+    assert UID("1.2.840.10008.1.2.1").is_valid
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a leading zero: pydicom warns as it builds it
+        leading_zero = UID("1.02.3")
+    assert not leading_zero.is_valid
+    assert not leading_zero.is_valid
+    assert "1.02.3" not in upstream_workarounds._conformant_uids
+
+
+@pytest.fixture
+def log_handler_level() -> Iterator[None]:
+    level = logging.getLogger("pynetdicom").level
+    previous = _config.LOG_HANDLER_LEVEL
+    yield
+    _config.LOG_HANDLER_LEVEL = previous
+    logging.getLogger("pynetdicom").setLevel(level)
+
+
+def test_standard_logging_handlers_are_skipped_only_when_nothing_would_be_logged(
+        log_handler_level: None) -> None:
+    _config.LOG_HANDLER_LEVEL = "standard"
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG)
+    skip_unlogged_handlers()
+    assert _config.LOG_HANDLER_LEVEL == "standard"
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    skip_unlogged_handlers()
+    assert _config.LOG_HANDLER_LEVEL == "none"
