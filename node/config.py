@@ -432,8 +432,12 @@ class Destination(_Section):
     port: int = Field(ge=1, le=65535)
     tls: bool = False
     auto_export: bool = True
-    """Queue every draft and signed report for this peer. ``false``: the peer is only a
-    C-MOVE destination (a workstation or viewer that retrieves what it asks for)."""
+    """Queue reports for this peer (which ones: ``exports``). ``false``: the peer is only
+    a C-MOVE destination (a workstation or viewer that retrieves what it asks for)."""
+    storage_commitment: bool = False
+    """Ask the peer to commit to keeping what it was sent (Storage Commitment Push Model,
+    PS3.4 Annex J): an export counts as delivered only once the peer reported the
+    commitment, on the export's association or on one it opens to the node's listener."""
 
     @field_validator("ae_title")
     @classmethod
@@ -465,6 +469,14 @@ class ExportSettings(_Section):
     """Exports claimed by one pass."""
     include_images: bool = False
     """Send the study's instances before the report's SR, in the same association."""
+    commitment_timeout_seconds: float = Field(600.0, gt=0)
+    """How long a destination with ``storage_commitment`` has to report on a commitment
+    request; without a report by then the object is sent and committed again."""
+    commitment_wait_seconds: float = Field(2.0, ge=0)
+    """How long the commitment request's association stays open for the report to come
+    on it; later reports come on an association the destination opens to the node."""
+    commitment_max_attempts: int = Field(5, ge=1)
+    """Attempts after which a refused or unreported commitment makes the export FAILED."""
 
     @field_validator("calling_ae")
     @classmethod
