@@ -424,6 +424,16 @@ class ModelSettings(_Section):
         return {key: value for key, value in values.items() if value is not None}
 
 
+class DestinationExports(enum.Enum):
+    """Which of the node's reports a destination receives automatically."""
+
+    FINALS_ONLY = "finals_only"
+    """Signed (and amended) reports only: no unverified draft reaches the destination."""
+    DRAFTS_AND_FINALS = "drafts_and_finals"
+    """Every draft as soon as it is written, then the signed reports (and, when a draft
+    it received is rejected or superseded, an IOCM rejection note)."""
+
+
 class Destination(_Section):
     """A DICOM peer that receives the node's reports, or only what it asks for by C-MOVE."""
 
@@ -434,6 +444,11 @@ class Destination(_Section):
     auto_export: bool = True
     """Queue reports for this peer (which ones: ``exports``). ``false``: the peer is only
     a C-MOVE destination (a workstation or viewer that retrieves what it asks for)."""
+    exports: DestinationExports = DestinationExports.FINALS_ONLY
+    """``"finals_only"`` (the default) or ``"drafts_and_finals"``. Configurations written
+    before this setting existed sent drafts to every destination: such an entry now
+    receives signed reports only until it says ``exports = "drafts_and_finals"`` (the
+    start-up summary names the entries that rely on the default)."""
     storage_commitment: bool = False
     """Ask the peer to commit to keeping what it was sent (Storage Commitment Push Model,
     PS3.4 Annex J): an export counts as delivered only once the peer reported the
@@ -443,6 +458,15 @@ class Destination(_Section):
     @classmethod
     def _check_peer_ae(cls, value: str) -> str:
         return _check_ae_title(value)
+
+    @property
+    def exports_by_default(self) -> bool:
+        """Whether ``exports`` was left unset (finals only, by default)."""
+        return "exports" not in self.model_fields_set
+
+    def receives_drafts(self) -> bool:
+        """Whether drafts are exported to this destination automatically."""
+        return self.auto_export and self.exports is DestinationExports.DRAFTS_AND_FINALS
 
 
 class ExportSettings(_Section):

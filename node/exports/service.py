@@ -65,7 +65,7 @@ from node.exports.retry import backoff_delay, schedule_retry
 from node.logs import log_event
 from node.periodic import PeriodicThread
 from node.reports.handover import store_handed_over_srs
-from node.states import ExportKind, ExportState
+from node.states import ExportKind, ExportState, ReportState
 from node.storage import InstanceStore
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ def queue_exports(
     :class:`ExportService` after the commit for an immediate delivery. Calling
     it again, or concurrently, adds nothing: rows are unique per report and
     destination AE title, and existing rows (SENT or not) are left as they are.
-    Destinations with ``auto_export = false`` (C-MOVE targets only) are skipped.
+    Destinations with ``auto_export = false`` (C-MOVE targets only) are skipped, and
+    a draft goes only to those with ``exports = "drafts_and_finals"``.
 
     Parameters
     ----------
@@ -126,7 +127,10 @@ def queue_exports(
         One row per distinct destination AE title, in the order given.
     """
     now = now or utcnow()
-    titles = list(dict.fromkeys(d.ae_title for d in destinations if d.auto_export))
+    is_draft = report.state == ReportState.DRAFT
+    titles = list(dict.fromkeys(
+        d.ae_title for d in destinations
+        if d.auto_export and (d.receives_drafts() or not is_draft)))
     if not titles:
         return []
     if report.id is None:

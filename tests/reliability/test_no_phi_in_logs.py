@@ -93,11 +93,12 @@ def test_no_patient_data_in_any_log(tmp_path: Path, postgres_url: str,
     with running_orthanc(tmp_path / "orthanc") as orthanc, \
             private_redis(tmp_path / "redis") as broker:
         destination = {"ae_title": orthanc.aet, "host": "127.0.0.1",
-                       "port": orthanc.dicom_port}
+                       "port": orthanc.dicom_port, "exports": "drafts_and_finals"}
         config = tmp_path / "radnode.toml"
         config.write_text(
             "[[destinations]]\n"
             f'ae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
+            'exports = "drafts_and_finals"\n'
         )
         settings = make_settings(
             tmp_path, postgres_url, broker={"url": broker.url}, jobs=FAST_JOBS,
