@@ -69,6 +69,8 @@ class ExportState(enum.Enum):
     """An attempt failed; another is due at ``next_attempt_at``."""
     FAILED = "failed"
     """Given up: too old, or too many commitments refused (an admin must look)."""
+    WITHDRAWN = "withdrawn"
+    """A draft rejected or superseded before it was delivered: it is not sent any more."""
 
 
 class ExportKind(enum.Enum):

@@ -252,6 +252,14 @@ class OrthancServer:
         assert found is not None and found["Type"] == "Instance", found
         self.request("DELETE", f"/instances/{found['ID']}")
 
+    def instance_file(self, sop_instance_uid: str) -> bytes:
+        """The Part 10 file Orthanc stores for this SOP Instance UID."""
+        [found] = self.request("POST", "/tools/lookup", sop_instance_uid) or [None]
+        assert found is not None and found["Type"] == "Instance", found
+        url = f"http://127.0.0.1:{self.http_port}/instances/{found['ID']}/file"
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (loopback)
+            return bytes(response.read())
+
     def jobs(self) -> list[dict[str, Any]]:
         """Orthanc's jobs with their type, state and error."""
         return list(self.get("/jobs?expand"))

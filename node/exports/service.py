@@ -43,8 +43,6 @@ from typing import Protocol
 
 from pydicom.uid import generate_uid
 from sqlalchemy import or_, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Destination, ExportSettings, Settings
@@ -61,7 +59,9 @@ from node.dicom.export import (
 )
 from node.exports.commitment import CommitmentLedger
 from node.exports.health import note_destination_outcome
+from node.exports.rejection import queue_rejection_notes, rejection_cause
 from node.exports.retry import backoff_delay, schedule_retry
+from node.exports.rows import insert_missing_exports
 from node.logs import log_event
 from node.periodic import PeriodicThread
 from node.reports.handover import store_handed_over_srs
@@ -141,7 +141,7 @@ def queue_exports(
          "created_at": now}
         for title in titles
     ]
-    new_ids = _insert_missing(session, rows)
+    new_ids = insert_missing_exports(session, rows)
     exports = session.scalars(
         select(Export)
         .where(Export.report_id == report.id, Export.destination_ae.in_(titles),
@@ -160,31 +160,6 @@ def queue_exports(
                       report_id=report.id, destination_ae=export.destination_ae)
     session.flush()
     return [by_title[title] for title in titles]
-
-
-def _insert_missing(session: Session, rows: list[dict[str, object]]) -> set[int]:
-    """Insert the rows that do not exist yet; return the new ids."""
-    dialect = session.get_bind().dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        module = postgresql if dialect == "postgresql" else sqlite
-        statement = (
-            module.insert(Export)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["report_id", "destination_ae", "kind"])
-            .returning(Export.id)
-        )
-        return set(session.scalars(statement))
-    new_ids: set[int] = set()
-    for row in rows:  # other databases: one savepoint per row
-        export = Export(**row)
-        try:
-            with session.begin_nested():
-                session.add(export)
-                session.flush()
-        except IntegrityError:
-            continue
-        new_ids.add(export.id)
-    return new_ids
 
 
 @dataclass(frozen=True)
@@ -347,6 +322,7 @@ class ExportService:
                 .with_for_update(skip_locked=True, of=Export)
             ).all()
             for export, report in rows:
+                note = export.kind == ExportKind.REJECTION_NOTE
                 claims.append(_Claim(
                     export_id=export.id,
                     attempts=export.attempts + 1,
@@ -354,10 +330,11 @@ class ExportService:
                     destination_ae=export.destination_ae,
                     report_id=report.id,
                     study_id=report.study_id,
-                    sr_path=report.sr_path,
-                    report_sop_instance_uid=report.sop_instance_uid,
+                    sr_path=export.object_path if note else report.sr_path,
+                    report_sop_instance_uid=(export.object_sop_instance_uid if note
+                                             else report.sop_instance_uid),
                     created_at=export.created_at,
-                    image_paths=self._image_paths(session, report),
+                    image_paths=() if note else self._image_paths(session, report),
                 ))
                 export.attempts += 1
                 export.next_attempt_at = lease_until
@@ -463,6 +440,18 @@ class ExportService:
         """COMMITMENT_PENDING with the transaction; ``False`` if the row is no longer ours."""
         with self.sessions.begin() as session:
             export = session.get(Export, claim.export_id, with_for_update=True)
+            if export is not None and export.state == ExportState.WITHDRAWN and \
+                    export.attempts == claim.attempts:
+                # withdrawn while it was being sent: it arrived, and a note rejects it
+                self._withdrawn_but_delivered(session, export, claim, now)
+                export.state, export.sent_at = ExportState.SENT, now
+                session.add(AuditEvent(
+                    at=now, actor="system", action="export_sent", object_type="export",
+                    object_id=str(export.id), study_id=claim.study_id,
+                    details={"destination_ae": claim.destination_ae,
+                             "report_id": claim.report_id, "attempts": export.attempts,
+                             "instances": len(results), "withdrawn": True}))
+                return False
             if (export is None or export.state not in WAITING_STATES
                     or export.attempts != claim.attempts):
                 return False
@@ -521,6 +510,8 @@ class ExportService:
             export = session.get(Export, claim.export_id, with_for_update=True)
             if export is None or export.state == ExportState.SENT:
                 return
+            if export.state == ExportState.WITHDRAWN:
+                self._withdrawn_but_delivered(session, export, claim, now)
             export.state = ExportState.SENT
             export.sent_at = now
             export.next_attempt_at = None
@@ -538,6 +529,16 @@ class ExportService:
         log_event(logger, logging.INFO, "export_sent", export_id=claim.export_id,
                   report_id=claim.report_id, destination_ae=claim.destination_ae,
                   attempts=attempts, instances=len(results), warnings=len(warnings))
+
+    def _withdrawn_but_delivered(self, session: Session, export: Export, claim: _Claim,
+                                 now: dt.datetime) -> None:
+        """A draft withdrawn while its send was in flight reached the destination: queue
+        the rejection note that withdraws it there too."""
+        draft = session.get_one(Report, claim.report_id)
+        queue_rejection_notes(session, self.store, draft, [export.destination_ae],
+                              rejection_cause(session, draft), now=now)
+        log_event(logger, logging.INFO, "withdrawn_export_delivered",
+                  export_id=export.id, destination_ae=export.destination_ae)
 
     def _record_failure(
         self, claim: _Claim, now: dt.datetime, message: str, error: Exception | None
