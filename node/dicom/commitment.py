@@ -286,9 +286,11 @@ def request_commitment(
 
     def _on_event_report(event: Any) -> tuple[int, None]:
         status, body = answer_report(event, destination.ae_title, on_report)
-        information = getattr(event, "event_information", None)
-        if information is not None and str(information.get("TransactionUID", "")) == \
-                transaction_uid and status == ReportStatus.SUCCESS:
+        try:
+            reported = str(event.event_information.get("TransactionUID", ""))
+        except Exception:  # undecodable: answered above with a failure status
+            reported = ""
+        if reported == transaction_uid and status == ReportStatus.SUCCESS:
             arrived.set()
         return status, body
 
