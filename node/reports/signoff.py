@@ -380,7 +380,8 @@ def sign_report(
     labeler
         The CheXpert labeler; the node's own by default.
     language
-        RFC 5646 tag of the SR's language (``[reports] language``); en-US when ``None``.
+        RFC 5646 tag of the SR's language when the signer has none of their own
+        (``users.language``): the site's ``[reports] language``; en-US when ``None``.
     confirm_unedited_urgent
         Refuse to sign the unedited draft of an urgent study unless
         ``unedited_urgent_confirmed`` (the site setting ``[web] confirm_unedited_urgent``).
@@ -429,7 +430,7 @@ def sign_report(
         raise ConfirmationRequired("this urgent draft is unedited: confirm that you sign it "
                                    "as the model wrote it")
     final = _write_version(session, store, draft, user, findings, impression, now,
-                           amendment=False, language=language)
+                           amendment=False, language=user.language or language)
     if urgent_unedited and unedited_urgent_confirmed:
         _audit(session, now, user, "unedited_urgent_confirmed", draft, {
             "urgent_findings": list(study.urgent_findings or []),
@@ -491,7 +492,7 @@ def amend_report(
     if current.state != ReportState.FINAL:
         raise SignoffError("only a signed report can be amended; sign the draft instead")
     amended = _write_version(session, store, current, user, findings, impression, now,
-                             amendment=True, language=language)
+                             amendment=True, language=user.language or language)
     queue_exports(session, amended, destinations, now=now)
     _audit(session, now, user, "report_amended", amended, {
         "amends_report_id": current.id, "sop_instance_uid": amended.sop_instance_uid,
