@@ -283,6 +283,7 @@ def request_commitment(
     """
     peer = f"{destination.ae_title} at {destination.host}:{destination.port}"
     arrived = threading.Event()
+    answered = threading.Event()
 
     def _on_event_report(event: Any) -> tuple[int, None]:
         status, body = answer_report(event, destination.ae_title, on_report)
@@ -294,6 +295,12 @@ def request_commitment(
             arrived.set()
         return status, body
 
+    def _on_sent(event: Any) -> None:
+        # The report's response is on its way: only now may the association be released
+        # (releasing while the handler runs would send A-RELEASE-RQ before the response).
+        if arrived.is_set() and type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+            answered.set()
+
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(STORAGE_COMMITMENT_SOP_CLASS, _SYNTAXES)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -304,7 +311,8 @@ def request_commitment(
                     destination.host)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
                          tls_args=tls_args,
-                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, _on_event_report)])
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, _on_event_report),
+                                       (evt.EVT_DIMSE_SENT, _on_sent)])
     if not assoc.is_established:
         if assoc.is_rejected:
             raise DestinationRefused(f"association for storage commitment rejected by {peer}")
@@ -329,10 +337,28 @@ def request_commitment(
         while (not arrived.is_set() and assoc.is_established
                and time.monotonic() < deadline):
             arrived.wait(min(0.05, max(deadline - time.monotonic(), 0)))
+        if arrived.is_set():
+            answered.wait(timeout)
         return arrived.is_set()
     finally:
         if assoc.is_established:
-            assoc.release()
+            _release_within(assoc, timeout, peer)
+
+
+def _release_within(assoc: Any, seconds: float, peer: str) -> None:
+    """Release ``assoc``, aborting it when the release has not completed in ``seconds``.
+
+    pynetdicom's release waits, without a deadline, for its reactor to pause; an
+    association whose peer also sends requests must not be able to hold the export loop.
+    """
+    releasing = threading.Thread(target=assoc.release, name="commitment-release",
+                                 daemon=True)
+    releasing.start()
+    releasing.join(seconds)
+    if releasing.is_alive():
+        log_event(logger, logging.WARNING, "commitment_release_aborted", peer=peer)
+        assoc.abort()
+        releasing.join(seconds)
 
 
 def _reference_item(reference: CommitmentReference) -> Dataset:
