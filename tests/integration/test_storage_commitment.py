@@ -304,7 +304,8 @@ pytestmark = requires_orthanc
 
 
 def test_orthanc_reports_on_its_own_association_and_the_export_is_committed(
-        node: CommitmentNode, orthanc: OrthancServer) -> None:
+        node: CommitmentNode, orthanc: OrthancServer,
+        record_property: Callable[[str, object], None]) -> None:
     node.listen()
     stored = store_report(node.database, node.store)
     export_id = node.queue(stored)
@@ -315,7 +316,8 @@ def test_orthanc_reports_on_its_own_association_and_the_export_is_committed(
     assert pending.commitment_references == [[ComprehensiveSRStorage, stored.sr_uid]]
     assert pending.state in (ExportState.COMMITMENT_PENDING, ExportState.COMMITTED)
 
-    row, _ = node.wait_for(export_id, ExportState.COMMITTED)
+    row, seconds = node.wait_for(export_id, ExportState.COMMITTED)
+    record_property("seconds_to_committed", round(seconds, 3))
     assert row.committed_at is not None and row.last_error is None
     assert orthanc.sop_instance_uids().count(stored.sr_uid) == 1
     [committed] = node.audit("export_committed")
@@ -358,7 +360,8 @@ def test_instance_lost_after_a_successful_store_is_sent_and_committed_again(
 
 
 def test_restart_between_the_request_and_the_report_loses_nothing(
-        node: CommitmentNode, orthanc: OrthancServer) -> None:
+        node: CommitmentNode, orthanc: OrthancServer,
+        record_property: Callable[[str, object], None]) -> None:
     """The node is down when Orthanc reports; a new node on the same database takes the
     report Orthanc sends again, by the Transaction UID persisted before the request."""
     stored = store_report(node.database, node.store)
@@ -376,6 +379,7 @@ def test_restart_between_the_request_and_the_report_loses_nothing(
     [job] = [j for j in orthanc.jobs() if j["Type"] == "StorageCommitmentScp"]
     orthanc.request("POST", f"/jobs/{job['ID']}/resubmit")
     row, seconds = node.wait_for(export_id, ExportState.COMMITTED)
+    record_property("seconds_to_committed_after_resubmit", round(seconds, 3))
     assert row.attempts == 1 and seconds < REPORT_BOUND
 
 
