@@ -509,3 +509,37 @@ def test_reports_from_strangers_or_for_unknown_transactions_change_nothing(
     assert node.row(export_id).state == ExportState.COMMITTED
     assert send_report(node.port, "FAKEPACS", 1, genuine) == ReportStatus.SUCCESS  # repeated
     assert len(node.audit("export_committed")) == 1
+
+
+def test_the_running_node_takes_orthancs_report_on_its_listener(
+        tmp_path: Path, database_url: str, node_port: int, orthanc: OrthancServer) -> None:
+    """``radnode serve``'s services, wired from settings: the export loop sends and asks,
+    the listener accepts Orthanc's association in the SCP role and records the report."""
+    from node.runtime import NodeServices
+
+    destination = commitment_destination(orthanc.aet, orthanc.dicom_port)
+    settings = make_settings(
+        tmp_path, database_url, dicom={"port": node_port, "ae_title": NODE_AE},
+        destinations=[destination.model_dump()],
+        exports={"period_seconds": 0.2, "commitment_wait_seconds": 0})
+    services = NodeServices.build(settings)
+    services.start()
+    try:
+        assert services.listener.commitment is not None
+        stored = store_report(services.database, services.store)
+        with services.database.sessions.begin() as session:
+            [export] = queue_exports(session, session.get_one(Report, stored.report_id),
+                                     settings.destinations)
+            export_id = export.id
+        services.exporter.notify()
+        deadline = time.monotonic() + REPORT_BOUND
+        while True:
+            with services.database.sessions() as session:
+                row = session.get_one(Export, export_id)
+            if row.state == ExportState.COMMITTED:
+                break
+            assert time.monotonic() < deadline, (row.state, row.last_error)
+            time.sleep(0.05)
+        assert orthanc.sop_instance_uids().count(stored.sr_uid) == 1
+    finally:
+        services.stop()
