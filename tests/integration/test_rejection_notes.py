@@ -135,6 +135,10 @@ def test_rejected_draft_gets_a_rejection_note_retried_through_an_outage(
         check_rejection_note(orthanc, note_uid, draft_uid, tmp_path,
                              "Unverified draft report rejected by a radiologist")
         assert orthanc.sop_instance_uids().count(note_uid) == 1
+        study_page = web.client.get(f"/studies/{seeded.study_id}", headers=HTML).text
+        delivery = study_page[study_page.index("Delivery"):]
+        assert delivery.count(orthanc.aet) == 2 and "rejection note" in delivery
+        assert delivery.count('class="badge ex-sent">Sent<') == 2
 
 
 def test_signing_withdraws_the_draft_everywhere(tmp_path: Path, web: WebEnv) -> None:
