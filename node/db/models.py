@@ -308,7 +308,7 @@ class ObservationAgreement(Base):
 
 
 class Export(Base):
-    """Delivery of one report's SR to one destination AE."""
+    """Delivery of one report's SR, or of a rejection note about it, to one destination AE."""
 
     __tablename__ = "exports"
 

@@ -1,8 +1,9 @@
-"""The export lifecycle: one row per report and destination, delivered exactly once.
+"""The export lifecycle: one row per report, destination and kind, delivered exactly once.
 
-``queue_exports`` writes PENDING rows in the caller's transaction (idempotent:
-the (report, destination) pair is unique). :class:`ExportService` delivers due
-rows in passes:
+``queue_exports`` writes PENDING rows of the report's SR in the caller's transaction
+(idempotent: the (report, destination, kind) triple is unique); rejection notes of
+withdrawn drafts are queued by :mod:`node.exports.rejection` and delivered alike.
+:class:`ExportService` delivers due rows in passes:
 
 0. **store** — write the draft SRs that workers without the storage folder handed over
    in their report rows (:mod:`node.reports.handover`); a failure there is logged and
