@@ -469,6 +469,16 @@ class ModelSettings(_Section):
         return {key: value for key, value in values.items() if value is not None}
 
 
+class DestinationExports(enum.Enum):
+    """Which of the node's reports a destination receives automatically."""
+
+    FINALS_ONLY = "finals_only"
+    """Signed (and amended) reports only: no unverified draft reaches the destination."""
+    DRAFTS_AND_FINALS = "drafts_and_finals"
+    """Every draft as soon as it is written, then the signed reports (and, when a draft
+    it received is rejected or superseded, an IOCM rejection note)."""
+
+
 class Destination(_Section):
     """A DICOM peer that receives the node's reports, or only what it asks for by C-MOVE."""
 
@@ -477,13 +487,31 @@ class Destination(_Section):
     port: int = Field(ge=1, le=65535)
     tls: bool = False
     auto_export: bool = True
-    """Queue every draft and signed report for this peer. ``false``: the peer is only a
-    C-MOVE destination (a workstation or viewer that retrieves what it asks for)."""
+    """Queue reports for this peer (which ones: ``exports``). ``false``: the peer is only
+    a C-MOVE destination (a workstation or viewer that retrieves what it asks for)."""
+    exports: DestinationExports = DestinationExports.FINALS_ONLY
+    """``"finals_only"`` (the default) or ``"drafts_and_finals"``. Configurations written
+    before this setting existed sent drafts to every destination: such an entry now
+    receives signed reports only until it says ``exports = "drafts_and_finals"`` (the
+    start-up summary names the entries that rely on the default)."""
+    storage_commitment: bool = False
+    """Ask the peer to commit to keeping what it was sent (Storage Commitment Push Model,
+    PS3.4 Annex J): an export counts as delivered only once the peer reported the
+    commitment, on the export's association or on one it opens to the node's listener."""
 
     @field_validator("ae_title")
     @classmethod
     def _check_peer_ae(cls, value: str) -> str:
         return _check_ae_title(value)
+
+    @property
+    def exports_by_default(self) -> bool:
+        """Whether ``exports`` was left unset (finals only, by default)."""
+        return "exports" not in self.model_fields_set
+
+    def receives_drafts(self) -> bool:
+        """Whether drafts are exported to this destination automatically."""
+        return self.auto_export and self.exports is DestinationExports.DRAFTS_AND_FINALS
 
 
 class ExportSettings(_Section):
@@ -510,6 +538,14 @@ class ExportSettings(_Section):
     """Exports claimed by one pass."""
     include_images: bool = False
     """Send the study's instances before the report's SR, in the same association."""
+    commitment_timeout_seconds: float = Field(600.0, gt=0)
+    """How long a destination with ``storage_commitment`` has to report on a commitment
+    request; without a report by then the object is sent and committed again."""
+    commitment_wait_seconds: float = Field(2.0, ge=0)
+    """How long the commitment request's association stays open for the report to come
+    on it; later reports come on an association the destination opens to the node."""
+    commitment_max_attempts: int = Field(5, ge=1)
+    """Attempts after which a refused or unreported commitment makes the export FAILED."""
 
     @field_validator("calling_ae")
     @classmethod

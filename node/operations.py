@@ -32,7 +32,7 @@ from node.db.models import DestinationHealth, Export, Job
 from node.db.types import utcnow
 from node.logs import log_event
 from node.periodic import PeriodicThread
-from node.states import ExportState, JobState
+from node.states import UNDELIVERED_EXPORT_STATES, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def destination_rows(session: Session, settings: Settings, now: dt.datetime
     waiting: dict[str, tuple[int, dt.datetime | None]] = {
         ae: (int(count), oldest) for ae, count, oldest in session.execute(
             select(Export.destination_ae, func.count(Export.id), func.min(Export.created_at))
-            .where(Export.state.in_([ExportState.PENDING, ExportState.RETRYING]))
+            .where(Export.state.in_(UNDELIVERED_EXPORT_STATES))
             .group_by(Export.destination_ae))}
     addresses = {d.ae_title: f"{d.host}:{d.port}" for d in settings.destinations}
     titles = list(dict.fromkeys([*addresses, *sorted({*health, *waiting} - set(addresses))]))

@@ -31,7 +31,7 @@ from node.db.models import AuditEvent, Export, Instance, Job, Report, Study
 from node.db.types import utcnow
 from node.logs import log_event
 from node.periodic import PeriodicThread
-from node.states import ExportState, JobState, ReportState, StudyState
+from node.states import DELIVERED_EXPORT_STATES, JobState, ReportState, StudyState
 from node.storage import InstanceStore
 
 logger = logging.getLogger(__name__)
@@ -105,13 +105,15 @@ def eligible_since(session: Session, study: Study) -> dt.datetime | None:
             or report.sr_path is None):
         return None
     exports = session.scalars(select(Export).where(Export.report_id == report.id)).all()
-    if not exports or any(e.state != ExportState.SENT or e.sent_at is None for e in exports):
+    if not exports or any(e.state not in DELIVERED_EXPORT_STATES or e.sent_at is None
+                          for e in exports):
         return None
     pending = session.scalar(select(exists().where(
         Job.study_id == study.id, Job.state.in_(PENDING_JOB_STATES))))
     if pending:
         return None
-    return max([report.signed_at, *(e.sent_at for e in exports if e.sent_at is not None)])
+    return max([report.signed_at, *(e.committed_at or e.sent_at for e in exports
+                                    if e.sent_at is not None)])
 
 
 def _stored_images(session: Session, study_id: int, cutoff: dt.datetime) -> list[Instance]:
@@ -161,7 +163,7 @@ class RetentionService:
             ~Instance.sop_class_uid.startswith(SR_SOP_CLASS_PREFIX))
         delivered = exists().where(
             Report.study_id == Study.id, Report.signed_at <= cutoff,
-            Export.report_id == Report.id, Export.state == ExportState.SENT,
+            Export.report_id == Report.id, Export.state.in_(DELIVERED_EXPORT_STATES),
             Export.sent_at <= cutoff)
         signed_at = (select(func.max(Report.signed_at)).where(Report.study_id == Study.id)
                      .correlate(Study).scalar_subquery())

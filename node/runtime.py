@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from node.assembly.service import AssemblyService
 from node.config import Settings
 from node.db.engine import Database
+from node.dicom.commitment import CommitmentReportListener
 from node.dicom.ingest import InstanceIngestor
 from node.dicom.qr import QueryRetrieveService
 from node.dicom.scp import DicomListener
@@ -128,7 +129,10 @@ class NodeServices:
         ingestor = InstanceIngestor(store, database.sessions,
                                     DatasetLimits(**settings.dicom.limits.model_dump()))
         query_retrieve = QueryRetrieveService.from_settings(settings, database.sessions, store)
-        listener = DicomListener(settings.dicom, ingestor, query_retrieve)
+        exporter = ExportService.from_settings(settings, database.sessions, store)
+        commitment = (CommitmentReportListener(exporter.ledger.record_report)
+                      if any(d.storage_commitment for d in settings.destinations) else None)
+        listener = DicomListener(settings.dicom, ingestor, query_retrieve, commitment)
         work_queue = build_work_queue(settings, database)
         scheduler = DraftScheduler(
             database.sessions, work_queue, read_bundle_identity(settings.model.bundle)
@@ -137,7 +141,6 @@ class NodeServices:
             settings.assembly, database.sessions, on_stable=scheduler.on_stable
         )
         reconciler = Reconciler(settings.jobs, scheduler)
-        exporter = ExportService.from_settings(settings, database.sessions, store)
         retention = RetentionService(settings.retention, database.sessions, store)
         operations = OperationsMonitor(settings, database.sessions)
         web = None

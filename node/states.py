@@ -48,12 +48,46 @@ class ReportState(enum.Enum):
 
 
 class ExportState(enum.Enum):
-    """Delivery of one SR to one destination."""
+    """Delivery of one object (a report's SR, or a rejection note) to one destination.
+
+    A destination without storage commitment has the object once it answered the C-STORE
+    with Success: PENDING → SENT. A destination with ``storage_commitment = true`` has it
+    only once it committed to keep it (PS3.4 Annex J): PENDING → COMMITMENT_PENDING →
+    COMMITTED; a commitment refused or not reported in time goes back to RETRYING (the
+    object is sent and committed again).
+    """
 
     PENDING = "pending"
+    """Waiting for its first attempt."""
     SENT = "sent"
+    """Delivered to a destination without storage commitment (the C-STORE succeeded)."""
+    COMMITMENT_PENDING = "commitment pending"
+    """Stored by a commitment destination, which has not yet reported on its commitment."""
+    COMMITTED = "committed"
+    """The destination reported that it keeps every instance sent (delivered)."""
     RETRYING = "retrying"
+    """An attempt failed; another is due at ``next_attempt_at``."""
     FAILED = "failed"
+    """Given up: too old, or too many commitments refused (an admin must look)."""
+    WITHDRAWN = "withdrawn"
+    """A draft rejected or superseded before it was delivered: it is not sent any more."""
+
+
+class ExportKind(enum.Enum):
+    """What an export delivers."""
+
+    REPORT = "report"
+    """The report's SR (with the study's images when ``include_images`` is set)."""
+    REJECTION_NOTE = "rejection note"
+    """An IHE IOCM rejection note: a Key Object Selection Document telling a destination
+    that received the report's draft SR that the draft is rejected or superseded."""
+
+
+#: Export states in which the destination holds the object for good.
+DELIVERED_EXPORT_STATES = frozenset({ExportState.SENT, ExportState.COMMITTED})
+#: Export states still on their way to delivery.
+UNDELIVERED_EXPORT_STATES = frozenset({ExportState.PENDING, ExportState.RETRYING,
+                                       ExportState.COMMITMENT_PENDING})
 
 
 class Role(enum.Enum):

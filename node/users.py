@@ -34,6 +34,7 @@ from zxcvbn import zxcvbn
 from node.db.models import AuditEvent, User
 from node.db.types import utcnow
 from node.reports.sr_content import check_long_string, check_person_name
+from node.reports.sr_language import language_code
 from node.states import Role
 
 MIN_PASSWORD_LENGTH = 10
@@ -125,6 +126,7 @@ def create_user(
     display_name: str,
     organization: str | None = None,
     person_identifier: str | None = None,
+    language: str | None = None,
     actor: str = "cli",
 ) -> User:
     """Add a user (in the caller's transaction) and audit it.
@@ -147,6 +149,10 @@ def create_user(
     person_identifier
         The person's identifier at the hospital (written as the verifying observer's
         identification code); the username when omitted.
+    language
+        RFC 5646 tag of the reports the user signs (one of
+        :data:`~node.reports.sr_language.LANGUAGES`); the site's ``[reports] language``
+        when omitted.
     actor
         Who creates the user, for the audit trail.
 
@@ -170,6 +176,8 @@ def create_user(
             check_long_string(organization, "organization")
         if person_identifier is not None:
             check_long_string(person_identifier, "person identifier")
+        if language is not None:
+            language = user_language(language)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     taken = session.scalar(
@@ -180,7 +188,7 @@ def create_user(
     user = User(
         username=username, display_name=display_name, password_hash=hash_password(password),
         role=role, organization=organization, person_identifier=person_identifier,
-        active=True, created_at=utcnow(),
+        language=language, active=True, created_at=utcnow(),
     )
     session.add(user)
     session.flush()
@@ -189,6 +197,36 @@ def create_user(
         object_id=str(user.id), details={"username": username, "role": role.name},
     ))
     return user
+
+
+def user_language(tag: str) -> str:
+    """The canonical form of a user's report language tag.
+
+    Raises
+    ------
+    ValueError
+        If the node does not write SRs in that language.
+    """
+    return language_code(tag).value
+
+
+def set_user_language(session: Session, user: User, language: str | None, *,
+                      actor: str = "cli") -> None:
+    """Set (or, with ``None``, clear) the language of the reports ``user`` signs; audited.
+
+    Raises
+    ------
+    UserError
+        If the node does not write SRs in that language.
+    """
+    try:
+        tag = user_language(language) if language is not None else None
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    previous, user.language = user.language, tag
+    session.add(AuditEvent(at=utcnow(), actor=actor, action="user_language_set",
+                           object_type="user", object_id=str(user.id),
+                           details={"language": tag, "previous": previous}))
 
 
 def verify_password(user: User, password: str) -> bool:
@@ -291,6 +329,8 @@ __all__ = [
     "check_password_policy",
     "find_login_candidate",
     "create_user",
+    "set_user_language",
+    "user_language",
     "hash_password",
     "use_password_hasher",
     "verify_password",

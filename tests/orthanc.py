@@ -235,6 +235,35 @@ class OrthancServer:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
             return json.loads(response.read())
 
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        """Send ``method`` (POST, DELETE...) with ``body`` (text as is, else JSON); decode
+        the JSON answer."""
+        data = body.encode() if isinstance(body, str) else json.dumps(body or {}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
+                                         data=data if method != "DELETE" else None,
+                                         method=method)
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            payload = response.read()
+        return json.loads(payload) if payload.strip() else None
+
+    def delete_instance(self, sop_instance_uid: str) -> None:
+        """Delete the stored instance with this SOP Instance UID (it must be stored)."""
+        [found] = self.request("POST", "/tools/lookup", sop_instance_uid) or [None]
+        assert found is not None and found["Type"] == "Instance", found
+        self.request("DELETE", f"/instances/{found['ID']}")
+
+    def instance_file(self, sop_instance_uid: str) -> bytes:
+        """The Part 10 file Orthanc stores for this SOP Instance UID."""
+        [found] = self.request("POST", "/tools/lookup", sop_instance_uid) or [None]
+        assert found is not None and found["Type"] == "Instance", found
+        url = f"http://127.0.0.1:{self.http_port}/instances/{found['ID']}/file"
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (loopback)
+            return bytes(response.read())
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Orthanc's jobs with their type, state and error."""
+        return list(self.get("/jobs?expand"))
+
     def sop_instance_uids(self) -> list[str]:
         """SOP Instance UIDs of every stored instance, one entry per stored copy."""
         instances = self.get("/instances?expand")

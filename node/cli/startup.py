@@ -222,6 +222,7 @@ def summary_lines(command: str, settings: Settings, bundle: BundleSummary | None
         lines.append(f"  dicom:    AE title {settings.dicom.ae_title}, port {dicom_port} "
                      f"on {settings.dicom.bind_address}"
                      + (" (TLS)" if settings.dicom.tls.enabled else ""))
+        lines.extend(destination_lines(settings))
     if web_port is not None:
         lines.append(f"  web:      port {web_port} on {settings.web.host}")
     if worker is not None:
@@ -229,8 +230,29 @@ def summary_lines(command: str, settings: Settings, bundle: BundleSummary | None
     return lines
 
 
+def destination_lines(settings: Settings) -> list[str]:
+    """One summary line per destination: what it receives and how delivery is confirmed."""
+    lines = []
+    for destination in settings.destinations:
+        if not destination.auto_export:
+            what = "C-MOVE destination only"
+        elif destination.receives_drafts():
+            what = "drafts and signed reports"
+        else:
+            what = "signed reports only"
+            if destination.exports_by_default:
+                what += (' (exports not set; before this setting drafts went to every '
+                         'destination: set exports = "drafts_and_finals" to keep that)')
+        if destination.storage_commitment and destination.auto_export:
+            what += ", storage commitment"
+        lines.append(f"  export:   {destination.ae_title} at {destination.host}:"
+                     f"{destination.port}: {what}")
+    return lines
+
+
 __all__ = [
     "BundleSummary",
+    "destination_lines",
     "check_broker",
     "check_bundle",
     "check_database",

@@ -1,4 +1,4 @@
-"""Subcommands for the web app's users: ``radnode user add|list|role|token|deactivate``."""
+"""Subcommands for the web app's users: ``radnode user add|list|role|token|deactivate|language``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from node.db.engine import Database
 from node.db.models import AuditEvent, User
 from node.db.types import utcnow
 from node.states import Role
-from node.users import UserError, check_password_policy, create_user
+from node.users import UserError, check_password_policy, create_user, set_user_language
 
 
 def _read_password(from_stdin: bool, related: list[str]) -> str:
@@ -39,7 +39,7 @@ def _user_add(args: argparse.Namespace) -> int:
             user = create_user(
                 session, args.username, password, role=Role[args.role.upper()],
                 display_name=args.name, organization=args.organization,
-                person_identifier=args.person_id,
+                person_identifier=args.person_id, language=args.language,
             )
             user_id = user.id
     except UserError as exc:
@@ -136,6 +136,28 @@ def _user_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_language(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    database = Database.from_settings(settings, migrate=settings.database.migrate_on_start)
+    try:
+        with database.sessions.begin() as session:
+            user = session.scalar(select(User).where(User.username == args.username))
+            if user is None:
+                print(f"radnode: no user {args.username!r}", file=sys.stderr)
+                return 2
+            set_user_language(session, user, None if args.clear else args.language)
+            language = user.language
+    except UserError as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        return 2
+    if language is None:
+        print(f"user {args.username} signs reports in the site's language "
+              f"({settings.reports.language})")
+    else:
+        print(f"user {args.username} signs reports in {language}")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``user`` to the ``radnode`` parser."""
     user = commands.add_parser("user", help="manage the web app's users")
@@ -149,6 +171,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                      help='DICOM person name, "Family^Given" (signs reports)')
     add.add_argument("--organization", help="verifying organization on signed reports")
     add.add_argument("--person-id", help="identifier on signed reports (default: username)")
+    add.add_argument("--language", help="RFC 5646 tag of the reports the user signs, e.g. "
+                                        "de-CH (default: [reports] language)")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from the first line of standard input")
     add.set_defaults(handler=_user_add)
@@ -173,3 +197,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     deactivate = actions.add_parser("deactivate", help="stop a user from signing in")
     deactivate.add_argument("username")
     deactivate.set_defaults(handler=_user_deactivate)
+
+    language = actions.add_parser(
+        "language", help="set the language of the reports a user signs")
+    language.add_argument("username")
+    chosen = language.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("language", nargs="?", help="RFC 5646 tag, e.g. fr-CH")
+    chosen.add_argument("--clear", action="store_true",
+                        help="use the site's [reports] language again")
+    language.set_defaults(handler=_user_language)

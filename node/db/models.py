@@ -25,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from node.db.types import UTCDateTime, utcnow
 from node.observations import Mention, Observation
 from node.states import (
+    ExportKind,
     ExportState,
     JobState,
     QuarantineReason,
@@ -215,6 +216,8 @@ class User(Base):
     role: Mapped[Role] = mapped_column(_enum(Role))
     organization: Mapped[str | None] = mapped_column(String(64))
     person_identifier: Mapped[str | None] = mapped_column(String(64))
+    language: Mapped[str | None] = mapped_column(String(16))
+    """RFC 5646 tag of the reports this user signs (``[reports] language`` when unset)."""
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -308,25 +311,43 @@ class ObservationAgreement(Base):
 
 
 class Export(Base):
-    """Delivery of one report's SR to one destination AE."""
+    """Delivery of one report's SR, or of a rejection note about it, to one destination AE."""
 
     __tablename__ = "exports"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     report_id: Mapped[int] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"))
     destination_ae: Mapped[str] = mapped_column(AE_TITLE)
+    kind: Mapped[ExportKind] = mapped_column(_enum(ExportKind), default=ExportKind.REPORT,
+                                             server_default=ExportKind.REPORT.name)
+    """The report's SR, or a rejection note about the report (a draft rejected or
+    superseded after this destination received it)."""
+    object_path: Mapped[str | None] = mapped_column(String(512))
+    """The file a rejection note export sends (relative to the storage root); ``None`` for
+    a report export, which sends the report's SR."""
+    object_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    """The SOP Instance UID of that file."""
     state: Mapped[ExportState] = mapped_column(_enum(ExportState), default=ExportState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    """When the destination last answered the C-STORE with Success."""
+    commitment_transaction_uid: Mapped[str | None] = mapped_column(UID, unique=True)
+    """The Transaction UID of the latest storage commitment request (a new one per
+    attempt); an N-EVENT-REPORT naming any other is refused."""
+    commitment_references: Mapped[list[list[str]] | None] = mapped_column(JSON)
+    """``[SOP Class UID, SOP Instance UID]`` of each instance the request named."""
+    commitment_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    committed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    """When the destination reported that it committed to keep every instance."""
     acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     """When an admin acknowledged or discarded the failure (it leaves the triage list)."""
     acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("report_id", "destination_ae"),
+        UniqueConstraint("report_id", "destination_ae", "kind"),
         Index(None, "state", "next_attempt_at"),
     )
 

@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 REPEAT_SECONDS = 60.0
 ASSOCIATION_REFUSED = "association_refused"
 INSTANCE_REFUSED = "instance_refused"
-REFUSAL_ACTIONS = (ASSOCIATION_REFUSED, INSTANCE_REFUSED)
+COMMITMENT_REPORT_REFUSED = "commitment_report_refused"
+"""A storage commitment report from an unknown AE or naming an unknown transaction."""
+REFUSAL_ACTIONS = (ASSOCIATION_REFUSED, INSTANCE_REFUSED, COMMITMENT_REPORT_REFUSED)
 """Audit actions listed under "Refused at the DICOM edge" on the triage page."""
 
 

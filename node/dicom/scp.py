@@ -22,6 +22,7 @@ from pynetdicom.utils import make_target
 from node.config import DicomSettings, TlsSettings
 from node.dicom.access import AccessPolicy, Permission
 from node.dicom.admission import GuardedAssociationServer
+from node.dicom.commitment import CommitmentReportListener
 from node.dicom.ingest import InstanceIngestor, ReceivedInstance
 from node.dicom.qr import FIND_SOP_CLASSES, RETRIEVE_SOP_CLASSES, QueryRetrieveService
 from node.dicom.refusals import RefusalRecorder
@@ -134,6 +135,9 @@ class DicomListener:
     query_retrieve
         Serves C-FIND, C-GET and C-MOVE when given. Storage contexts then also accept
         the SCP/SCU role selection a C-GET requestor proposes (it acts as their SCP).
+    commitment
+        Receives storage commitment reports that destinations send on associations of
+        their own (the node in the SCU role of Storage Commitment), when given.
     """
 
     def __init__(
@@ -141,8 +145,10 @@ class DicomListener:
         settings: DicomSettings,
         ingestor: InstanceIngestor,
         query_retrieve: QueryRetrieveService | None = None,
+        commitment: CommitmentReportListener | None = None,
     ) -> None:
         self.settings = settings
+        self.commitment = commitment
         self.ingestor = ingestor
         self.query_retrieve = query_retrieve
         self.policy = AccessPolicy(settings)
@@ -175,6 +181,8 @@ class DicomListener:
             )
         if self.query_retrieve is not None:
             self.query_retrieve.add_contexts(ae)
+        if self.commitment is not None:
+            self.commitment.add_contexts(ae)
         return ae
 
     @property
@@ -195,6 +203,8 @@ class DicomListener:
         ]
         if self.query_retrieve is not None:
             handlers.extend(self.query_retrieve.handlers())
+        if self.commitment is not None:
+            handlers.extend(self.commitment.handlers())
         context = (
             build_ssl_context(self.settings.tls, peer_timeout=self.settings.network_timeout)
             if self.settings.tls.enabled

@@ -1,8 +1,9 @@
-"""The export lifecycle: one row per report and destination, delivered exactly once.
+"""The export lifecycle: one row per report, destination and kind, delivered exactly once.
 
-``queue_exports`` writes PENDING rows in the caller's transaction (idempotent:
-the (report, destination) pair is unique). :class:`ExportService` delivers due
-rows in passes:
+``queue_exports`` writes PENDING rows of the report's SR in the caller's transaction
+(idempotent: the (report, destination, kind) triple is unique); rejection notes of
+withdrawn drafts are queued by :mod:`node.exports.rejection` and delivered alike.
+:class:`ExportService` delivers due rows in passes:
 
 0. **store** — write the draft SRs that workers without the storage folder handed over
    in their report rows (:mod:`node.reports.handover`); a failure there is logged and
@@ -16,7 +17,14 @@ rows in passes:
    instances first when ``include_images`` is set, then the report's SR;
 3. **record** — SENT with ``sent_at``, or RETRYING with an exponential back-off,
    or FAILED once the export is older than ``max_age_seconds`` (the dead letter
-   an admin sees, with ``last_error``). A SENT row is never selected again.
+   an admin sees, with ``last_error``). A SENT row is never selected again;
+4. **commit** — for a destination with ``storage_commitment``, the C-STORE is not the
+   end: the row becomes COMMITMENT_PENDING with a new Transaction UID (recorded first),
+   then a storage commitment request goes out on its own association, which stays open
+   ``commitment_wait_seconds`` for the report. The report, on that association or a
+   later one, makes the row COMMITTED, or RETRYING when it names failures
+   (:mod:`node.exports.commitment`); each pass starts by retrying the rows whose report
+   is overdue.
 
 A sender that dies between claim and record leaves the row to be claimed again
 when its lease runs out; the destination then receives the same SOP instance
@@ -32,15 +40,16 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from pydicom.uid import generate_uid
 from sqlalchemy import or_, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Destination, ExportSettings, Settings
-from node.db.models import AuditEvent, DestinationHealth, Export, Instance, Report
+from node.db.models import AuditEvent, Export, Instance, Report
 from node.db.types import utcnow
+from node.dicom.commitment import CommitmentReference, ReportSink, request_commitment
 from node.dicom.export import (
     DestinationRefused,
     DestinationUnreachable,
@@ -49,10 +58,15 @@ from node.dicom.export import (
     build_client_ssl_context,
     send_instances,
 )
+from node.exports.commitment import CommitmentLedger
+from node.exports.health import note_destination_outcome
+from node.exports.rejection import queue_rejection_notes, rejection_cause
+from node.exports.retry import backoff_delay, schedule_retry
+from node.exports.rows import insert_missing_exports
 from node.logs import log_event
 from node.periodic import PeriodicThread
 from node.reports.handover import store_handed_over_srs
-from node.states import ExportState
+from node.states import ExportKind, ExportState, ReportState
 from node.storage import InstanceStore
 
 logger = logging.getLogger(__name__)
@@ -64,18 +78,21 @@ WAITING_STATES = (ExportState.PENDING, ExportState.RETRYING)
 MAX_ERROR_LENGTH = 2000
 
 
-def backoff_delay(attempts: int, settings: ExportSettings) -> float:
-    """Seconds to wait after the ``attempts``-th failed attempt.
+class CommitmentRequester(Protocol):
+    """The signature of :func:`~node.dicom.commitment.request_commitment`."""
 
-    ``base_delay_seconds * backoff_factor ** (attempts - 1)``, capped at
-    ``max_delay_seconds``.
-    """
-    exponent = max(attempts - 1, 0)
-    try:
-        delay = settings.base_delay_seconds * settings.backoff_factor**exponent
-    except OverflowError:
-        return settings.max_delay_seconds
-    return float(min(delay, settings.max_delay_seconds))
+    def __call__(
+        self,
+        destination: Destination,
+        transaction_uid: str,
+        references: Sequence[CommitmentReference],
+        *,
+        calling_ae: str,
+        timeout: float,
+        wait_seconds: float,
+        on_report: ReportSink,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> bool: ...
 
 
 def queue_exports(
@@ -91,7 +108,8 @@ def queue_exports(
     :class:`ExportService` after the commit for an immediate delivery. Calling
     it again, or concurrently, adds nothing: rows are unique per report and
     destination AE title, and existing rows (SENT or not) are left as they are.
-    Destinations with ``auto_export = false`` (C-MOVE targets only) are skipped.
+    Destinations with ``auto_export = false`` (C-MOVE targets only) are skipped, and
+    a draft goes only to those with ``exports = "drafts_and_finals"``.
 
     Parameters
     ----------
@@ -110,20 +128,25 @@ def queue_exports(
         One row per distinct destination AE title, in the order given.
     """
     now = now or utcnow()
-    titles = list(dict.fromkeys(d.ae_title for d in destinations if d.auto_export))
+    is_draft = report.state == ReportState.DRAFT
+    titles = list(dict.fromkeys(
+        d.ae_title for d in destinations
+        if d.auto_export and (d.receives_drafts() or not is_draft)))
     if not titles:
         return []
     if report.id is None:
         session.flush()
     rows = [
-        {"report_id": report.id, "destination_ae": title, "state": ExportState.PENDING,
-         "attempts": 0, "next_attempt_at": now, "created_at": now}
+        {"report_id": report.id, "destination_ae": title, "kind": ExportKind.REPORT,
+         "state": ExportState.PENDING, "attempts": 0, "next_attempt_at": now,
+         "created_at": now}
         for title in titles
     ]
-    new_ids = _insert_missing(session, rows)
+    new_ids = insert_missing_exports(session, rows)
     exports = session.scalars(
         select(Export)
-        .where(Export.report_id == report.id, Export.destination_ae.in_(titles))
+        .where(Export.report_id == report.id, Export.destination_ae.in_(titles),
+               Export.kind == ExportKind.REPORT)
         .execution_options(populate_existing=True)
     ).all()
     by_title = {export.destination_ae: export for export in exports}
@@ -140,31 +163,6 @@ def queue_exports(
     return [by_title[title] for title in titles]
 
 
-def _insert_missing(session: Session, rows: list[dict[str, object]]) -> set[int]:
-    """Insert the rows that do not exist yet; return the new ids."""
-    dialect = session.get_bind().dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        module = postgresql if dialect == "postgresql" else sqlite
-        statement = (
-            module.insert(Export)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["report_id", "destination_ae"])
-            .returning(Export.id)
-        )
-        return set(session.scalars(statement))
-    new_ids: set[int] = set()
-    for row in rows:  # other databases: one savepoint per row
-        export = Export(**row)
-        try:
-            with session.begin_nested():
-                session.add(export)
-                session.flush()
-        except IntegrityError:
-            continue
-        new_ids.add(export.id)
-    return new_ids
-
-
 @dataclass(frozen=True)
 class _Claim:
     """What one attempt needs, read while the row was locked."""
@@ -179,29 +177,6 @@ class _Claim:
     report_sop_instance_uid: str | None
     created_at: dt.datetime
     image_paths: tuple[str, ...]
-
-
-def note_destination_outcome(session: Session, destination_ae: str, now: dt.datetime,
-                             error: str | None = None) -> None:
-    """Record one send to ``destination_ae`` in its health row (created on first use).
-
-    A success sets ``last_success_at`` and clears the run of failures; a failure (``error``
-    given) sets ``last_failure_at`` and ``last_error`` and counts one more consecutive
-    failure. Runs in the caller's transaction.
-    """
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    table = DestinationHealth.__table__
-    if error is None:
-        values: dict[str, object] = {"last_success_at": now, "consecutive_failures": 0}
-        update: dict[str, object] = dict(values)
-    else:
-        values = {"last_failure_at": now, "last_error": error, "consecutive_failures": 1}
-        update = {"last_failure_at": now, "last_error": error,
-                  "consecutive_failures": table.c.consecutive_failures + 1}
-    statement = module.insert(table).values(destination_ae=destination_ae, **values)
-    session.execute(statement.on_conflict_do_update(
-        index_elements=[table.c.destination_ae], set_=update))
 
 
 class ExportService:
@@ -224,6 +199,9 @@ class ExportService:
     sender
         Sends a list of instances over one association (default
         :func:`~node.dicom.export.send_instances`).
+    committer
+        Asks a destination for storage commitment (default
+        :func:`~node.dicom.commitment.request_commitment`).
     """
 
     def __init__(
@@ -236,6 +214,7 @@ class ExportService:
         calling_ae: str,
         ssl_context: ssl.SSLContext | None = None,
         sender: InstanceSender = send_instances,
+        committer: CommitmentRequester = request_commitment,
     ) -> None:
         titles = [d.ae_title for d in destinations]
         duplicates = sorted({t for t in titles if titles.count(t) > 1})
@@ -248,6 +227,9 @@ class ExportService:
         self.calling_ae = calling_ae
         self.ssl_context = ssl_context
         self.sender = sender
+        self.committer = committer
+        self.ledger = CommitmentLedger(settings, self.destinations, sessions)
+        """Records storage commitment reports (also those the listener receives)."""
         self._periodic = PeriodicThread("exporter", settings.period_seconds, self._deliver_now)
 
     @classmethod
@@ -292,6 +274,7 @@ class ExportService:
         """
         clock: Callable[[], dt.datetime] = (lambda: now) if now is not None else utcnow
         self._store_handed_over()
+        self._expire_commitments(clock())
         claims = self._claim_due(clock())
         if not claims:
             return []
@@ -316,6 +299,14 @@ class ExportService:
             log_event(logger, logging.ERROR, "handed_over_srs_failed",
                       error=type(exc).__name__)
 
+    def _expire_commitments(self, now: dt.datetime) -> None:
+        """Retry the exports whose commitment report is overdue; never fatal to the pass."""
+        try:
+            self.ledger.expire(now)
+        except Exception as exc:  # the exports already due must still go out
+            log_event(logger, logging.ERROR, "commitment_expiry_failed",
+                      error=type(exc).__name__)
+
     def _claim_due(self, now: dt.datetime) -> list[_Claim]:
         lease_until = now + dt.timedelta(seconds=self.settings.claim_seconds)
         claims: list[_Claim] = []
@@ -332,6 +323,7 @@ class ExportService:
                 .with_for_update(skip_locked=True, of=Export)
             ).all()
             for export, report in rows:
+                note = export.kind == ExportKind.REJECTION_NOTE
                 claims.append(_Claim(
                     export_id=export.id,
                     attempts=export.attempts + 1,
@@ -339,10 +331,11 @@ class ExportService:
                     destination_ae=export.destination_ae,
                     report_id=report.id,
                     study_id=report.study_id,
-                    sr_path=report.sr_path,
-                    report_sop_instance_uid=report.sop_instance_uid,
+                    sr_path=export.object_path if note else report.sr_path,
+                    report_sop_instance_uid=(export.object_sop_instance_uid if note
+                                             else report.sop_instance_uid),
                     created_at=export.created_at,
-                    image_paths=self._image_paths(session, report),
+                    image_paths=() if note else self._image_paths(session, report),
                 ))
                 export.attempts += 1
                 export.next_attempt_at = lease_until
@@ -409,8 +402,104 @@ class ExportService:
         except Exception as exc:  # unreadable file, bad dataset: recorded, retried, visible
             self._record_failure(claim, clock(), f"{type(exc).__name__}: {exc}", exc)
             return None
+        if destination.storage_commitment:
+            return self._request_commitment(claim, destination, results, clock)
         self._record_success(claim, clock(), results)
         return None
+
+    # -- storage commitment ---------------------------------------------------------------
+
+    def _request_commitment(
+        self, claim: _Claim, destination: Destination, results: Sequence[SendResult],
+        clock: Callable[[], dt.datetime],
+    ) -> DestinationUnreachable | None:
+        """Record the stored instances and the new transaction, then ask for commitment."""
+        transaction_uid = str(generate_uid())
+        references = [CommitmentReference(r.sop_class_uid, r.sop_instance_uid)
+                      for r in results]
+        if not self._record_stored(claim, clock(), results, transaction_uid):
+            return None
+        try:
+            self.committer(
+                destination, transaction_uid, references, calling_ae=self.calling_ae,
+                timeout=self.settings.timeout_seconds,
+                wait_seconds=self.settings.commitment_wait_seconds,
+                on_report=lambda report: self.ledger.record_report(report, now=clock()),
+                ssl_context=self.ssl_context,
+            )
+        except DestinationUnreachable as exc:
+            self._record_commitment_failure(claim, transaction_uid, clock(), str(exc), exc)
+            return exc
+        except Exception as exc:  # refused, or a local failure: recorded, retried, visible
+            message = str(exc) if isinstance(exc, DestinationRefused) else (
+                f"{type(exc).__name__}: {exc}")
+            self._record_commitment_failure(claim, transaction_uid, clock(), message, exc)
+        return None
+
+    def _record_stored(self, claim: _Claim, now: dt.datetime, results: Sequence[SendResult],
+                       transaction_uid: str) -> bool:
+        """COMMITMENT_PENDING with the transaction; ``False`` if the row is no longer ours."""
+        with self.sessions.begin() as session:
+            export = session.get(Export, claim.export_id, with_for_update=True)
+            if export is not None and export.state == ExportState.WITHDRAWN and \
+                    export.attempts == claim.attempts:
+                # withdrawn while it was being sent: it arrived, and a note rejects it
+                self._withdrawn_but_delivered(session, export, claim, now)
+                export.state, export.sent_at = ExportState.SENT, now
+                session.add(AuditEvent(
+                    at=now, actor="system", action="export_sent", object_type="export",
+                    object_id=str(export.id), study_id=claim.study_id,
+                    details={"destination_ae": claim.destination_ae,
+                             "report_id": claim.report_id, "attempts": export.attempts,
+                             "instances": len(results), "withdrawn": True}))
+                return False
+            if (export is None or export.state not in WAITING_STATES
+                    or export.attempts != claim.attempts):
+                return False
+            export.state = ExportState.COMMITMENT_PENDING
+            export.sent_at = now
+            export.commitment_transaction_uid = transaction_uid
+            export.commitment_references = [[r.sop_class_uid, r.sop_instance_uid]
+                                            for r in results]
+            export.commitment_requested_at = now
+            export.next_attempt_at = now + dt.timedelta(
+                seconds=self.settings.commitment_timeout_seconds)
+            session.add(AuditEvent(
+                at=now, actor="system", action="export_sent", object_type="export",
+                object_id=str(export.id), study_id=claim.study_id,
+                details={"destination_ae": claim.destination_ae, "report_id": claim.report_id,
+                         "attempts": export.attempts, "instances": len(results),
+                         "sop_instance_uid": claim.report_sop_instance_uid,
+                         "commitment_transaction_uid": transaction_uid},
+            ))
+        log_event(logger, logging.INFO, "export_stored_commitment_requested",
+                  export_id=claim.export_id, destination_ae=claim.destination_ae,
+                  attempts=claim.attempts, instances=len(results),
+                  transaction_uid=transaction_uid)
+        return True
+
+    def _record_commitment_failure(self, claim: _Claim, transaction_uid: str,
+                                   now: dt.datetime, message: str, error: Exception) -> None:
+        """The commitment request itself failed: retry the export (send and request)."""
+        message = f"storage commitment request: {message}"[:MAX_ERROR_LENGTH]
+        with self.sessions.begin() as session:
+            export = session.get(Export, claim.export_id, with_for_update=True)
+            if (export is None or export.state != ExportState.COMMITMENT_PENDING
+                    or export.commitment_transaction_uid != transaction_uid):
+                return  # a report already came, or the row moved on
+            state = schedule_retry(export, now, self.settings, message)
+            note_destination_outcome(session, claim.destination_ae, now, message)
+            if state == ExportState.FAILED:
+                session.add(AuditEvent(
+                    at=now, actor="system", action="export_failed", object_type="export",
+                    object_id=str(export.id), study_id=claim.study_id,
+                    details={"destination_ae": claim.destination_ae,
+                             "report_id": claim.report_id, "attempts": export.attempts,
+                             "last_error": message},
+                ))
+        log_event(logger, logging.WARNING, "commitment_request_failed",
+                  export_id=claim.export_id, destination_ae=claim.destination_ae,
+                  attempts=claim.attempts, error=type(error).__name__, state=state.name)
 
     # -- recording outcomes ---------------------------------------------------------------
 
@@ -422,6 +511,8 @@ class ExportService:
             export = session.get(Export, claim.export_id, with_for_update=True)
             if export is None or export.state == ExportState.SENT:
                 return
+            if export.state == ExportState.WITHDRAWN:
+                self._withdrawn_but_delivered(session, export, claim, now)
             export.state = ExportState.SENT
             export.sent_at = now
             export.next_attempt_at = None
@@ -440,22 +531,28 @@ class ExportService:
                   report_id=claim.report_id, destination_ae=claim.destination_ae,
                   attempts=attempts, instances=len(results), warnings=len(warnings))
 
+    def _withdrawn_but_delivered(self, session: Session, export: Export, claim: _Claim,
+                                 now: dt.datetime) -> None:
+        """A draft withdrawn while its send was in flight reached the destination: queue
+        the rejection note that withdraws it there too."""
+        draft = session.get_one(Report, claim.report_id)
+        queue_rejection_notes(session, self.store, draft, [export.destination_ae],
+                              rejection_cause(session, draft), now=now)
+        log_event(logger, logging.INFO, "withdrawn_export_delivered",
+                  export_id=export.id, destination_ae=export.destination_ae)
+
     def _record_failure(
         self, claim: _Claim, now: dt.datetime, message: str, error: Exception | None
     ) -> None:
         message = message[:MAX_ERROR_LENGTH]
-        deadline = claim.created_at + dt.timedelta(seconds=self.settings.max_age_seconds)
         with self.sessions.begin() as session:
             export = session.get(Export, claim.export_id, with_for_update=True)
             if export is None or export.state not in WAITING_STATES:
                 return
             if export.attempts != claim.attempts:
                 return  # the lease ran out and a newer claim owns the row
-            export.last_error = message
             note_destination_outcome(session, claim.destination_ae, now, message)
-            if now >= deadline:
-                export.state = ExportState.FAILED
-                export.next_attempt_at = None
+            if schedule_retry(export, now, self.settings, message) == ExportState.FAILED:
                 session.add(AuditEvent(
                     at=now, actor="system", action="export_failed", object_type="export",
                     object_id=str(export.id), study_id=claim.study_id,
@@ -463,10 +560,6 @@ class ExportService:
                              "report_id": claim.report_id, "attempts": export.attempts,
                              "last_error": message},
                 ))
-            else:
-                export.state = ExportState.RETRYING
-                delay = dt.timedelta(seconds=backoff_delay(export.attempts, self.settings))
-                export.next_attempt_at = min(now + delay, deadline)
             state, next_attempt_at = export.state, export.next_attempt_at
         status = getattr(error, "status", None)
         log_event(
@@ -518,4 +611,5 @@ class ExportService:
         self._periodic.stop(timeout)
 
 
-__all__ = ["ExportService", "backoff_delay", "queue_exports"]
+__all__ = ["CommitmentRequester", "ExportService", "backoff_delay",
+           "note_destination_outcome", "queue_exports"]

@@ -5,12 +5,15 @@ wakes the exporter. Every version is a new :class:`~node.db.models.Report` row a
 file whose Predecessor Documents Sequence points at the version it supersedes:
 
 * :func:`sign_report` — the draft becomes a FINAL report (COMPLETE / VERIFIED / FINAL SR);
-  the study becomes SIGNED and the SR is queued for every destination;
+  the study becomes SIGNED and the SR is queued for every destination; the draft is
+  withdrawn from the destinations (:func:`~node.exports.rejection.withdraw_draft`: not sent
+  any more, and an IOCM rejection note for each destination that received it);
 * :func:`amend_report` — a new FINAL report supersedes the current one, whose row becomes
   AMENDED (the DICOM amendment is the newer VERIFIED + FINAL SR with the later
   Verification DateTime);
-* :func:`reject_draft` — the draft is marked rejected with a reason; the study stays
-  DRAFTED and the radiologist may still write and sign a report from it.
+* :func:`reject_draft` — the draft is marked rejected with a reason and withdrawn from the
+  destinations likewise; the study stays DRAFTED and the radiologist may still write and
+  sign a report from it.
 
 A version can be superseded only once (``reports.predecessor_id`` is unique, and the
 predecessor row is locked while the new version is written), so a double-click or two
@@ -39,11 +42,13 @@ from sqlalchemy.orm import Session, undefer
 from node.config import Destination, QualitySettings
 from node.db.models import AuditEvent, Instance, Report, Study, User
 from node.db.types import utcnow
+from node.exports.rejection import withdraw_draft
 from node.exports.service import queue_exports
 from node.logs import log_event
 from node.quality.labels import Labeler
 from node.quality.monitor import record_signoff_agreement
 from node.reports.evidence import EvidenceChanged, record_evidence, verify_evidence
+from node.reports.rejection_note import RejectionCause
 from node.reports.sr_builder import build_final_sr, sr_to_bytes
 from node.reports.sr_content import (
     ModelProvenance,
@@ -378,7 +383,8 @@ def sign_report(
     labeler
         The CheXpert labeler; the node's own by default.
     language
-        RFC 5646 tag of the SR's language (``[reports] language``); en-US when ``None``.
+        RFC 5646 tag of the SR's language when the signer has none of their own
+        (``users.language``): the site's ``[reports] language``; en-US when ``None``.
     confirm_unedited_urgent
         Refuse to sign the unedited draft of an urgent study unless
         ``unedited_urgent_confirmed`` (the site setting ``[web] confirm_unedited_urgent``).
@@ -427,12 +433,13 @@ def sign_report(
         raise ConfirmationRequired("this urgent draft is unedited: confirm that you sign it "
                                    "as the model wrote it")
     final = _write_version(session, store, draft, user, findings, impression, now,
-                           amendment=False, language=language)
+                           amendment=False, language=user.language or language)
     if urgent_unedited and unedited_urgent_confirmed:
         _audit(session, now, user, "unedited_urgent_confirmed", draft, {
             "urgent_findings": list(study.urgent_findings or []),
         })
     queue_exports(session, final, destinations, now=now)
+    withdraw_draft(session, store, draft, RejectionCause.SUPERSEDED, now=now)
     record_signoff_agreement(session, draft, final, quality or QualitySettings(), labeler)
     edited = (final.findings, final.impression) != (draft.findings.strip(),
                                                      draft.impression.strip())
@@ -506,7 +513,8 @@ def amend_report(
     if current.state != ReportState.FINAL:
         raise SignoffError("only a signed report can be amended; sign the draft instead")
     amended = _write_version(session, store, current, user, findings, impression, now,
-                             amendment=True, amendment_reason=reason, language=language)
+                             amendment=True, amendment_reason=reason,
+                             language=user.language or language)
     queue_exports(session, amended, destinations, now=now)
     _audit(session, now, user, "report_amended", amended, {
         "amends_report_id": current.id, "sop_instance_uid": amended.sop_instance_uid,
@@ -525,6 +533,7 @@ def reject_draft(
     reason: str,
     *,
     now: dt.datetime | None = None,
+    store: InstanceStore | None = None,
 ) -> Report:
     """Record that a radiologist rejected a draft as unusable, with the reason.
 
@@ -543,6 +552,9 @@ def reject_draft(
         Why (required, at most :data:`MAX_REASON_LENGTH` characters).
     now
         When; the current time by default.
+    store
+        Holds the draft SR, and the rejection note written for the destinations that
+        received the draft; needed when one did (a :class:`SignoffError` otherwise).
 
     Returns
     -------
@@ -576,10 +588,20 @@ def reject_draft(
     draft.rejected_by_id = user.id
     draft.rejection_reason = reason
     _audit(session, now, user, "draft_rejected", draft, {"reason": reason})
+    _withdraw_rejected(session, store, draft, now)
     session.flush()
     log_event(logger, logging.INFO, "draft_rejected", report_id=draft.id,
               study_id=draft.study_id, user_id=user.id)
     return draft
+
+
+def _withdraw_rejected(session: Session, store: InstanceStore | None, draft: Report,
+                       now: dt.datetime) -> None:
+    try:
+        withdraw_draft(session, store, draft, RejectionCause.REJECTED, now=now)
+    except ValueError as exc:
+        raise SignoffError(f"the draft cannot be withdrawn from the destinations: {exc}") \
+            from exc
 
 
 __all__ = [

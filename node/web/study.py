@@ -353,7 +353,7 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
                              destinations=ctx.settings.destinations,
                              language=ctx.settings.reports.language)
             else:
-                reject_draft(session, report_id, user, form["reason"])
+                reject_draft(session, report_id, user, form["reason"], store=ctx.store)
             if action != "reject":
                 forget_working_copies(session, viewer.id, study_id)
     except NotPermitted as exc:
@@ -383,7 +383,7 @@ def _signoff(request: Request, viewer: Viewer, study_id: int, report_id: int,
             _keep_text(request, viewer, report_id, form)
         return _refused(request, viewer, study_id, 503, f"Not saved: {reason} Your text is "
                         "kept here; try again once the problem is solved.", form)
-    if action != "reject" and ctx.exporter is not None:
+    if ctx.exporter is not None:  # a rejection may have queued rejection notes
         ctx.exporter.notify()
     done = {"sign": "signed", "amend": "amended", "reject": "rejected"}[action]
     filters = worklist_of(form.get("wl"))

@@ -26,7 +26,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from node.config import Destination, ExportSettings, Settings
+from node.config import Destination, DestinationExports, ExportSettings, Settings
 from node.db.models import AuditEvent, Export, Instance, Report, Study
 from node.dicom.export import (
     DestinationRefused,
@@ -112,9 +112,15 @@ class StoredReport:
 
 
 def store_report(
-    database: Database, store: InstanceStore, *, images: int = 0, seed: int = 0
+    database: Database, store: InstanceStore, *, images: int = 0, seed: int = 0,
+    state: ReportState = ReportState.FINAL,
 ) -> StoredReport:
-    """Write a study (with ``images`` stored instances), a draft report and its SR file."""
+    """Write a study (with ``images`` stored instances), a report and its SR file.
+
+    The report row is FINAL unless ``state`` says otherwise (every destination receives
+    signed reports; drafts only those that ask for them); the SR is the same small file
+    either way, since delivery does not read it.
+    """
     first = make_cxr_dataset(rows=64, cols=64, seed=seed, patient_id=f"EXP-{seed}")
     datasets = [first] + [
         make_cxr_dataset(rows=64, cols=64, seed=seed, study_uid=first.StudyInstanceUID,
@@ -137,7 +143,7 @@ def store_report(
                 size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
             ))
         sr_path, _ = _write(store, sr)
-        report = Report(study_id=study.id, state=ReportState.DRAFT,
+        report = Report(study_id=study.id, state=state,
                         sop_instance_uid=sr.SOPInstanceUID,
                         series_instance_uid=sr.SeriesInstanceUID, sr_path=sr_path)
         session.add(report)
@@ -290,6 +296,25 @@ def test_move_only_destinations_get_no_automatic_exports(database: Database,
         titles = session.scalars(select(Export.destination_ae)
                                  .where(Export.report_id == stored.report_id)).all()
     assert titles == ["PACS"]
+
+
+def test_drafts_go_only_to_destinations_that_ask_for_them(database: Database,
+                                                         store: InstanceStore) -> None:
+    pacs = Destination(ae_title="PACS", host="127.0.0.1", port=104)
+    review = Destination(ae_title="REVIEW", host="127.0.0.1", port=105,
+                         exports="drafts_and_finals")
+    move_only = Destination(ae_title="VIEWER", host="127.0.0.1", port=106,
+                            exports="drafts_and_finals", auto_export=False)
+    assert pacs.exports is DestinationExports.FINALS_ONLY and pacs.exports_by_default
+    assert not review.exports_by_default and not move_only.receives_drafts()
+    draft = store_report(database, store, state=ReportState.DRAFT, seed=1)
+    final = store_report(database, store, state=ReportState.FINAL, seed=2)
+    assert [export_row(database, e).destination_ae
+            for e in queue(database, draft, pacs, review, move_only)] == ["REVIEW"]
+    assert [export_row(database, e).destination_ae
+            for e in queue(database, final, pacs, review, move_only)] == ["PACS", "REVIEW"]
+    with pytest.raises(ValueError, match="exports"):
+        Destination(ae_title="PACS", host="127.0.0.1", port=104, exports="drafts")
 
 
 # -- delivery -----------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def test_embedded_queue_drafts_and_delivers_the_draft_sr(tmp_path: Path, databas
             tmp_path, database_url, model={"bundle": str(demo_bundle)},
             assembly={"quiet_seconds": 0.5, "poll_seconds": 0.1},
             destinations=[{"ae_title": orthanc.aet, "host": "127.0.0.1",
-                           "port": orthanc.dicom_port}],
+                           "port": orthanc.dicom_port, "exports": "drafts_and_finals"}],
             exports={"period_seconds": 0.2},
         )
         services = NodeServices.build(settings)

@@ -123,7 +123,8 @@ def test_refusing_destination_shows_failures_and_oldest_waiting_export(
     with fast_password_hashing():
         env = _admin_env(
             tmp_path, database_url,
-            destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": closed_port}],
+            destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": closed_port,
+                           "exports": "drafts_and_finals"}],
             exports={"timeout_seconds": 2, "base_delay_seconds": 0},
             alerts={"export_wait_seconds": 300})
     try:

@@ -50,7 +50,7 @@ from workers.instance_source import HttpInstances, InstanceRef
 from workers.jobs import DraftLike, run_draft_job
 
 WORKER = "gpu-host-1"
-PACS = Destination(ae_title="PACS", host="127.0.0.1", port=4242)
+PACS = Destination(ae_title="PACS", host="127.0.0.1", port=4242, exports="drafts_and_finals")
 
 
 @dataclass

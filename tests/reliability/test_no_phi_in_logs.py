@@ -4,7 +4,8 @@ One study with a distinctive patient name, ID and birth date goes the whole way:
 C-STORE into ``radnode serve``, a ``radnode worker`` drafts it from a private
 Redis, the draft SR is exported to a real Orthanc, a radiologist searches the
 worklist for the patient, opens the study and signs it in the node's web app,
-and the signed SR is exported. The node and the worker log JSON at DEBUG level;
+and the signed SR is exported, with the IOCM rejection note that withdraws the
+draft (it carries the patient's data too). The node and the worker log JSON at DEBUG level;
 the radnode code run in this process (creating the radiologist) logs through the
 same formatter.
 None of those lines may hold the name (as sent, with spaces for ``^``, or any of
@@ -93,11 +94,12 @@ def test_no_patient_data_in_any_log(tmp_path: Path, postgres_url: str,
     with running_orthanc(tmp_path / "orthanc") as orthanc, \
             private_redis(tmp_path / "redis") as broker:
         destination = {"ae_title": orthanc.aet, "host": "127.0.0.1",
-                       "port": orthanc.dicom_port}
+                       "port": orthanc.dicom_port, "exports": "drafts_and_finals"}
         config = tmp_path / "radnode.toml"
         config.write_text(
             "[[destinations]]\n"
             f'ae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
+            'exports = "drafts_and_finals"\n'
         )
         settings = make_settings(
             tmp_path, postgres_url, broker={"url": broker.url}, jobs=FAST_JOBS,
@@ -176,9 +178,14 @@ def test_no_patient_data_in_any_log(tmp_path: Path, postgres_url: str,
                 assert signed.status_code == 303, signed.text
 
             wait_for(lambda: study_in(StudyState.SIGNED), timeout=30, what="the signature")
-            wait_for(lambda: exports_sent(2), timeout=60, what="the signed SR exported")
+            wait_for(lambda: exports_sent(3), timeout=60,
+                     what="the signed SR and the draft's rejection note exported")
             with database.sessions() as session:
                 uids = set(session.scalars(select(Report.sop_instance_uid)))
+                notes = set(session.scalars(select(Export.object_sop_instance_uid).where(
+                    Export.object_sop_instance_uid.is_not(None))))
+                assert len(notes) == 1
+                uids |= notes
                 final_count = len(list(session.scalars(
                     select(Report.id).where(Report.state == ReportState.FINAL))))
             assert final_count == 1

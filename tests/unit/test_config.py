@@ -324,3 +324,39 @@ def test_cors_origins_are_empty_by_default_and_must_be_exact_origins() -> None:
                 "https://user@viewer.example"):
         with pytest.raises(ConfigError, match="cors_origins"):
             load_settings(web={"cors_origins": [bad]})
+
+
+def test_destinations_receive_finals_only_unless_they_ask_for_drafts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.cli.startup import destination_lines
+    from node.config import DestinationExports
+
+    config = _write(tmp_path / "radnode.toml", """
+[[destinations]]
+ae_title = "PACS"
+host = "10.0.0.5"
+port = 104
+
+[[destinations]]
+ae_title = "REVIEW"
+host = "10.0.0.6"
+port = 104
+exports = "drafts_and_finals"
+storage_commitment = true
+""")
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(config))
+    pacs, review = load_settings().destinations
+    assert (pacs.exports, pacs.exports_by_default, pacs.storage_commitment) == (
+        DestinationExports.FINALS_ONLY, True, False)
+    assert (review.exports, review.exports_by_default, review.storage_commitment) == (
+        DestinationExports.DRAFTS_AND_FINALS, False, True)
+    assert destination_lines(load_settings()) == [
+        '  export:   PACS at 10.0.0.5:104: signed reports only (exports not set; before this '
+        'setting drafts went to every destination: set exports = "drafts_and_finals" to '
+        'keep that)',
+        "  export:   REVIEW at 10.0.0.6:104: drafts and signed reports, storage commitment",
+    ]
+    _write(config, '[[destinations]]\nae_title = "PACS"\nhost = "h"\nport = 104\n'
+                   'exports = "all"\n')
+    with pytest.raises(ConfigError, match=r"destinations\.0\.exports"):
+        load_settings()

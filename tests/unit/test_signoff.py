@@ -374,6 +374,36 @@ def test_signed_and_amended_srs_declare_the_configured_language(
                      now=SIGNED_AT + dt.timedelta(hours=2), language="xx-YY", reason="z.")
 
 
+def test_the_signers_language_wins_over_the_sites(database: Database,
+                                                  store: InstanceStore) -> None:
+    """A radiologist with a language of their own signs in it; one without, in the site's."""
+    from node.users import UserError, set_user_language
+
+    polyglot = seed_user(database, "mrossi", display_name="Rossi^Maria")
+    plain = seed_user(database, "mcurie")
+    with database.sessions.begin() as session:
+        user = session.get_one(User, polyglot)
+        with pytest.raises(UserError, match="unsupported report language"):
+            set_user_language(session, user, "xx-YY")
+        set_user_language(session, user, "IT-ch")
+    with database.sessions() as session:
+        assert session.get_one(User, polyglot).language == "it-CH"
+        [event] = session.scalars(select(AuditEvent).where(
+            AuditEvent.action == "user_language_set")).all()
+        assert event.details == {"language": "it-CH", "previous": None}
+    languages = []
+    for seed, user_id in ((1, polyglot), (2, plain)):
+        seeded = seed_drafted_study(database, store, seed=seed, patient_id=f"PID-L{seed}",
+                                    accession=f"ACC-L{seed}")
+        with database.sessions.begin() as session:
+            final = sign_report(session, store, seeded.report_id,
+                                session.get_one(User, user_id), "Reperto.", "Conclusione.",
+                                now=SIGNED_AT, language="de-CH")
+            languages.append(_language(hd.sr.srread(store.absolute(final.sr_path or ""))))
+    assert languages == [("it-CH", "RFC5646", "Italian (Switzerland)"),
+                         ("de-CH", "RFC5646", "German (Switzerland)")]
+
+
 def test_a_draft_declares_the_configured_language(database: Database,
                                                   store: InstanceStore) -> None:
     """A draft built with ``language`` says so in its content tree (and still parses)."""
