@@ -28,7 +28,17 @@ from node.config import Settings
 from node.logs import log_event
 from node.operations import OperationsMonitor
 from node.storage import InstanceStore
-from node.web import admin, audit, auth, metrics, quarantine_view, reading, study, worklist
+from node.web import (
+    admin,
+    audit,
+    auth,
+    metrics,
+    pixels,
+    quarantine_view,
+    reading,
+    study,
+    worklist,
+)
 from node.web.deps import Forbidden, LoginRequired, WebContext, render
 from node.web.dicomweb import build_dicomweb_router
 from node.web.errors import STORAGE_FULL_MESSAGE, database_full
@@ -152,7 +162,8 @@ def create_app(
     app.state.ctx = ctx
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
-    for module in (auth, worklist, study, reading, admin, quarantine_view, audit, metrics):
+    for module in (auth, worklist, study, pixels, reading, admin, quarantine_view, audit,
+                   metrics):
         app.include_router(module.router)
     app.include_router(
         build_dicomweb_router(database.sessions, store,
