@@ -327,17 +327,22 @@ void main() {
       const line = document.createElementNS(SVG, "line");
       line.setAttribute("x1", m.x1); line.setAttribute("y1", m.y1);
       line.setAttribute("x2", m.x2); line.setAttribute("y2", m.y2);
+      // The stage is scaled by a CSS transform: sizes are divided by the scale to stay put.
+      const unitPx = 1 / view.scale;
+      line.setAttribute("stroke-width", String(2 * unitPx));
       svg.append(line);
       for (const [x, y] of [[m.x1, m.y1], [m.x2, m.y2]]) {
         const dot = document.createElementNS(SVG, "circle");
-        dot.setAttribute("cx", x); dot.setAttribute("cy", y); dot.setAttribute("r", String(4 / view.scale));
+        dot.setAttribute("cx", x); dot.setAttribute("cy", y); dot.setAttribute("r", String(4 * unitPx));
+        dot.setAttribute("stroke-width", String(1.5 * unitPx));
         svg.append(dot);
       }
       const d = distance(m);
       const text = document.createElementNS(SVG, "text");
       text.setAttribute("x", String(m.x2 + 8 / view.scale));
       text.setAttribute("y", String(m.y2 - 8 / view.scale));
-      text.setAttribute("font-size", String(14 / view.scale));
+      text.setAttribute("font-size", String(14 * unitPx));
+      text.setAttribute("stroke-width", String(3 * unitPx));
       text.textContent = `${d.value.toFixed(1)} ${d.label}`;
       svg.append(text);
     }
