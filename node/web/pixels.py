@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from pydicom.dataset import Dataset
 
 from node.db.models import Instance
 from node.reports.evidence import EvidenceChanged, audit_mismatch, verify_evidence
@@ -65,7 +66,7 @@ def _stored_image(request: Request, viewer: Viewer, study_id: int, instance_id: 
     raise HTTPException(409, str(changed))
 
 
-def _frame(request: Request, stored: _Stored) -> tuple[PixelFrame, object]:
+def _frame(request: Request, stored: _Stored) -> tuple[PixelFrame, Dataset]:
     ctx = get_context(request)
     try:
         ds = ctx.renderer.dataset(stored.path)
@@ -82,7 +83,7 @@ def pixel_description(study_id: RowId, instance_id: RowId, request: Request,
     """How to read and display the image's samples."""
     stored = _stored_image(request, viewer, study_id, instance_id, "pixels")
     frame, ds = _frame(request, stored)
-    body = describe(ds, frame).to_json()  # type: ignore[arg-type]
+    body = describe(ds, frame).to_json()
     return JSONResponse(body, headers=NO_STORE)
 
 

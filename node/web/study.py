@@ -48,8 +48,8 @@ from node.web.deps import (
     get_context,
     render,
 )
-from node.web.errors import STORAGE_FULL_MESSAGE, database_full
 from node.web.draft_source import draft_source_uid
+from node.web.errors import STORAGE_FULL_MESSAGE, database_full
 from node.web.imaging import ImageDecodeError, WindowInfo
 from node.web.priors import prior_studies
 from node.web.reading import (
