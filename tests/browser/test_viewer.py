@@ -136,9 +136,10 @@ def viewer_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerNode
         use_password_hasher(previous)
 
 
-def _open(page: Page, viewer: ViewerNode) -> None:
+def _open(page: Page, viewer: ViewerNode, renderer: str = "") -> None:
     log_in(page, viewer.node, "hgreg")
-    page.goto(f"{viewer.node.url}/studies/{viewer.study_id}")
+    query = f"?renderer={renderer}" if renderer else ""
+    page.goto(f"{viewer.node.url}/studies/{viewer.study_id}{query}")
     expect(page.locator("#viewport")).to_have_attribute("data-loaded", "1")
 
 
@@ -178,9 +179,10 @@ def _check_two_windows(page: Page, viewer: ViewerNode) -> None:
 
 def test_window_level_runs_on_full_depth_values_in_webgl(page: Page,
                                                          viewer_node: ViewerNode) -> None:
-    """WebGL2 renders the 16-bit values; two windows give the predicted pixels; the
-    image's samples are fetched once and windowing asks the node nothing more."""
-    _open(page, viewer_node)
+    """WebGL2 (asked for: here it runs in software) renders the 16-bit values; two windows
+    give the predicted pixels; the samples are fetched once and windowing asks the node
+    nothing more."""
+    _open(page, viewer_node, "webgl2")
     expect(page.locator("#viewport")).to_have_attribute("data-renderer", "webgl2")
     _show_frontal(page, viewer_node)
     expect(page.locator("#viewport")).to_have_attribute(
@@ -217,10 +219,10 @@ def test_window_level_runs_on_full_depth_values_in_webgl(page: Page,
 
 
 def test_canvas_fallback_gives_the_same_pixels(context, viewer_node: ViewerNode) -> None:
-    """Without WebGL2 the lookup-table path renders the same values."""
+    """Without WebGL2 (even when asked for) the lookup-table path renders the same values."""
     context.add_init_script(DISABLE_WEBGL2)
     page = context.new_page()
-    _open(page, viewer_node)
+    _open(page, viewer_node, "webgl2")
     expect(page.locator("#viewport")).to_have_attribute("data-renderer", "canvas2d")
     _show_frontal(page, viewer_node)
     _check_two_windows(page, viewer_node)
@@ -230,10 +232,8 @@ def test_canvas_fallback_gives_the_same_pixels(context, viewer_node: ViewerNode)
 def test_monochrome1_is_inverted_and_presets_apply(context, viewer_node: ViewerNode,
                                                    renderer: str) -> None:
     """A MONOCHROME1 image shows inverted under its own window; presets and Invert work."""
-    if renderer == "canvas2d":
-        context.add_init_script(DISABLE_WEBGL2)
     page = context.new_page()
-    _open(page, viewer_node)
+    _open(page, viewer_node, renderer)
     expect(page.locator("#viewport")).to_have_attribute("data-renderer", renderer)
     # the lateral is shown first; its stored values are 65535 - the frontal's
     lateral_values = (65535 - (viewer_node.modality - INTERCEPT)) + INTERCEPT
@@ -255,6 +255,14 @@ def test_monochrome1_is_inverted_and_presets_apply(context, viewer_node: ViewerN
         "data-window", f"{center:g}/{width:g}/1")
     assert np.abs(_grey(page) - expected_grey(lateral_values, center, width,
                                               invert=True)).max() <= 1
+
+
+def test_software_webgl_is_not_chosen_by_itself(page: Page, viewer_node: ViewerNode) -> None:
+    """Chromium without a GPU offers WebGL2 only in software (SwiftShader): the viewer
+    takes the faster 2D lookup table (see docs/web.md, Viewer performance)."""
+    _open(page, viewer_node)
+    expect(page.locator("#viewport")).to_have_attribute("data-renderer", "canvas2d")
+    assert page.evaluate("() => !!document.createElement('canvas').getContext('webgl2')")
 
 
 def test_orientation_markers_and_view_labels(page: Page, viewer_node: ViewerNode) -> None:

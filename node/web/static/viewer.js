@@ -1,7 +1,7 @@
 // radnode — image viewer of the study page. The node sends each image once at full depth
 // (16-bit samples of the Modality-LUT values, node/web/pixels.py); window/level runs here,
-// in a WebGL2 fragment shader over an R16UI texture, or, without WebGL2, through a lookup
-// table on a 2D canvas. Zoom and pan, orientation markers, distance measurement.
+// in a WebGL2 fragment shader over an R16UI texture on a GPU, or, without one (WebGL2 in
+// software is slower), through a lookup table on a 2D canvas. Zoom and pan, orientation markers, distance measurement.
 // No dependencies.
 "use strict";
 
@@ -66,7 +66,21 @@ void main() {
 
   // WebGL2: the samples in an unsigned-integer texture, windowed per fragment.
   class WebGLRenderer {
-    static create(canvas) {
+    // Whether WebGL2 runs in software (SwiftShader, llvmpipe): probed on a canvas of its
+    // own, since a canvas that gave a WebGL context can give no 2D one.
+    static software() {
+      const gl = document.createElement("canvas").getContext("webgl2", { failIfMajorPerformanceCaveat: true });
+      if (!gl) return true;
+      const info = gl.getExtension("WEBGL_debug_renderer_info");
+      const name = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+      const lose = gl.getExtension("WEBGL_lose_context");
+      if (lose) lose.loseContext();
+      return /swiftshader|llvmpipe|softpipe|software/i.test(name);
+    }
+
+    // hardware: refuse a software implementation, slower than the 2D path.
+    static create(canvas, hardware) {
+      if (hardware && WebGLRenderer.software()) return null;
       const gl = canvas.getContext("webgl2", { preserveDrawingBuffer: true, antialias: false,
                                                alpha: false, premultipliedAlpha: false });
       if (!gl) return null;
@@ -197,7 +211,11 @@ void main() {
     const markers = { left: document.getElementById("orient-left"), right: document.getElementById("orient-right"),
                       top: document.getElementById("orient-top"), bottom: document.getElementById("orient-bottom") };
 
-    const renderer = WebGLRenderer.create(canvas) || new CanvasRenderer(canvas);
+    // WebGL2 on a GPU; else the 2D lookup table. ?renderer=webgl2 or canvas2d forces one
+    // (WebGL2 then even in software).
+    const wanted = new URLSearchParams(window.location.search).get("renderer");
+    const renderer = (wanted !== "canvas2d" && WebGLRenderer.create(canvas, wanted !== "webgl2"))
+      || new CanvasRenderer(canvas);
     viewport.dataset.renderer = renderer.kind;
     const view = { scale: 1, x: 0, y: 0, fitted: true };
     const state = { center: 0, width: 1, voiFunction: 0, invert: false };
