@@ -228,6 +228,23 @@ def test_canvas_fallback_gives_the_same_pixels(context, viewer_node: ViewerNode)
     _check_two_windows(page, viewer_node)
 
 
+def test_a_lost_webgl_context_falls_back_to_the_canvas(page: Page,
+                                                      viewer_node: ViewerNode) -> None:
+    """When the GPU takes the WebGL context away, the image is drawn by the 2D path, with
+    the window it had."""
+    _open(page, viewer_node, "webgl2")
+    _show_frontal(page, viewer_node)
+    _set_window(page, 10000, 8000)
+    drawn = int(page.locator("#viewport").get_attribute("data-drawn") or 0)
+    page.evaluate("""() => document.getElementById("image").getContext("webgl2")
+                       .getExtension("WEBGL_lose_context").loseContext()""")
+    expect(page.locator("#viewport")).to_have_attribute("data-renderer", "canvas2d")
+    page.wait_for_function(
+        f"() => Number(document.getElementById('viewport').dataset.drawn) > {drawn}")
+    assert np.abs(_grey(page) - expected_grey(viewer_node.modality, 10000, 8000)).max() <= 1
+    _check_two_windows(page, viewer_node)
+
+
 @pytest.mark.parametrize("renderer", ["webgl2", "canvas2d"])
 def test_monochrome1_is_inverted_and_presets_apply(context, viewer_node: ViewerNode,
                                                    renderer: str) -> None:

@@ -195,7 +195,7 @@ void main() {
 
   function init() {
     const viewport = document.getElementById("viewport");
-    const canvas = document.getElementById("image");
+    let canvas = document.getElementById("image");
     if (!viewport || !canvas || !viewport.dataset.samples) return;
     const stage = document.getElementById("stage");
     const svg = document.getElementById("annotations");
@@ -214,9 +214,25 @@ void main() {
     // WebGL2 on a GPU; else the 2D lookup table. ?renderer=webgl2 or canvas2d forces one
     // (WebGL2 then even in software).
     const wanted = new URLSearchParams(window.location.search).get("renderer");
-    const renderer = (wanted !== "canvas2d" && WebGLRenderer.create(canvas, wanted !== "webgl2"))
+    let renderer = (wanted !== "canvas2d" && WebGLRenderer.create(canvas, wanted !== "webgl2"))
       || new CanvasRenderer(canvas);
     viewport.dataset.renderer = renderer.kind;
+
+    // A canvas that gave a WebGL context gives no 2D one: the 2D path gets a new canvas
+    // (an image over the texture size limit, or a lost WebGL context).
+    function useCanvas2D() {
+      const fresh = canvas.cloneNode(false);
+      canvas.replaceWith(fresh);
+      canvas = fresh;
+      renderer = new CanvasRenderer(canvas);
+      viewport.dataset.renderer = renderer.kind;
+      api.renderer = renderer.kind;
+    }
+    canvas.addEventListener("webglcontextlost", (event) => {
+      event.preventDefault();
+      useCanvas2D();
+      if (image) { renderer.load(image); requestDraw(); }
+    });
     const view = { scale: 1, x: 0, y: 0, fitted: true };
     const state = { center: 0, width: 1, voiFunction: 0, invert: false };
     let image = null;
@@ -411,7 +427,7 @@ void main() {
         const samples = new Uint16Array(buffer);
         if (samples.length !== description.rows * description.columns) throw new Error("truncated image data");
         image = { ...description, samples };
-        if (!renderer.fits(image)) throw new Error("the image is larger than this browser's textures");
+        if (!renderer.fits(image)) useCanvas2D();
         renderer.load(image);
         stage.style.width = `${image.columns}px`;
         stage.style.height = `${image.rows}px`;
