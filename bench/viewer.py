@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -131,9 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=300)
     parser.add_argument("--round-trips", type=int, default=20)
     parser.add_argument("--gpu", action="store_true", help="leave out --disable-gpu")
+    parser.add_argument("--renderers", default="auto,webgl2,canvas2d",
+                        help="comma-separated, from auto, webgl2, canvas2d (auto first: the "
+                             "peer runs with it)")
     args = parser.parse_args(argv)
     if args.events < 200:
         parser.error("--events must be at least 200")
+    renderers = args.renderers.split(",")
+    if renderers[0] != "auto" or not set(renderers) <= {"auto", "webgl2", "canvas2d"}:
+        parser.error("--renderers: auto first, then webgl2 and/or canvas2d")
     use_password_hasher(FAST_HASHER)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -156,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {
             "image": f"{args.columns} x {args.rows}, 16-bit", "events": args.events,
             "chromium_args": chromium_args, "machine": platform.platform(),
-            "processor": platform.processor() or platform.machine()}
+            "processor": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "load_average_before": os.getloadavg()}
         try:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
                                                      args=chromium_args)
-                for name in ("auto", "webgl2", "canvas2d"):
+                for name in renderers:
                     context = browser.new_context(viewport={"width": 1440, "height": 900})
                     page = context.new_page()
                     page.goto(f"{server.url}/login")
@@ -186,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
             database.engine.dispose()
+    results["load_average_after"] = os.getloadavg()
     frame = results["auto"]["frame"]["median_ms"]
     results["ratio_server_png_over_auto_frame"] = round(
         results["server_png"]["median_ms"] / frame, 1) if frame else None
