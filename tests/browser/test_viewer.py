@@ -143,9 +143,9 @@ def _open(page: Page, viewer: ViewerNode, renderer: str = "") -> None:
     expect(page.locator("#viewport")).to_have_attribute("data-loaded", "1")
 
 
-def _grey(page: Page) -> NDArray[np.int16]:
+def _grey(page: Page, shape: tuple[int, int] = (ROWS, COLUMNS)) -> NDArray[np.int16]:
     values = page.evaluate(READ_BACK)
-    return np.asarray(values, dtype=np.int16).reshape(ROWS, COLUMNS)
+    return np.asarray(values, dtype=np.int16).reshape(shape)
 
 
 def _set_window(page: Page, center: float, width: float, invert: int = 0) -> None:
@@ -243,6 +243,32 @@ def test_a_lost_webgl_context_falls_back_to_the_canvas(page: Page,
         f"() => Number(document.getElementById('viewport').dataset.drawn) > {drawn}")
     assert np.abs(_grey(page) - expected_grey(viewer_node.modality, 10000, 8000)).max() <= 1
     _check_two_windows(page, viewer_node)
+
+
+def test_zoomed_out_canvas_draws_block_means(page: Page, viewer_node: ViewerNode) -> None:
+    """Below one image pixel per screen pixel the 2D path windows the mean of each k x k
+    block; zooming back in restores every pixel."""
+    _open(page, viewer_node, "canvas2d")
+    _show_frontal(page, viewer_node)
+    _set_window(page, 30000, 50000)
+    page.locator("#viewport").focus()
+    while page.evaluate("() => window.radnodeViewer.view.scale * devicePixelRatio") >= 1 / 3:
+        page.keyboard.press("-")
+    k = page.evaluate("() => Math.floor(1 / (window.radnodeViewer.view.scale"
+                      " * devicePixelRatio))")
+    assert k >= 3
+    shape = (-(-ROWS // k), -(-COLUMNS // k))
+    page.wait_for_function(f"() => document.getElementById('image').width === {shape[1]}")
+    stored = viewer_node.modality - INTERCEPT
+    means = np.zeros(shape)
+    for r in range(shape[0]):
+        for c in range(shape[1]):
+            means[r, c] = np.rint(stored[r * k:(r + 1) * k, c * k:(c + 1) * k].mean())
+    expected = expected_grey(means + INTERCEPT, 30000, 50000)
+    assert np.abs(_grey(page, shape) - expected).max() <= 1
+    page.keyboard.press("0")  # fit again: full resolution
+    page.wait_for_function(f"() => document.getElementById('image').width === {COLUMNS}")
+    assert np.abs(_grey(page) - expected_grey(viewer_node.modality, 30000, 50000)).max() <= 1
 
 
 @pytest.mark.parametrize("renderer", ["webgl2", "canvas2d"])

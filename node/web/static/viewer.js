@@ -151,9 +151,16 @@ void main() {
     finish() {
       this.gl.finish();
     }
+
+    stale() {
+      return false;
+    }
   }
 
-  // 2D canvas: a lookup table from sample to grey, rebuilt per window, then one pass.
+  // 2D canvas: a lookup table from sample to grey, rebuilt per window, then one pass over
+  // the pixels. Zoomed out below one image pixel per screen pixel, it draws the mean of
+  // each k x k block (k = screen pixels per image pixel, rounded down, computed once per
+  // zoom level): the browser would show no more, and a window change costs k² times less.
   class CanvasRenderer {
     constructor(canvas) {
       this.kind = "canvas2d";
@@ -166,18 +173,58 @@ void main() {
     }
 
     load(image) {
-      this.canvas.width = image.columns;
-      this.canvas.height = image.rows;
       this.image = image;
-      this.pixels = this.context.createImageData(image.columns, image.rows);
-      this.out = new Uint32Array(this.pixels.data.buffer);
+      this.levels = new Map();
+      this.block = 0;
       let top = 0;
       for (let i = 0; i < image.samples.length; i++) if (image.samples[i] > top) top = image.samples[i];
       this.lut = new Uint32Array(top + 1);
     }
 
-    draw(state) {
-      const { offset, scale, samples } = this.image;
+    static blockFor(view) {
+      const screenPerImage = view.scale * (window.devicePixelRatio || 1);
+      return Math.max(1, Math.floor(1 / screenPerImage));
+    }
+
+    level(k) {
+      let level = this.levels.get(k);
+      if (level) return level;
+      const { samples, columns, rows } = this.image;
+      if (k === 1) {
+        level = { samples, columns, rows };
+      } else {
+        const outColumns = Math.ceil(columns / k);
+        const outRows = Math.ceil(rows / k);
+        const sums = new Float64Array(outColumns * outRows);
+        const counts = new Uint32Array(outColumns * outRows);
+        for (let r = 0; r < rows; r++) {
+          const outRow = ((r / k) | 0) * outColumns;
+          const row = r * columns;
+          for (let c = 0; c < columns; c++) {
+            const o = outRow + ((c / k) | 0);
+            sums[o] += samples[row + c];
+            counts[o] += 1;
+          }
+        }
+        const means = new Uint16Array(sums.length);
+        for (let i = 0; i < sums.length; i++) means[i] = Math.round(sums[i] / counts[i]);
+        level = { samples: means, columns: outColumns, rows: outRows };
+      }
+      this.levels.set(k, level);
+      return level;
+    }
+
+    draw(state, view) {
+      const k = CanvasRenderer.blockFor(view);
+      const level = this.level(k);
+      if (k !== this.block) {
+        this.block = k;
+        this.canvas.width = level.columns;
+        this.canvas.height = level.rows;
+        this.pixels = this.context.createImageData(level.columns, level.rows);
+        this.out = new Uint32Array(this.pixels.data.buffer);
+      }
+      const { offset, scale } = this.image;
       const lut = this.lut;
       for (let s = 0; s < lut.length; s++) {
         let y = unit(offset + scale * s, state.center, state.width, state.voiFunction);
@@ -186,8 +233,14 @@ void main() {
         lut[s] = 0xff000000 | (grey << 16) | (grey << 8) | grey;  // RGBA bytes, little-endian
       }
       const out = this.out;
+      const samples = level.samples;
       for (let i = 0; i < samples.length; i++) out[i] = lut[samples[i]];
       this.context.putImageData(this.pixels, 0, 0);
+    }
+
+    // A zoom that changes the block size needs a new drawing.
+    stale(view) {
+      return this.image !== undefined && CanvasRenderer.blockFor(view) !== this.block;
     }
 
     finish() {}
@@ -255,7 +308,7 @@ void main() {
       drawPending = false;
       if (!image) return;
       const started = performance.now();
-      renderer.draw(state);
+      renderer.draw(state, view);
       if (api.syncTiming) renderer.finish();
       const ms = performance.now() - started;
       if (frames.length >= MAX_FRAMES_KEPT) frames.shift();
@@ -302,6 +355,7 @@ void main() {
     // ---- zoom and pan --------------------------------------------------------------------
     function apply() {
       stage.style.transform = `translate(${view.x}px, ${view.y}px) scale(${view.scale})`;
+      if (renderer.stale(view)) requestDraw();
       drawMeasurement();
       updateOverlay();
     }
@@ -431,6 +485,9 @@ void main() {
         renderer.load(image);
         stage.style.width = `${image.columns}px`;
         stage.style.height = `${image.rows}px`;
+        // the canvas may hold fewer pixels than the image (2D path zoomed out)
+        canvas.style.width = `${image.columns}px`;
+        canvas.style.height = `${image.rows}px`;
         svg.setAttribute("viewBox", `0 0 ${image.columns} ${image.rows}`);
         svg.setAttribute("width", String(image.columns));
         svg.setAttribute("height", String(image.rows));
