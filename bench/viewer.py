@@ -120,7 +120,9 @@ def measure(page: Page, url: str, study_id: int, events: int, renderer: str) -> 
     frames = drag(page, events, sync=False)
     intervals = [b["at"] - a["at"] for a, b in zip(frames, frames[1:], strict=False)]
     timed = drag(page, events, sync=True)
+    scale = page.evaluate("() => window.radnodeViewer.view.scale * devicePixelRatio")
     return {"renderer": renderer, "page_load_s": round(loaded_s, 2),
+            "screen_pixels_per_image_pixel": round(scale, 3),
             "frames_drawn": len(frames), "frame": percentiles(intervals),
             "draw": percentiles([f["ms"] for f in timed])}
 
