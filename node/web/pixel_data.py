@@ -5,8 +5,8 @@ once, as unsigned 16-bit samples whose modality value is ``offset + scale * samp
 (Modality LUT applied: rescale slope and intercept, or a Modality LUT Sequence), with the
 attributes it needs beside them:
 
-* the file's windows (Window Center / Width with their explanations and VOI LUT Function),
-  a percentile window when the file has none or only a VOI LUT Sequence, and the full range;
+* the file's VOI LUT (VOI LUT Sequence) as a table, its windows (Window Center / Width with
+  their explanations and VOI LUT Function), a percentile window, and the full range;
 * Photometric Interpretation (MONOCHROME1 is inverted on display);
 * orientation markers for the four edges, from Image Orientation (Patient) when present,
   else Patient Orientation; the view position label;
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
-from pydicom.pixels.processing import apply_modality_lut
+from pydicom.pixels.processing import apply_modality_lut, apply_voi
 
 from workers.inference.preprocess import (
     ImageDecodeError,
@@ -52,6 +52,21 @@ class Preset:
     center: float
     width: float
     function: str = "LINEAR"
+
+
+@dataclass(frozen=True)
+class VoiLut:
+    """The file's first VOI LUT (VOI LUT Sequence) as a table over modality values.
+
+    A modality value ``v`` displays as ``(data[clamp(round(v) - first)] - low) /
+    (high - low)``: the output range is taken from the table itself, as the drafting
+    pipeline does (devices declare 16 bits and fill 12).
+    """
+
+    first: int
+    data: list[int]
+    low: float
+    high: float
 
 
 @dataclass(frozen=True)
@@ -127,6 +142,7 @@ class ImageDescription:
     view_position: str
     spacing: Spacing
     units: str = field(default="")
+    voi_lut: VoiLut | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dictionary."""
@@ -191,17 +207,36 @@ def _texts(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def voi_lut(ds: Dataset) -> VoiLut | None:
+    """The first item of the VOI LUT Sequence as a table; ``None`` without a usable one."""
+    sequence = ds.get("VOILUTSequence")
+    if not sequence or "LUTDescriptor" not in sequence[0] or "LUTData" not in sequence[0]:
+        return None
+    try:
+        descriptor = [int(v) for v in sequence[0].LUTDescriptor]
+        count, first = descriptor[0] or 65536, descriptor[1]
+        table = np.asarray(apply_voi(np.arange(first, first + count), ds, index=0))
+    except Exception:  # a malformed LUT: the percentile window is shown instead
+        return None
+    low, high = float(table.min()), float(table.max())
+    if high <= low:
+        return None
+    return VoiLut(first, [int(v) for v in table], low, high)
+
+
 def window_presets(ds: Dataset, frame: PixelFrame) -> tuple[Preset, list[Preset]]:
     """The default window and the named windows offered.
 
-    The default is the file's first window; without one (or with a VOI LUT Sequence,
-    which the browser does not apply) the 0.5-99.5 percentile window of the values.
+    The default is the file's VOI LUT when it has one (function ``VOI_LUT``; its centre
+    and width span the table's input range, where a drag starts from), else its first
+    window, else the 0.5-99.5 percentile window of the values.
 
     Returns
     -------
     tuple
-        ``(default, presets)``; the presets hold every window of the file, the percentile
-        window, the full range and, for data in Hounsfield units, lung, mediastinum, bone.
+        ``(default, presets)``; the presets hold the VOI LUT, every window of the file, the
+        percentile window, the full range and, for data in Hounsfield units, lung,
+        mediastinum, bone.
     """
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
@@ -219,8 +254,12 @@ def window_presets(ds: Dataset, frame: PixelFrame) -> tuple[Preset, list[Preset]
     automatic = Preset("Auto (0.5-99.5 %)", (low + high) / 2, max(high - low, 1.0))
     full = Preset("Full range", (frame.low + frame.high) / 2,
                   max(frame.high - frame.low + 1, 1.0))
-    has_voi_lut = bool(ds.get("VOILUTSequence"))
-    default = presets[0] if presets and not has_voi_lut else automatic
+    table = voi_lut(ds)
+    if table is not None:
+        count = len(table.data)
+        presets.insert(0, Preset("DICOM VOI LUT", table.first + count / 2, float(count),
+                                 "VOI_LUT"))
+    default = presets[0] if presets else automatic
     offered = [*presets, automatic, full]
     if str(ds.get("RescaleType", "")).upper() == "HU" or ds.get("Modality") == "CT":
         offered += [Preset(name, c, w) for name, c, w in HU_PRESETS]
@@ -306,9 +345,10 @@ def describe(ds: Dataset, frame: PixelFrame) -> ImageDescription:
         orientation=orientation_markers(ds),
         view_position=str(ds.get("ViewPosition", "") or "").strip().upper(),
         spacing=measurement_spacing(ds),
-        units=str(ds.get("RescaleType", "") or "").strip())
+        units=str(ds.get("RescaleType", "") or "").strip(),
+        voi_lut=voi_lut(ds))
 
 
 __all__ = ["HU_PRESETS", "ImageDescription", "Orientation", "PixelFrame", "Preset",
-           "Spacing", "describe", "measurement_spacing", "modality_frame",
-           "orientation_markers", "window_presets"]
+           "Spacing", "VoiLut", "describe", "measurement_spacing", "modality_frame",
+           "orientation_markers", "voi_lut", "window_presets"]

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from playwright.sync_api import Page, expect
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from sqlalchemy import select
 
 from node.db.models import AuditEvent
@@ -46,6 +48,8 @@ INTERCEPT = -1024.0
 PIXEL_SPACING = (0.2, 0.1)
 LATERAL_SPACING = (0.15, 0.15)
 FRONTAL_WINDOW = (20000.0, 30000.0)
+LUT_ENTRIES = 16384
+SQUARE_ROOT_LUT = np.rint(65535 * np.sqrt(np.arange(LUT_ENTRIES) / (LUT_ENTRIES - 1)))
 LATERAL_WINDOW = (30000.0, 40000.0)
 DISABLE_WEBGL2 = """
 const original = HTMLCanvasElement.prototype.getContext;
@@ -77,6 +81,7 @@ class ViewerNode:
     signed_prior_id: int
     draft_prior_id: int
     other_issuer_id: int
+    lut_id: int
     modality: NDArray[np.float64]
 
 
@@ -104,6 +109,15 @@ def viewer_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerNode
         study, stored, view_position="PA", instance_number=2, windows=[FRONTAL_WINDOW],
         PixelSpacing=[f"{v:g}" for v in PIXEL_SPACING], PatientOrientation=["L", "F"])
     frontal_id = store_dataset(database, store, study, frontal)
+    # a third image, without a view, displayed through a square-root VOI LUT
+    lut_image = phantom_dataset(study, gradient_phantom(ROWS, COLUMNS, step_x=150, step_y=20),
+                                view_position=None, instance_number=3, rescale=(1.0, 0.0),
+                                PatientOrientation=None)
+    item = Dataset()
+    item.add_new(0x00283002, "US", [LUT_ENTRIES, 0, 16])
+    item.add_new(0x00283006, "US", [int(v) for v in SQUARE_ROOT_LUT])
+    lut_image.VOILUTSequence = DicomSequence([item])
+    lut_id = store_dataset(database, store, study, lut_image)
     add_report(database, study, ReportState.DRAFT, findings="Current draft findings.",
                impression="Current draft impression.")
     signed = add_study(database, patient_id="PID-7001", study_date="20240110",
@@ -129,7 +143,8 @@ def viewer_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerNode
         node = LiveNode(server.url, database, store, RecordingQueue(), RecordingExporter(),
                         {}, 0)
         yield ViewerNode(node, database, study.id, frontal_id, lateral_id, signed.id,
-                         unsigned.id, other_issuer.id, stored.astype(np.float64) + INTERCEPT)
+                         unsigned.id, other_issuer.id, lut_id,
+                         stored.astype(np.float64) + INTERCEPT)
     finally:
         server.stop()
         database.engine.dispose()
@@ -269,6 +284,34 @@ def test_zoomed_out_canvas_draws_block_means(page: Page, viewer_node: ViewerNode
     page.keyboard.press("0")  # fit again: full resolution
     page.wait_for_function(f"() => document.getElementById('image').width === {COLUMNS}")
     assert np.abs(_grey(page) - expected_grey(viewer_node.modality, 30000, 50000)).max() <= 1
+
+
+@pytest.mark.parametrize("renderer", ["webgl2", "canvas2d"])
+def test_voi_lut_sequence_is_applied_until_a_window_is_chosen(context, viewer_node: ViewerNode,
+                                                               renderer: str) -> None:
+    """An image with a VOI LUT Sequence shows through it (a square-root curve here, its
+    output range scaled to 8 bits); a typed window replaces it with a linear one."""
+    page = context.new_page()
+    _open(page, viewer_node, renderer)
+    page.locator(".thumb").nth(2).click()
+    viewport = page.locator("#viewport")
+    expect(viewport).to_have_attribute("data-voi-function", "VOI_LUT")
+    expect(viewport).to_have_attribute("data-window", f"{LUT_ENTRIES // 2}/{LUT_ENTRIES}/0")
+    values = gradient_phantom(ROWS, COLUMNS, step_x=150, step_y=20).astype(np.int64)
+    table = SQUARE_ROOT_LUT[np.clip(values, 0, LUT_ENTRIES - 1)]
+    expected = np.rint(255 * (table - table.min()) / (SQUARE_ROOT_LUT.max()
+                                                      - SQUARE_ROOT_LUT.min()))
+    grey = _grey(page)
+    assert np.abs(grey - expected).max() <= 1
+    # the curve is not a straight line: a linear window over the same range differs
+    linear = expected_grey(values, LUT_ENTRIES / 2, LUT_ENTRIES)
+    assert np.abs(expected - linear).max() > 40
+    _set_window(page, LUT_ENTRIES / 2, LUT_ENTRIES)
+    expect(viewport).to_have_attribute("data-voi-function", "LINEAR")
+    assert np.abs(_grey(page) - linear).max() <= 1
+    page.locator("#viewport").focus()
+    page.keyboard.press("r")
+    expect(viewport).to_have_attribute("data-voi-function", "VOI_LUT")
 
 
 @pytest.mark.parametrize("renderer", ["webgl2", "canvas2d"])

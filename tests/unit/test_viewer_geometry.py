@@ -20,6 +20,7 @@ from node.web.pixel_data import (
     measurement_spacing,
     modality_frame,
     orientation_markers,
+    voi_lut,
     window_presets,
 )
 from tests.dicom_factory import make_cxr_dataset
@@ -84,14 +85,31 @@ def test_presets_name_the_files_windows_and_add_auto_and_full_range() -> None:
     assert (full.center, full.width) == (3960 / 2, 3961)
 
 
-def test_voi_lut_sequence_falls_back_to_the_percentile_window() -> None:
+def test_voi_lut_sequence_is_the_default_and_sent_as_a_table() -> None:
+    """The LUT's own output range scales it (12 bits filled of 16 declared)."""
     ds = make_cxr_dataset(rows=16, cols=16, bits=12, windows=[(2000.0, 4000.0)])
     item = Dataset()
-    item.LUTDescriptor = [4096, 0, 12]
-    item.LUTData = list(range(4096))
+    item.LUTDescriptor = [2048, 1000, 16]
+    item.LUTData = [min(4095, 2 * i) for i in range(2048)]
+    ds.VOILUTSequence = Sequence([item])
+    default, presets = window_presets(ds, modality_frame(ds))
+    assert (default.name, default.function) == ("DICOM VOI LUT", "VOI_LUT")
+    assert (default.center, default.width) == (1000 + 1024, 2048)
+    assert [p.name for p in presets][:2] == ["DICOM VOI LUT", "DICOM window 1"]
+    table = voi_lut(ds)
+    assert table is not None
+    assert (table.first, len(table.data), table.low, table.high) == (1000, 2048, 0, 4094)
+    assert table.data[:3] == [0, 2, 4]
+
+
+def test_a_malformed_voi_lut_falls_back_to_the_window() -> None:
+    ds = make_cxr_dataset(rows=16, cols=16, bits=12, windows=[(2000.0, 4000.0)])
+    item = Dataset()
+    item.LUTDescriptor = [16, 0, 16]
+    item.LUTData = [7] * 16  # constant: no range to scale
     ds.VOILUTSequence = Sequence([item])
     default, _ = window_presets(ds, modality_frame(ds))
-    assert default.name.startswith("Auto")
+    assert voi_lut(ds) is None and default.name == "DICOM window 1"
 
 
 def test_hounsfield_data_gets_lung_mediastinum_bone() -> None:

@@ -8,14 +8,19 @@
 (function () {
   const MIN_SCALE = 0.02;
   const MAX_SCALE = 32;
-  const FUNCTIONS = { LINEAR: 0, LINEAR_EXACT: 1, SIGMOID: 2 };
+  const FUNCTIONS = { LINEAR: 0, LINEAR_EXACT: 1, SIGMOID: 2, VOI_LUT: 3 };
+  const LUT_ROW = 4096;  // entries per row of the VOI LUT texture
   const MAX_FRAMES_KEPT = 20000;
   const VIEW_LABELS = { PA: "PA", AP: "AP", LL: "LATERAL (LL)", RL: "LATERAL (RL)",
                         LAT: "LATERAL", LATERAL: "LATERAL" };
 
   // VOI window onto [0, 1]: PS3.3 C.11.2.1.2 (the same arithmetic as
-  // workers/inference/preprocess.window_to_unit).
-  function unit(value, center, width, fn) {
+  // workers/inference/preprocess.window_to_unit), or the file's VOI LUT.
+  function unit(value, center, width, fn, lut) {
+    if (fn === FUNCTIONS.VOI_LUT) {
+      const index = Math.min(lut.data.length - 1, Math.max(0, Math.round(value) - lut.first));
+      return (lut.data[index] - lut.low) / (lut.high - lut.low);
+    }
     if (fn === FUNCTIONS.LINEAR) {
       const c = center - 0.5;
       const w = width - 1;
@@ -36,6 +41,9 @@ precision highp float;
 precision highp int;
 precision highp usampler2D;
 uniform usampler2D samples;
+uniform sampler2D voiLut;
+uniform int lutFirst;
+uniform int lutCount;
 uniform int rows;
 uniform float offset;
 uniform float scale;
@@ -55,6 +63,9 @@ void main() {
     if (v <= c - w * 0.5) y = 0.0;
     else if (v > c + w * 0.5) y = 1.0;
     else y = (v - c) / w + 0.5;
+  } else if (voiFunction == 3) {
+    int i = clamp(int(round(v)) - lutFirst, 0, lutCount - 1);
+    y = texelFetch(voiLut, ivec2(i % ${LUT_ROW}, i / ${LUT_ROW}), 0).r;
   } else if (voiFunction == 1) {
     y = clamp((v - center) / width + 0.5, 0.0, 1.0);
   } else {
@@ -108,10 +119,12 @@ void main() {
       gl.useProgram(program);
       this.program = program;
       this.uniforms = {};
-      for (const name of ["samples", "rows", "offset", "scale", "center", "width", "voiFunction", "invert"]) {
+      for (const name of ["samples", "voiLut", "lutFirst", "lutCount", "rows", "offset", "scale",
+                          "center", "width", "voiFunction", "invert"]) {
         this.uniforms[name] = gl.getUniformLocation(program, name);
       }
       this.texture = gl.createTexture();
+      this.lutTexture = gl.createTexture();
       this.maxSize = gl.getParameter(gl.MAX_TEXTURE_SIZE);
     }
 
@@ -134,6 +147,22 @@ void main() {
       gl.texImage2D(gl.TEXTURE_2D, 0, gl.R16UI, image.columns, image.rows, 0,
                     gl.RED_INTEGER, gl.UNSIGNED_SHORT, image.samples);
       gl.uniform1i(this.uniforms.samples, 0);
+      // The VOI LUT, normalised, in rows of LUT_ROW entries (a 1x1 texture without one).
+      const lut = image.voi_lut;
+      const count = lut ? lut.data.length : 1;
+      const width = Math.min(count, LUT_ROW);
+      const height = Math.ceil(count / LUT_ROW);
+      const table = new Float32Array(width * height);
+      if (lut) lut.data.forEach((entry, i) => { table[i] = (entry - lut.low) / (lut.high - lut.low); });
+      gl.activeTexture(gl.TEXTURE1);
+      gl.bindTexture(gl.TEXTURE_2D, this.lutTexture);
+      gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
+      gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
+      gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.NEAREST);
+      gl.texImage2D(gl.TEXTURE_2D, 0, gl.R32F, width, height, 0, gl.RED, gl.FLOAT, table);
+      gl.uniform1i(this.uniforms.voiLut, 1);
+      gl.uniform1i(this.uniforms.lutFirst, lut ? lut.first : 0);
+      gl.uniform1i(this.uniforms.lutCount, count);
       gl.uniform1i(this.uniforms.rows, image.rows);
       gl.uniform1f(this.uniforms.offset, image.offset);
       gl.uniform1f(this.uniforms.scale, image.scale);
@@ -227,7 +256,8 @@ void main() {
       const { offset, scale } = this.image;
       const lut = this.lut;
       for (let s = 0; s < lut.length; s++) {
-        let y = unit(offset + scale * s, state.center, state.width, state.voiFunction);
+        let y = unit(offset + scale * s, state.center, state.width, state.voiFunction,
+                     this.image.voi_lut);
         if (state.invert) y = 1 - y;
         const grey = Math.round(y * 255);
         lut[s] = 0xff000000 | (grey << 16) | (grey << 8) | grey;  // RGBA bytes, little-endian
@@ -316,6 +346,7 @@ void main() {
       drawCount += 1;
       viewport.dataset.drawn = String(drawCount);
       viewport.dataset.window = `${state.center}/${state.width}/${state.invert ? 1 : 0}`;
+      viewport.dataset.voiFunction = Object.keys(FUNCTIONS)[state.voiFunction];
       viewport.dataset.loaded = "1";
     }
 
@@ -339,6 +370,7 @@ void main() {
       const span = Math.max(image.high - image.low, 1);
       state.center = Math.max(image.low - span, Math.min(image.high + span, center));
       if (voiFunction !== undefined) state.voiFunction = voiFunction;
+      else if (state.voiFunction === FUNCTIONS.VOI_LUT) state.voiFunction = FUNCTIONS.LINEAR;  // a window replaces the LUT
       // LINEAR needs a width of at least 1; the other functions any positive width.
       state.width = Math.max(state.voiFunction === FUNCTIONS.LINEAR ? 1 : 1e-6, Math.min(span * 4, width));
       showWindow();
