@@ -35,6 +35,7 @@ from node.web import (
     auth,
     live,
     metrics,
+    pixels,
     quarantine_view,
     reading,
     study,
@@ -166,7 +167,7 @@ def create_app(
     app.state.ctx = ctx
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
-    for module in (auth, worklist, live, study, reading, admin, quarantine_view, audit,
+    for module in (auth, worklist, live, study, pixels, reading, admin, quarantine_view, audit,
                    metrics):
         app.include_router(module.router)
     app.include_router(

@@ -130,6 +130,18 @@ class ImageRenderer:
             self._datasets.put(relative_path, ds)
         return ds
 
+    def dataset(self, relative_path: str) -> Dataset:
+        """The parsed dataset of a stored instance (size limits checked first, cached).
+
+        Raises
+        ------
+        ImageDecodeError
+            When the file is over a size limit or cannot be parsed.
+        FileNotFoundError
+            When the file is missing.
+        """
+        return self._dataset(relative_path)
+
     def window(self, relative_path: str) -> WindowInfo:
         """The default window and value range of a stored image.
 

@@ -58,10 +58,12 @@ from node.web.deps import (
     get_context,
     render,
 )
+from node.web.draft_source import draft_source_uid
 from node.web.errors import STORAGE_FULL_MESSAGE, database_full
 from node.web.history import report_history
 from node.web.imaging import ImageDecodeError, WindowInfo
 from node.web.ohif import ohif_study_url
+from node.web.priors import prior_studies
 from node.web.reading import (
     forget_working_copies,
     readers_of,
@@ -177,7 +179,14 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         if viewer.is_radiologist and current is not None:
             working = working_copy_of(session, viewer.id, current.id)
             stale = stale_working_copy(session, viewer.id, versions)
+        priors = prior_studies(session, study)
     audit_view(ctx.database, viewer, "study_viewed", "study", study.id, study_id=study.id)
+    if priors:
+        audit_view(ctx.database, viewer, "prior_studies_listed", "study", study.id,
+                   study_id=study.id, details={"prior_study_ids": [p.study_id for p in priors],
+                                               "signed_texts_shown": sum(
+                                                   p.findings != "" or p.impression != ""
+                                                   for p in priors)})
     images: list[ImageView] = []
     for instance in instances:
         if instance.purged_at is not None:
@@ -192,6 +201,7 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
             images.append(ImageView(instance, None, "This image cannot be displayed."))
     draft = next((r for r in reversed(versions) if r.state == ReportState.DRAFT), None)
     bundle = _bundle_for(read_bundle_identity(ctx.settings.model.bundle), draft or current)
+    source_uid = draft_source_uid(ctx.store, instances, draft)
     editing = form or {}
     if not editing and working is not None:
         mode = "sign" if current is not None and current.state == ReportState.DRAFT else "amend"
@@ -213,6 +223,7 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         "worklist_url": worklist_url(filters),
         "previous_url": study_url(previous_id, filters) if previous_id else None,
         "next_url": study_url(next_id, filters) if next_id else None,
+        "priors": priors, "draft_source_uid": source_uid,
     }
     response = render(request, "study.html", context, status_code=status_code)
     if next_id is not None and status_code == 200:

@@ -1,0 +1,104 @@
+"""Full-depth image values for window/level in the browser.
+
+* ``GET /studies/{id}/pixels/{instance_id}.json`` — size, value mapping, windows and
+  presets, Photometric Interpretation, orientation markers, view position and measurement
+  spacing (:mod:`node.web.pixel_data`); no patient identity;
+* ``GET /studies/{id}/pixels/{instance_id}.u16`` — the first frame's Modality-LUT values as
+  little-endian unsigned 16-bit samples, row by row (``value = offset + scale * sample``),
+  gzip-encoded when the browser accepts it. Audited as ``image_pixels_viewed``.
+
+Both need a login, check the stored file against the digest of a signed report
+(:mod:`node.reports.evidence`: a changed image answers 409, audited) and the size limits
+of :mod:`workers.inference.dicom_limits` before decoding (422), and answer
+``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from dataclasses import dataclass
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydicom.dataset import Dataset
+
+from node.db.models import Instance
+from node.reports.evidence import EvidenceChanged, audit_mismatch, verify_evidence
+from node.web.deps import RowId, UserDep, Viewer, audit_view, get_context
+from node.web.imaging import ImageDecodeError
+from node.web.pixel_data import PixelFrame, describe, modality_frame
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+NO_STORE = {"Cache-Control": "private, no-store"}
+#: gzip level of the samples: fast, and still halves a typical radiograph.
+GZIP_LEVEL = 1
+
+
+@dataclass(frozen=True)
+class _Stored:
+    path: str
+    sop_instance_uid: str
+
+
+def _stored_image(request: Request, viewer: Viewer, study_id: int, instance_id: int,
+                  during: str) -> _Stored:
+    """The instance's file, after the signed-evidence check; 404/410/409 otherwise."""
+    ctx = get_context(request)
+    with ctx.database.sessions() as session:
+        instance = session.get(Instance, instance_id)
+        if instance is None or instance.study_id != study_id:
+            raise HTTPException(404, "no such image in this study")
+        if instance.purged_at is not None:
+            raise HTTPException(410, "the image was removed by the retention policy")
+        stored = _Stored(instance.path, instance.sop_instance_uid)
+        try:
+            verify_evidence(session, ctx.store, study_id, {stored.sop_instance_uid})
+        except EvidenceChanged as exc:
+            changed = exc
+        else:
+            return stored
+    with ctx.database.sessions.begin() as session:
+        audit_mismatch(session, study_id, changed, actor=viewer.username, user_id=viewer.id,
+                       during=during)
+    raise HTTPException(409, str(changed))
+
+
+def _frame(request: Request, stored: _Stored) -> tuple[PixelFrame, Dataset]:
+    ctx = get_context(request)
+    try:
+        ds = ctx.renderer.dataset(stored.path)
+        return modality_frame(ds), ds
+    except ImageDecodeError as exc:
+        raise HTTPException(422, "the image cannot be decoded") from exc
+    except FileNotFoundError as exc:
+        raise HTTPException(404, "the image file is missing") from exc
+
+
+@router.get("/studies/{study_id}/pixels/{instance_id}.json")
+def pixel_description(study_id: RowId, instance_id: RowId, request: Request,
+                      viewer: UserDep) -> Response:
+    """How to read and display the image's samples."""
+    stored = _stored_image(request, viewer, study_id, instance_id, "pixels")
+    frame, ds = _frame(request, stored)
+    body = describe(ds, frame).to_json()
+    return JSONResponse(body, headers=NO_STORE)
+
+
+@router.get("/studies/{study_id}/pixels/{instance_id}.u16")
+def pixel_samples(study_id: RowId, instance_id: RowId, request: Request,
+                  viewer: UserDep) -> Response:
+    """The image's Modality-LUT values as little-endian unsigned 16-bit samples."""
+    stored = _stored_image(request, viewer, study_id, instance_id, "pixels")
+    frame, _ = _frame(request, stored)
+    audit_view(get_context(request).database, viewer, "image_pixels_viewed", "instance",
+               instance_id, study_id=study_id)
+    data = frame.little_endian_bytes()
+    headers = {**NO_STORE, "X-Image-Rows": str(frame.rows),
+               "X-Image-Columns": str(frame.columns), "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+        headers["Content-Encoding"] = "gzip"
+    return Response(data, media_type="application/octet-stream", headers=headers)
