@@ -18,10 +18,11 @@ in as a radiologist and opens the first study of the worklist. Two walks over th
    next study.
 
 Each step is timed in the browser, from the key press (a capturing ``keydown`` listener) to
-the moment the next study's image is decoded and painted (``img.decode()`` and the next
-animation frame) with its draft text in the report field. The split: until the next page's
+the moment the viewer has drawn the next study's image (its first frame from the full-depth
+values, ``data-drawn`` on the viewport, and the next animation frame) with its draft text in
+the report field. The split: until the next page's
 navigation starts (the sign-off request for "sign and next"), and from there to the image
-on screen, with, from the navigation start, when the page's HTML and the image's PNG had
+on screen, with, from the navigation start, when the page's HTML and the image's 16-bit values had
 arrived (Navigation and Resource Timing). The figure is the median and 95th percentile of
 each walk, and the ratio of the medians (sign and next / next). ``--dwell`` waits on each
 study before the key press, as a reader does (0 by default: the worst case, where the node
@@ -95,16 +96,23 @@ TIMING_SCRIPT = """
     }
   }, true);
   document.addEventListener("DOMContentLoaded", async () => {
-    const image = document.getElementById("image");
+    const viewport = document.getElementById("viewport");
     const findings = document.getElementById("findings");
-    if (!image || !findings) return;
-    try { await image.decode(); } catch (error) { return; }
-    await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+    if (!viewport || !findings) return;
+    await new Promise((resolve) => {
+      const drawn = () => Number(viewport.dataset.drawn) > 0;
+      if (drawn()) { resolve(); return; }
+      new MutationObserver((changes, observer) => {
+        if (drawn()) { observer.disconnect(); resolve(); }
+      }).observe(viewport, { attributes: true, attributeFilter: ["data-drawn"] });
+    });
+    await new Promise((resolve) => requestAnimationFrame(resolve));
     if (!findings.value) return;
     const pressed = Number(sessionStorage.getItem("bench:pressed") || "NaN");
     sessionStorage.removeItem("bench:pressed");
     const entry = performance.getEntriesByType("navigation")[0];
-    const image_entry = performance.getEntriesByName(image.currentSrc || image.src)[0];
+    const image_entry = performance.getEntriesByType("resource")
+      .filter((item) => item.name.includes("/pixels/") && item.name.includes(".u16"))[0];
     window.__benchReady = { pressed, navigation: performance.timeOrigin, ready: now(),
                             html: entry ? entry.responseEnd : NaN,
                             image: image_entry ? image_entry.responseEnd : NaN,

@@ -60,8 +60,8 @@ def _on_study(page: Page, node: LiveNode, study: SeededStudy) -> None:
     """The study page of ``study`` is open with its image and its draft text on screen."""
     page.wait_for_url(re.compile(rf"{re.escape(node.url)}/studies/{study.study_id}(\?.*)?$"))
     expect(page.locator("#findings")).to_be_visible()
-    page.wait_for_function("() => { const i = document.getElementById('image');"
-                           " return i && i.complete && i.naturalWidth > 0; }")
+    page.wait_for_function("() => { const v = document.getElementById('viewport');"
+                           " return v && Number(v.dataset.drawn) > 0; }")
 
 
 def _contrast(first: str, second: str) -> float:
