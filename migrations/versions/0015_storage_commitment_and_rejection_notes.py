@@ -55,8 +55,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('users', schema=None) as batch_op:
-        batch_op.drop_column('language')
+    # A plain ALTER TABLE ... DROP COLUMN (SQLite 3.35 and later have it): rebuilding the
+    # table, as a batch operation would on SQLite, fails while other tables reference users.
+    op.drop_column('users', 'language')
     # Older code knows neither rejection notes nor the commitment and withdrawal states.
     op.execute("DELETE FROM exports WHERE kind <> 'REPORT'")
     op.execute("UPDATE exports SET state = 'SENT' WHERE state = 'COMMITTED'")

@@ -26,5 +26,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('reports', schema=None) as batch_op:
-        batch_op.drop_column('amendment_reason')
+    # A plain ALTER TABLE ... DROP COLUMN (SQLite 3.35 and later have it): rebuilding the
+    # table, as a batch operation would on SQLite, fails while exports reference reports.
+    op.drop_column('reports', 'amendment_reason')

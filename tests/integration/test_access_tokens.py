@@ -362,7 +362,7 @@ def test_downgrade_below_tokens_leaves_uploaders_deactivated_radiologists(
                                        "ORDER BY id")).all()
     assert [tuple(row) for row in rows] == [("mcurie", "RADIOLOGIST", True),
                                             ("import", "RADIOLOGIST", False)]
-    _migrate(web.database, "0014", down=False)
+    _migrate(web.database, "head", down=False)
     with web.database.sessions() as session:
         assert session.get_one(User, uploader_id).role is Role.RADIOLOGIST
 

@@ -21,13 +21,14 @@ from sqlalchemy import (
     Table,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.exc import IntegrityError, InvalidRequestError, StatementError
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import DetachedInstanceError
 
 from node.db.migrate import MIGRATIONS_DIR, alembic_config, current_revision, upgrade
-from node.db.models import Base, Export, Instance, Job, Report, Study, User
+from node.db.models import AccessToken, AuditEvent, Base, Export, Instance, Job, Report, Study, User
 from node.runtime import Database
 from node.states import ReportState, Role, StudyState
 from tests.conftest import make_settings
@@ -369,3 +370,41 @@ def test_report_srs_written_before_the_index_are_indexed_from_their_files(
                 kept.sr_content_time) == (9001, "AI DRAFT - UNVERIFIED", 1, "PARTIAL",
                                           "UNVERIFIED", "20261205", "063000")
         assert lost.sr_completion_flag is None and lost.sr_series_number is None
+
+
+def test_downgrade_below_the_newest_revisions_keeps_reports_exports_and_users(
+        database: Database) -> None:
+    """Revisions 0016 to 0014 down with rows that reference reports and users (an export
+    of an amended report, a personal token, an audit event): their columns go, the rows
+    stay; up again, the models load them."""
+    now = dt.datetime.now(dt.UTC)
+    with database.sessions.begin() as session:
+        user = User(username="mcurie", display_name="Curie^Marie", password_hash="!",
+                    role=Role.RADIOLOGIST, language="fr-FR")
+        study = Study(study_instance_uid="1.2.3.4", patient_id="PID-1")
+        session.add_all([user, study])
+        session.flush()
+        report = Report(study_id=study.id, state=ReportState.FINAL, findings="F",
+                        impression="I", amendment_reason="wrong side named")
+        session.add(report)
+        session.flush()
+        session.add(Export(report_id=report.id, destination_ae="PACS"))
+        session.flush()
+        session.add(AccessToken(user_id=user.id, token_hash="0" * 64, label="viewer",
+                                scopes=["dicomweb-read"], created_at=now,
+                                expires_at=now + dt.timedelta(days=1)))
+        session.add(AuditEvent(at=now, actor="mcurie", user_id=user.id,
+                               action="report_amended", object_type="report",
+                               object_id=str(report.id)))
+        ids = (user.id, report.id)
+
+    _migrate(database, "0013", down=True)
+
+    with database.engine.connect() as connection:
+        assert connection.execute(text("SELECT COUNT(*) FROM exports")).scalar_one() == 1
+        assert connection.execute(text("SELECT findings FROM reports")).scalar_one() == "F"
+        assert connection.execute(text("SELECT username FROM users")).scalar_one() == "mcurie"
+    upgrade(database.engine)
+    with database.sessions() as session:
+        assert session.get_one(User, ids[0]).language is None
+        assert session.get_one(Report, ids[1]).amendment_reason is None
