@@ -188,6 +188,16 @@ class ImageRenderer:
         self._preparing: dict[FileKey, threading.Lock] = {}
         self._preparing_lock = threading.Lock()
 
+    @property
+    def prepared_weight(self) -> int:
+        """Bytes held by the cache of prepared images."""
+        return self._prepared.weight
+
+    @property
+    def prepared_count(self) -> int:
+        """Prepared images kept."""
+        return len(self._prepared)
+
     def file_key(self, relative_path: str) -> FileKey:
         """The stored file's identity on disk now.
 
