@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset
 from node.storage import InstanceStore
 from node.web.pixel_data import describe, modality_frame
 from workers.inference.dicom_limits import LimitExceeded, check_encoded
-from workers.inference.preprocess import ImageDecodeError, load_display_image
+from workers.inference.preprocess import DisplayImage, ImageDecodeError, load_display_image
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -250,15 +250,18 @@ class ImageRenderer:
         key = self.file_key(relative_path)
         info = self._windows.get(key)
         if info is None:
-            ds = self._dataset(relative_path, key)
-            image = load_display_image(ds)
-            slope, intercept = image.rescale_slope, image.rescale_intercept
-            top = float(2 ** image.bits_stored - 1)
-            ends = sorted((intercept, top * slope + intercept))
-            rows, columns = image.shape
-            info = WindowInfo(image.window_center, image.window_width, ends[0], ends[1],
-                              rows, columns)
-            self._windows.put(key, info)
+            info = self._window_of(key, load_display_image(self._dataset(relative_path, key)))
+        return info
+
+    def _window_of(self, key: FileKey, image: DisplayImage) -> WindowInfo:
+        """Keep and return the default window of ``image``, the display of ``key``."""
+        slope, intercept = image.rescale_slope, image.rescale_intercept
+        top = float(2 ** image.bits_stored - 1)
+        ends = sorted((intercept, top * slope + intercept))
+        rows, columns = image.shape
+        info = WindowInfo(image.window_center, image.window_width, ends[0], ends[1],
+                          rows, columns)
+        self._windows.put(key, info)
         return info
 
     def prepared(self, relative_path: str) -> PreparedPixels:
@@ -335,7 +338,10 @@ class ImageRenderer:
             return cached
         ds = self._dataset(relative_path, file)
         source = ds if center is None else _with_window(ds, center, width or 1.0)
-        pixels = load_display_image(source).pixels
+        image = load_display_image(source)
+        if center is None:  # the default display also gives the default window
+            self._window_of(file, image)
+        pixels = image.pixels
         buffer = io.BytesIO()
         Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=3)
         data = buffer.getvalue()

@@ -273,8 +273,8 @@ def warm_study_images(ctx: WebContext, study_id: int) -> None:
         for path in paths:
             try:
                 ctx.renderer.prepared(path)
+                ctx.renderer.png(path)  # also the default window the page asks for
                 ctx.renderer.window(path)
-                ctx.renderer.png(path)
             except (ImageDecodeError, OSError, ValueError):
                 continue
     except DBAPIError:
