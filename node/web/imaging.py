@@ -13,7 +13,9 @@ kept in a byte-bounded cache of their own.
 
 Every cache is keyed by the file's identity on disk (:class:`FileKey`: path, size,
 modification time and inode), taken with ``os.stat`` on each call: a file changed or
-replaced on disk is read again, never served from a cache.
+replaced on disk is read again, never served from a cache (an in-place change that keeps
+the size and restores the modification time is the exception; behind a signed report the
+signed-evidence check, which reads the file's digest on every request, refuses it).
 """
 
 from __future__ import annotations
