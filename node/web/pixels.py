@@ -8,33 +8,30 @@
   gzip-encoded when the browser accepts it. Audited as ``image_pixels_viewed``.
 
 Both need a login, check the stored file against the digest of a signed report
-(:mod:`node.reports.evidence`: a changed image answers 409, audited) and the size limits
-of :mod:`workers.inference.dicom_limits` before decoding (422), and answer
-``Cache-Control: no-store``.
+(:mod:`node.reports.evidence`: a changed image answers 409, audited) on every request, and
+the size limits of :mod:`workers.inference.dicom_limits` before decoding (422), and answer
+``Cache-Control: no-store``. The decoded image comes from the renderer's cache of prepared
+images (:meth:`node.web.imaging.ImageRenderer.prepared`, keyed by the file's identity on
+disk), which the study page fills ahead for the next study of the worklist.
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 from dataclasses import dataclass
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
-from pydicom.dataset import Dataset
+from fastapi.responses import Response
 
 from node.db.models import Instance
 from node.reports.evidence import EvidenceChanged, audit_mismatch, verify_evidence
 from node.web.deps import RowId, UserDep, Viewer, audit_view, get_context
-from node.web.imaging import ImageDecodeError
-from node.web.pixel_data import PixelFrame, describe, modality_frame
+from node.web.imaging import ImageDecodeError, PreparedPixels
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
 NO_STORE = {"Cache-Control": "private, no-store"}
-#: gzip level of the samples: fast, and still halves a typical radiograph.
-GZIP_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -66,11 +63,9 @@ def _stored_image(request: Request, viewer: Viewer, study_id: int, instance_id: 
     raise HTTPException(409, str(changed))
 
 
-def _frame(request: Request, stored: _Stored) -> tuple[PixelFrame, Dataset]:
-    ctx = get_context(request)
+def _prepared(request: Request, stored: _Stored) -> PreparedPixels:
     try:
-        ds = ctx.renderer.dataset(stored.path)
-        return modality_frame(ds), ds
+        return get_context(request).renderer.prepared(stored.path)
     except ImageDecodeError as exc:
         raise HTTPException(422, "the image cannot be decoded") from exc
     except FileNotFoundError as exc:
@@ -82,9 +77,8 @@ def pixel_description(study_id: RowId, instance_id: RowId, request: Request,
                       viewer: UserDep) -> Response:
     """How to read and display the image's samples."""
     stored = _stored_image(request, viewer, study_id, instance_id, "pixels")
-    frame, ds = _frame(request, stored)
-    body = describe(ds, frame).to_json()
-    return JSONResponse(body, headers=NO_STORE)
+    return Response(_prepared(request, stored).description_json,
+                    media_type="application/json", headers=NO_STORE)
 
 
 @router.get("/studies/{study_id}/pixels/{instance_id}.u16")
@@ -92,13 +86,14 @@ def pixel_samples(study_id: RowId, instance_id: RowId, request: Request,
                   viewer: UserDep) -> Response:
     """The image's Modality-LUT values as little-endian unsigned 16-bit samples."""
     stored = _stored_image(request, viewer, study_id, instance_id, "pixels")
-    frame, _ = _frame(request, stored)
+    prepared = _prepared(request, stored)
     audit_view(get_context(request).database, viewer, "image_pixels_viewed", "instance",
                instance_id, study_id=study_id)
-    data = frame.little_endian_bytes()
-    headers = {**NO_STORE, "X-Image-Rows": str(frame.rows),
-               "X-Image-Columns": str(frame.columns), "Vary": "Accept-Encoding"}
+    headers = {**NO_STORE, "X-Image-Rows": str(prepared.rows),
+               "X-Image-Columns": str(prepared.columns), "Vary": "Accept-Encoding"}
     if "gzip" in request.headers.get("accept-encoding", ""):
-        data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+        data = prepared.samples_gzip
         headers["Content-Encoding"] = "gzip"
+    else:
+        data = prepared.samples()
     return Response(data, media_type="application/octet-stream", headers=headers)

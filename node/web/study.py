@@ -11,11 +11,18 @@
 The study page carries the worklist's filters it was opened from (``?wl=``, the worklist's
 query string): its Back, Previous and Next links, and "Sign and next", walk the worklist in
 its order under the same filters (:func:`node.web.worklist.adjacent_study_id`).
+
+The page carries what the viewer needs to start on its first image without another round
+trip: the image's description (what ``/pixels/{instance}.json`` answers; no patient
+identity) in a ``<script type="application/json">`` data block, and a preload of its
+samples (``.u16``) in the head. After the page is sent, the next study's images are
+prepared ahead (:func:`warm_study_images`).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import threading
@@ -199,6 +206,7 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
             logger.warning("image_unreadable", extra={"instance_id": instance.id,
                                                       "error": type(exc).__name__})
             images.append(ImageView(instance, None, "This image cannot be displayed."))
+    first_image = _first_image_description(ctx, images)
     draft = next((r for r in reversed(versions) if r.state == ReportState.DRAFT), None)
     bundle = _bundle_for(read_bundle_identity(ctx.settings.model.bundle), draft or current)
     source_uid = draft_source_uid(ctx.store, instances, draft)
@@ -224,6 +232,7 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
         "previous_url": study_url(previous_id, filters) if previous_id else None,
         "next_url": study_url(next_id, filters) if next_id else None,
         "priors": priors, "draft_source_uid": source_uid,
+        "first_image": first_image,
     }
     response = render(request, "study.html", context, status_code=status_code)
     if next_id is not None and status_code == 200:
@@ -231,12 +240,26 @@ def _study_page(request: Request, viewer: Viewer, study_id: int, *,
     return response
 
 
+def _first_image_description(ctx: WebContext, images: list[ImageView]) -> dict[str, Any] | None:
+    """The description of the image the viewer opens on (``None`` when it shows none)."""
+    if not images or images[0].window is None:
+        return None
+    try:
+        description = json.loads(ctx.renderer.prepared(images[0].instance.path)
+                                 .description_json)
+    except (ImageDecodeError, OSError):
+        return None
+    return description if isinstance(description, dict) else None
+
+
 def warm_study_images(ctx: WebContext, study_id: int) -> None:
-    """Decode the images of the study the reader is likely to open next (the next one of
-    the worklist) and render their default PNGs into the renderer's caches, after the page
-    was sent. Opening that study then serves from memory; nothing is sent or audited here,
-    and the image route still checks each request (login, signed evidence) as always.
-    Best effort: skipped while another warm-up runs, failures ignored."""
+    """Prepare the images of the study the reader is likely to open next (the next one of
+    the worklist) after the page was sent: the viewer's full-depth samples and description
+    (:meth:`~node.web.imaging.ImageRenderer.prepared`), and the default window and PNG of
+    the thumbnails, into the renderer's caches. Opening that study then serves from memory;
+    nothing is sent or audited here, and the image routes still check each request (login,
+    signed evidence) as always. Best effort: skipped while another warm-up runs, failures
+    ignored."""
     if not _warming.acquire(blocking=False):
         return
     try:
@@ -249,8 +272,9 @@ def warm_study_images(ctx: WebContext, study_id: int) -> None:
                 .limit(WARM_IMAGES)).all()
         for path in paths:
             try:
+                ctx.renderer.prepared(path)
+                ctx.renderer.png(path)  # also the default window the page asks for
                 ctx.renderer.window(path)
-                ctx.renderer.png(path)
             except (ImageDecodeError, OSError, ValueError):
                 continue
     except DBAPIError:

@@ -349,6 +349,27 @@ def test_software_webgl_is_not_chosen_by_itself(page: Page, viewer_node: ViewerN
     _open(page, viewer_node)
     expect(page.locator("#viewport")).to_have_attribute("data-renderer", "canvas2d")
     assert page.evaluate("() => !!document.createElement('canvas').getContext('webgl2')")
+    # the probe's answer is kept for the tab: the next page takes the same path
+    assert page.evaluate("() => sessionStorage.getItem('radnode:webgl2-software')") == "1"
+    page.reload()
+    expect(page.locator("#viewport")).to_have_attribute("data-loaded", "1")
+    expect(page.locator("#viewport")).to_have_attribute("data-renderer", "canvas2d")
+
+
+def test_the_first_image_needs_one_request(page: Page, viewer_node: ViewerNode) -> None:
+    """The page carries the first image's description and preloads its samples from the
+    head: the viewer draws it after a single request for the samples (the preload, reused by
+    the viewer's fetch) and none for the description."""
+    log_in(page, viewer_node.node, "hgreg")
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(f"{viewer_node.node.url}/studies/{viewer_node.study_id}")
+    expect(page.locator("#viewport")).to_have_attribute("data-loaded", "1")
+    samples = page.locator("#viewport").get_attribute("data-samples") or ""
+    description = page.locator("#viewport").get_attribute("data-description") or ""
+    assert samples.endswith(".u16") and description.endswith(".json")
+    assert [url for url in requests if "/pixels/" in url] == [viewer_node.node.url + samples]
+    assert page.evaluate("() => window.radnodeViewer.state.width") > 0
 
 
 def test_orientation_markers_and_view_labels(page: Page, viewer_node: ViewerNode) -> None:

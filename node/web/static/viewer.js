@@ -11,6 +11,7 @@
   const FUNCTIONS = { LINEAR: 0, LINEAR_EXACT: 1, SIGMOID: 2, VOI_LUT: 3 };
   const LUT_ROW = 4096;  // entries per row of the VOI LUT texture
   const MAX_FRAMES_KEPT = 20000;
+  const SOFTWARE_WEBGL_KEY = "radnode:webgl2-software";  // the probe's answer, per tab
   const VIEW_LABELS = { PA: "PA", AP: "AP", LL: "LATERAL (LL)", RL: "LATERAL (RL)",
                         LAT: "LATERAL", LATERAL: "LATERAL" };
 
@@ -78,8 +79,18 @@ void main() {
   // WebGL2: the samples in an unsigned-integer texture, windowed per fragment.
   class WebGLRenderer {
     // Whether WebGL2 runs in software (SwiftShader, llvmpipe): probed on a canvas of its
-    // own, since a canvas that gave a WebGL context can give no 2D one.
+    // own, since a canvas that gave a WebGL context can give no 2D one. The answer is kept
+    // for the browser tab (sessionStorage): the next study's page skips the probe.
     static software() {
+      let known = null;
+      try { known = window.sessionStorage.getItem(SOFTWARE_WEBGL_KEY); } catch (error) { /* no storage */ }
+      if (known === "1" || known === "0") return known === "1";
+      const software = WebGLRenderer.probeSoftware();
+      try { window.sessionStorage.setItem(SOFTWARE_WEBGL_KEY, software ? "1" : "0"); } catch (error) { /* no storage */ }
+      return software;
+    }
+
+    static probeSoftware() {
       const gl = document.createElement("canvas").getContext("webgl2", { failIfMajorPerformanceCaveat: true });
       if (!gl) return true;
       const info = gl.getExtension("WEBGL_debug_renderer_info");
@@ -502,13 +513,29 @@ void main() {
       return kind === "json" ? response.json() : response.arrayBuffer();
     }
 
+    // The first image's description comes with the page (a JSON data block), and its
+    // samples are preloaded from the head: the first load needs no other round trip.
+    // Other images (thumbnails) fetch theirs.
+    const embedded = {};
+    const block = document.getElementById("first-image-description");
+    if (block && viewport.dataset.description) {
+      try { embedded[viewport.dataset.description] = JSON.parse(block.textContent); }
+      catch (error) { /* fetched instead */ }
+    }
+
+    function describe(descriptionUrl) {
+      const known = embedded[descriptionUrl];
+      return known ? Promise.resolve(known) : fetchOk(descriptionUrl, "json");
+    }
+
     async function load(descriptionUrl, samplesUrl, isDraftSource) {
       const token = ++loadToken;
       viewport.dataset.loaded = "0";
       badge.hidden = true;
       try {
-        const [description, buffer] = await Promise.all([fetchOk(descriptionUrl, "json"),
+        const [description, buffer] = await Promise.all([describe(descriptionUrl),
                                                          fetchOk(samplesUrl, "buffer")]);
+       
         if (token !== loadToken) return;
         const samples = new Uint16Array(buffer);
         if (samples.length !== description.rows * description.columns) throw new Error("truncated image data");
