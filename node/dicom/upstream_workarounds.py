@@ -42,19 +42,27 @@ workaround can go).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
+import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import pydicom.uid
 from pydicom import config as pydicom_config
 from pydicom.valuerep import VALIDATORS, validate_value
-from pynetdicom import _config, dimse_messages
+from pynetdicom import _config, dimse_messages, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dul import DULServiceProvider
+
+_ASSOCIATION_LOGGER = logging.getLogger("pynetdicom.association")  # upstream's own logger
 
 #: Attribute of an association server naming the folder its C-STORE data sets spool to.
 SPOOL_FOLDER_ATTRIBUTE = "spool_folder"
@@ -215,3 +223,188 @@ def skip_unlogged_handlers() -> None:
     logger would drop everything they write (they log at DEBUG and INFO)."""
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         _config.LOG_HANDLER_LEVEL = "none"
+
+
+# --------------------------------------------------------------------------- event-driven waits
+
+#: Longest wait of an association's two threads when nothing happens: the time-outs they
+#: check (ARTIM, network idle) fire at most this late. Anything they wait for ends the
+#: wait at once.
+IDLE_WAIT_SECONDS = 0.05
+
+
+class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A ``queue.Queue`` that calls ``on_put`` after each item is put."""
+
+    on_put: Callable[[], None]
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        self.on_put()
+
+
+def _wake_on_put(waiting: queue.Queue, on_put: Callable[[], None]) -> None:  # type: ignore[type-arg]
+    waiting.__class__ = _WakingQueue  # same object, so every holder sees the wake-ups
+    waiting.on_put = on_put  # type: ignore[attr-defined]
+
+
+class DulWakeUp:
+    """Ends the wait of an association's reading thread (a socket pair it selects on).
+
+    The DUL thread waits for data from the peer; it must also wake when the association
+    thread hands it a PDU to send (``to_provider_queue``), an event (``event_queue``) or
+    tells it to stop (``_kill_thread``).
+    """
+
+    def __init__(self) -> None:
+        self._receiver, self._sender = socket.socketpair()
+        self._receiver.setblocking(False)
+        self._sender.setblocking(False)
+        self._signalled = False
+
+    def fileno(self) -> int:
+        """For ``select``: readable once :meth:`signal` was called."""
+        return self._receiver.fileno()
+
+    @property
+    def open(self) -> bool:
+        return self._receiver.fileno() != -1
+
+    def signal(self) -> None:
+        """Wake the waiting thread (cheap when already signalled; never raises)."""
+        if self._signalled:
+            return
+        self._signalled = True
+        with contextlib.suppress(OSError):
+            self._sender.send(b"\0")
+
+    def drain(self) -> None:
+        """Forget the signals received so far (called by the waiting thread)."""
+        self._signalled = False
+        with contextlib.suppress(OSError):
+            while self._receiver.recv(64):
+                pass
+
+    def close(self) -> None:
+        self._receiver.close()
+        self._sender.close()
+
+
+class _WakingDul(DULServiceProvider):
+    """pynetdicom's DUL provider whose stop flag and thread end wake the waiting threads."""
+
+    _wake_up: DulWakeUp
+    _on_exit: Callable[[], None]
+
+    @property  # type: ignore[override]
+    def _kill_thread(self) -> bool:
+        return self.__dict__.get("_kill_flag", False)
+
+    @_kill_thread.setter
+    def _kill_thread(self, value: bool) -> None:
+        self.__dict__["_kill_flag"] = value
+        if value:
+            self._wake_up.signal()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self._on_exit()
+            self._wake_up.close()
+
+
+class _WakingAssociation(Association):
+    """pynetdicom's association whose reactor waits for its queues instead of polling."""
+
+    _wake: threading.Event
+
+    def _run_reactor(self) -> None:
+        """``Association._run_reactor`` of pynetdicom 3.0.4, with its ``time.sleep(0.001)``
+        replaced by a wait that a DIMSE message, an ACSE primitive, the end of the DUL
+        thread or a kill ends at once (``tests/unit/test_upstream_workarounds.py`` checks
+        that the upstream method is still the one copied here)."""
+        self._is_paused = False
+        while not self._kill:
+            self._wake.wait(IDLE_WAIT_SECONDS)
+            self._wake.clear()
+
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                _ASSOCIATION_LOGGER.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                _ASSOCIATION_LOGGER.info(log_msg)
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                _ASSOCIATION_LOGGER.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+
+                self.kill()
+                return
+
+    def kill(self) -> None:
+        self._wake.set()
+        super().kill()
+
+
+def wake_instead_of_polling(assoc: Association) -> DulWakeUp:
+    """Make a new acceptor association's two threads wait for work instead of polling.
+
+    pynetdicom's association thread sleeps a millisecond between looks at its queues,
+    and its DUL (reading) thread does the same between polls of the socket: each hand-over
+    (A-ASSOCIATE-AC, each C-STORE request and response, A-RELEASE) waits for the next
+    poll, a millisecond or much more on a busy machine, and an idle association wakes two
+    thousand times a second. Here each queue wakes its reader as an item is put, and the
+    reading thread selects on the socket and a :class:`DulWakeUp` (the association's
+    socket calls :meth:`DulWakeUp.fileno` in its ``ready``).
+
+    Call before the association's thread starts; returns the DUL's wake-up.
+    """
+    wake_up = DulWakeUp()
+    wake = threading.Event()
+    dul = assoc.dul
+    dul.__dict__["_kill_flag"] = dul.__dict__.pop("_kill_thread", False)
+    dul.__class__ = _WakingDul
+    dul._wake_up = wake_up  # type: ignore[attr-defined]
+    dul._on_exit = wake.set  # type: ignore[attr-defined]
+    dul._run_loop_delay = 0.0  # its socket's ``ready`` waits instead
+    _wake_on_put(dul.to_provider_queue, wake_up.signal)
+    _wake_on_put(dul.event_queue, wake_up.signal)
+    _wake_on_put(dul.to_user_queue, wake.set)
+    _wake_on_put(assoc.dimse.msg_queue, wake.set)
+    assoc.__class__ = _WakingAssociation
+    assoc._wake = wake  # type: ignore[attr-defined]
+    return wake_up

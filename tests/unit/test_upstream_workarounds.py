@@ -7,8 +7,10 @@ then the workaround is either wrong or no longer needed.
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import logging
+import select
 import warnings
 from collections.abc import Iterator
 
@@ -16,8 +18,10 @@ import pytest
 from pydicom import config as pydicom_config
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import VALIDATORS
-from pynetdicom import _config
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
 from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import (
     AllStoragePresentationContexts,
     PresentationContext,
@@ -29,9 +33,11 @@ from pynetdicom.transport import RequestHandler
 
 from node.dicom import upstream_workarounds
 from node.dicom.upstream_workarounds import (
+    DulWakeUp,
     SharedContexts,
     remember_valid_uids,
     skip_unlogged_handlers,
+    wake_instead_of_polling,
 )
 
 
@@ -184,3 +190,73 @@ def test_standard_logging_handlers_are_skipped_only_when_nothing_would_be_logged
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     skip_unlogged_handlers()
     assert _config.LOG_HANDLER_LEVEL == "none"
+
+
+# --------------------------------------------------------------------------- event-driven waits
+
+#: SHA-256 of pynetdicom 3.0.4's ``Association._run_reactor`` source, which
+#: ``_WakingAssociation._run_reactor`` copies with its one-millisecond sleep replaced.
+UPSTREAM_RUN_REACTOR_SHA256 = "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee"
+
+
+def test_the_copied_association_reactor_is_still_upstreams() -> None:
+    """If this fails, pynetdicom changed its reactor: copy it again (or drop the copy)."""
+    source = inspect.getsource(Association._run_reactor)
+    assert hashlib.sha256(source.encode()).hexdigest() == UPSTREAM_RUN_REACTOR_SHA256
+    assert "time.sleep(0.001)" in source
+
+
+def test_pynetdicom_still_polls_where_the_wake_ups_replace_the_polling() -> None:
+    """The DUL reactor sleeps between polls and stops on ``_kill_thread``; the queues
+    it and the association thread read are plain ``queue.Queue`` objects."""
+    source = inspect.getsource(DULServiceProvider.run_reactor)
+    assert "time.sleep(self._run_loop_delay)" in source
+    assert "if self._kill_thread:" in source
+    assert "self.socket.ready" in inspect.getsource(DULServiceProvider._is_transport_event)
+    init = inspect.getsource(DULServiceProvider.__init__)
+    for name in ("to_provider_queue", "to_user_queue", "event_queue"):
+        assert f"self.{name}" in init
+
+
+def _acceptor() -> Association:
+    ae = AE()
+    return Association(ae, "acceptor")
+
+
+def test_each_hand_over_wakes_the_thread_that_waits_for_it() -> None:
+    assoc = _acceptor()
+    wake_up = wake_instead_of_polling(assoc)
+    try:
+        assert isinstance(assoc, Association) and isinstance(assoc.dul, DULServiceProvider)
+        for put in (assoc.dul.to_provider_queue.put, assoc.dul.event_queue.put):
+            put("item")
+            assert select.select([wake_up], [], [], 0)[0] == [wake_up]
+            wake_up.drain()
+            assert select.select([wake_up], [], [], 0)[0] == []
+        for put in (assoc.dul.to_user_queue.put, assoc.dimse.msg_queue.put):
+            assoc._wake.clear()  # type: ignore[attr-defined]
+            put((None, None))
+            assert assoc._wake.is_set()  # type: ignore[attr-defined]
+        assert assoc.dul.to_provider_queue.get(False) == "item"  # still a queue
+    finally:
+        wake_up.close()
+
+
+def test_stopping_the_dul_wakes_its_thread() -> None:
+    assoc = _acceptor()
+    wake_up = wake_instead_of_polling(assoc)
+    try:
+        assert assoc.dul._kill_thread is False
+        assoc.dul.kill_dul()
+        assert assoc.dul._kill_thread is True
+        assert select.select([wake_up], [], [], 0)[0] == [wake_up]
+    finally:
+        wake_up.close()
+
+
+def test_a_signal_after_the_wake_up_closed_is_ignored() -> None:
+    wake_up = DulWakeUp()
+    wake_up.close()
+    assert not wake_up.open
+    wake_up.signal()
+    wake_up.drain()
