@@ -43,6 +43,7 @@ workaround can go).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import queue
@@ -58,6 +59,7 @@ import pydicom.uid
 from pydicom import config as pydicom_config
 from pydicom.valuerep import VALIDATORS, validate_value
 from pynetdicom import _config, dimse_messages, evt
+from pynetdicom import utils as pynetdicom_utils
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
@@ -216,6 +218,38 @@ class _RememberedConformance(property):
             return valid
 
         super().__init__(is_valid, doc=original.__doc__)
+
+
+#: pynetdicom modules that call ``set_uid`` by the name they imported.
+SET_UID_MODULES = ("ae", "dimse_primitives", "pdu_items", "pdu_primitives", "presentation",
+                   "utils")
+_original_set_uid = pynetdicom_utils.set_uid
+_set_uids: dict[tuple[Any, ...], pydicom.uid.UID] = {}
+
+
+def _set_uid_remembering(value: Any, name: str, allow_empty: bool = True,
+                         allow_none: bool = True, validate: bool = True) -> Any:
+    """``pynetdicom.utils.set_uid``, answering a non-empty UID it has already accepted as
+    valid and conformant from memory (such a call has no other effect: no log line)."""
+    if not value or not isinstance(value, (str, bytes)):
+        return _original_set_uid(value, name, allow_empty, allow_none, validate)
+    key = (value, validate, _config.VALIDATORS["UI"], _config.ENFORCE_UID_CONFORMANCE)
+    known = _set_uids.get(key)
+    if known is not None:
+        return known
+    uid = _original_set_uid(value, name, allow_empty, allow_none, validate)
+    if uid is not None and uid.is_valid:
+        if len(_set_uids) >= KNOWN_UIDS_LIMIT:
+            _set_uids.clear()
+        _set_uids[key] = uid
+    return uid
+
+
+def remember_set_uids() -> None:
+    """Let pynetdicom convert each UID string it has already accepted only once."""
+    for module_name in SET_UID_MODULES:
+        module = importlib.import_module(f"pynetdicom.{module_name}")
+        module.set_uid = _set_uid_remembering  # type: ignore[attr-defined]
 
 
 def skip_unlogged_handlers() -> None:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import inspect
 import logging
+import re
 import select
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydicom import config as pydicom_config
@@ -260,3 +263,59 @@ def test_a_signal_after_the_wake_up_closed_is_ignored() -> None:
     assert not wake_up.open
     wake_up.signal()
     wake_up.drain()
+
+
+# --------------------------------------------------------------------------- set_uid
+
+
+def test_pynetdicom_modules_still_call_set_uid_by_their_own_name() -> None:
+    """If this fails, a module stopped importing ``set_uid`` (or a new one started):
+    update ``SET_UID_MODULES``."""
+    import pynetdicom
+
+    package = Path(pynetdicom.__file__).parent
+    importing = {path.stem for path in package.glob("*.py")
+                 if re.search(r"^from pynetdicom\.utils import .*\bset_uid\b",
+                              path.read_text(), re.MULTILINE)}
+    assert importing | {"utils"} == set(upstream_workarounds.SET_UID_MODULES)
+
+
+@pytest.fixture()
+def remembered_set_uids() -> Iterator[None]:
+    import pynetdicom.pdu_items
+
+    original = pynetdicom.pdu_items.set_uid
+    upstream_workarounds.remember_set_uids()
+    try:
+        yield
+    finally:
+        for name in upstream_workarounds.SET_UID_MODULES:
+            module = importlib.import_module(f"pynetdicom.{name}")
+            module.set_uid = original  # type: ignore[attr-defined]
+        upstream_workarounds._set_uids.clear()
+
+
+def test_a_remembered_set_uid_gives_the_same_uid(remembered_set_uids: None) -> None:
+    import pynetdicom.pdu_items
+
+    first = pynetdicom.pdu_items.set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax")
+    again = pynetdicom.pdu_items.set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax")
+    assert first == again == ExplicitVRLittleEndian and isinstance(again, UID)
+    assert pynetdicom.pdu_items.set_uid("1.2.840.10008.1.2.1", "x") == ExplicitVRLittleEndian
+
+
+def test_set_uid_still_refuses_and_warns_every_time(remembered_set_uids: None,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import pynetdicom.pdu_items
+
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            pynetdicom.pdu_items.set_uid("1." * 40, "Abstract Syntax")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+        for _ in range(2):
+            assert pynetdicom.pdu_items.set_uid("1.02.3", "Abstract Syntax") == "1.02.3"
+    assert sum("Non-conformant" in r.getMessage() for r in caplog.records) == 2
+    with pytest.raises(ValueError):
+        pynetdicom.pdu_items.set_uid("", "Abstract Syntax", allow_empty=False)
+    assert pynetdicom.pdu_items.set_uid(None, "Abstract Syntax") is None
