@@ -166,13 +166,17 @@ def _cut(sock: socket.socket) -> None:
 def read_first_pdu(sock: socket.socket, timeout: float) -> bytes | str:
     """Read one whole PDU within ``timeout`` seconds in all; if it does not come, why not.
 
-    A timer shuts the socket down at the deadline too, so that a TLS handshake
-    trickled one record at a time cannot outlast it.
+    On a TLS connection a timer shuts the socket down at the deadline too, so that a
+    handshake trickled one record at a time cannot outlast it. A plain connection needs
+    no timer (each read waits at most until the deadline), which spares every
+    association a thread.
     """
     deadline = time.monotonic() + timeout
-    watchdog = threading.Timer(timeout + 0.25, _cut, (sock,))
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog: threading.Timer | None = None
+    if isinstance(sock, ssl.SSLSocket):
+        watchdog = threading.Timer(timeout + 0.25, _cut, (sock,))
+        watchdog.daemon = True
+        watchdog.start()
     data = bytearray()
     needed = 6
     try:
@@ -196,7 +200,8 @@ def read_first_pdu(sock: socket.socket, timeout: float) -> bytes | str:
         return ("association request not completed in time"
                 if time.monotonic() >= deadline else "connection failed")
     finally:
-        watchdog.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
     return bytes(data)
 
 

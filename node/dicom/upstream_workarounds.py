@@ -1,4 +1,4 @@
-"""Workarounds for two costs in pynetdicom's receive path (3.0), until upstream changes them.
+"""Workarounds for costs in pynetdicom's receive path (3.0), until upstream changes them.
 
 1. **Per-association deep copy of the supported presentation contexts.**
    ``RequestHandler._create_association`` gives every association
@@ -35,7 +35,18 @@
    pynetdicom's logger at WARNING). :func:`skip_unlogged_handlers` uses pynetdicom's own
    switch, ``_config.LOG_HANDLER_LEVEL = "none"``, when that logger would drop them.
 
-All four rely on pynetdicom and pydicom internals; ``tests/unit/test_upstream_workarounds.py``
+5. **Each association's two threads poll.** The DUL (reading) thread polls its socket and
+   send queue, and the association thread its DIMSE and ACSE queues, each sleeping a
+   millisecond between looks, so every hand-over within a small association waits for a
+   poll. :func:`wake_instead_of_polling` makes each queue wake its reader when an item
+   is put (the reading thread selects on its socket and a :class:`DulWakeUp`), with a
+   copy of the association loop that waits instead of sleeping.
+
+6. **Every UID of a request is converted and validated again.** ``utils.set_uid`` runs
+   about 700 times for a DCMTK A-ASSOCIATE-RQ; :func:`remember_set_uids` answers a string
+   it has already accepted as valid and conformant from a bounded table.
+
+All rely on pynetdicom and pydicom internals; ``tests/unit/test_upstream_workarounds.py``
 fails when those change (or when upstream no longer deep-copies, and the first
 workaround can go).
 """
@@ -435,8 +446,15 @@ def wake_instead_of_polling(assoc: Association) -> DulWakeUp:
     dul._wake_up = wake_up  # type: ignore[attr-defined]
     dul._on_exit = wake.set  # type: ignore[attr-defined]
     dul._run_loop_delay = 0.0  # its socket's ``ready`` waits instead
-    _wake_on_put(dul.to_provider_queue, wake_up.signal)
-    _wake_on_put(dul.event_queue, wake_up.signal)
+
+    def wake_dul() -> None:
+        # The DUL thread puts most events itself and reads them before it next waits:
+        # only another thread's put needs the wake-up (one system call saved per PDU).
+        if threading.get_ident() != dul.ident:
+            wake_up.signal()
+
+    _wake_on_put(dul.to_provider_queue, wake_dul)
+    _wake_on_put(dul.event_queue, wake_dul)
     _wake_on_put(dul.to_user_queue, wake.set)
     _wake_on_put(assoc.dimse.msg_queue, wake.set)
     assoc.__class__ = _WakingAssociation
