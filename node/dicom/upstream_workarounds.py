@@ -341,9 +341,9 @@ class _WakingDul(DULServiceProvider):
     _wake_up: DulWakeUp
     _on_exit: Callable[[], None]
 
-    @property  # type: ignore[override]
+    @property
     def _kill_thread(self) -> bool:
-        return self.__dict__.get("_kill_flag", False)
+        return bool(self.__dict__.get("_kill_flag", False))
 
     @_kill_thread.setter
     def _kill_thread(self, value: bool) -> None:
