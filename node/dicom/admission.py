@@ -254,7 +254,8 @@ class GuardedAssociationSocket(AssociationSocket):
         wake_instead_of_polling`) for up to
         :data:`~node.dicom.upstream_workarounds.IDLE_WAIT_SECONDS`, so that the thread
         wakes as soon as data arrives or the association hands it work, and rarely
-        otherwise. Once the connection is closed it still waits (on the wake-up alone).
+        otherwise; it does not wait while events or primitives are queued for it. Once
+        the connection is closed it still waits (on the wake-up alone).
         """
         if self._prefix:
             return True
@@ -266,9 +267,11 @@ class GuardedAssociationSocket(AssociationSocket):
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 return True
             waiting.append(sock)
+        dul = self.assoc.dul
+        queued = not (dul.event_queue.empty() and dul.to_provider_queue.empty())
         if waiting:
             with contextlib.suppress(OSError, ValueError):
-                select.select(waiting, [], [], IDLE_WAIT_SECONDS)
+                select.select(waiting, [], [], 0 if queued else IDLE_WAIT_SECONDS)
             self._wake_up.drain()
         return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 

@@ -74,6 +74,7 @@ from pynetdicom import utils as pynetdicom_utils
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.presentation import PresentationContext
 
 _ASSOCIATION_LOGGER = logging.getLogger("pynetdicom.association")  # upstream's own logger
 
@@ -256,11 +257,39 @@ def _set_uid_remembering(value: Any, name: str, allow_empty: bool = True,
     return uid
 
 
+_original_add_transfer_syntax = PresentationContext.add_transfer_syntax
+_transfer_syntaxes: dict[tuple[Any, ...], pydicom.uid.UID] = {}
+
+
+def _add_transfer_syntax_remembering(self: PresentationContext, syntax: Any) -> None:
+    """``PresentationContext.add_transfer_syntax``, skipping the checks for a string it has
+    already accepted without any warning (valid, conformant, a known or private transfer
+    syntax)."""
+    if isinstance(syntax, str):
+        key = (syntax, _config.VALIDATORS["UI"], _config.ENFORCE_UID_CONFORMANCE)
+        known = _transfer_syntaxes.get(key)
+        if known is not None:
+            if known not in self._transfer_syntax:
+                self._transfer_syntax.append(known)
+            return
+    _original_add_transfer_syntax(self, syntax)
+    if not isinstance(syntax, str) or not syntax:
+        return
+    uid = next((added for added in self._transfer_syntax if added == syntax), None)
+    if uid is not None and uid.is_valid and (uid.is_private or uid.is_transfer_syntax) and \
+            pynetdicom_utils.validate_uid(uid):
+        if len(_transfer_syntaxes) >= KNOWN_UIDS_LIMIT:
+            _transfer_syntaxes.clear()
+        _transfer_syntaxes[key] = uid
+
+
 def remember_set_uids() -> None:
-    """Let pynetdicom convert each UID string it has already accepted only once."""
+    """Let pynetdicom convert and check each UID string it has already accepted only once
+    (``set_uid`` and ``PresentationContext.add_transfer_syntax``)."""
     for module_name in SET_UID_MODULES:
         module = importlib.import_module(f"pynetdicom.{module_name}")
         module.set_uid = _set_uid_remembering  # type: ignore[attr-defined]
+    PresentationContext.add_transfer_syntax = _add_transfer_syntax_remembering  # type: ignore[method-assign]
 
 
 def skip_unlogged_handlers() -> None:
@@ -305,7 +334,6 @@ class DulWakeUp:
         self._receiver, self._sender = socket.socketpair()
         self._receiver.setblocking(False)
         self._sender.setblocking(False)
-        self._signalled = False
 
     def fileno(self) -> int:
         """For ``select``: readable once :meth:`signal` was called."""
@@ -316,16 +344,17 @@ class DulWakeUp:
         return self._receiver.fileno() != -1
 
     def signal(self) -> None:
-        """Wake the waiting thread (cheap when already signalled; never raises)."""
-        if self._signalled:
-            return
-        self._signalled = True
+        """Wake the waiting thread (never raises).
+
+        Always one byte: a flag that skipped the write while a wake-up seemed pending
+        could lose one to a concurrent :meth:`drain`. A full buffer (``BlockingIOError``)
+        means a wake-up is pending anyway.
+        """
         with contextlib.suppress(OSError):
             self._sender.send(b"\0")
 
     def drain(self) -> None:
         """Forget the signals received so far (called by the waiting thread)."""
-        self._signalled = False
         with contextlib.suppress(OSError):
             while self._receiver.recv(64):
                 pass
@@ -371,7 +400,8 @@ class _WakingAssociation(Association):
         that the upstream method is still the one copied here)."""
         self._is_paused = False
         while not self._kill:
-            self._wake.wait(IDLE_WAIT_SECONDS)
+            if self.dimse.msg_queue.empty():  # a message left from the last turn: no wait
+                self._wake.wait(IDLE_WAIT_SECONDS)
             self._wake.clear()
 
             self._is_paused = True
@@ -448,8 +478,9 @@ def wake_instead_of_polling(assoc: Association) -> DulWakeUp:
     dul._run_loop_delay = 0.0  # its socket's ``ready`` waits instead
 
     def wake_dul() -> None:
-        # The DUL thread puts most events itself and reads them before it next waits:
-        # only another thread's put needs the wake-up (one system call saved per PDU).
+        # The DUL thread puts most events itself, and its socket does not wait while
+        # events or primitives are queued: only another thread's put needs the wake-up
+        # (one system call saved per PDU).
         if threading.get_ident() != dul.ident:
             wake_up.signal()
 

@@ -285,6 +285,7 @@ def remembered_set_uids() -> Iterator[None]:
     import pynetdicom.pdu_items
 
     original = pynetdicom.pdu_items.set_uid
+    original_add = PresentationContext.add_transfer_syntax
     upstream_workarounds.remember_set_uids()
     try:
         yield
@@ -292,7 +293,9 @@ def remembered_set_uids() -> Iterator[None]:
         for name in upstream_workarounds.SET_UID_MODULES:
             module = importlib.import_module(f"pynetdicom.{name}")
             module.set_uid = original  # type: ignore[attr-defined]
+        PresentationContext.add_transfer_syntax = original_add  # type: ignore[method-assign]
         upstream_workarounds._set_uids.clear()
+        upstream_workarounds._transfer_syntaxes.clear()
 
 
 def test_a_remembered_set_uid_gives_the_same_uid(remembered_set_uids: None) -> None:
@@ -319,3 +322,52 @@ def test_set_uid_still_refuses_and_warns_every_time(remembered_set_uids: None,
     with pytest.raises(ValueError):
         pynetdicom.pdu_items.set_uid("", "Abstract Syntax", allow_empty=False)
     assert pynetdicom.pdu_items.set_uid(None, "Abstract Syntax") is None
+
+
+def test_pynetdicom_still_checks_each_transfer_syntax_it_adds() -> None:
+    """If this fails, ``add_transfer_syntax`` changed: check what its memory skips."""
+    source = inspect.getsource(PresentationContext.add_transfer_syntax)
+    for check in ("validate_uid(syntax)", "syntax.is_valid", "syntax.is_transfer_syntax",
+                  "self._transfer_syntax.append(syntax)"):
+        assert check in source
+
+
+_SYNTAXES = [ExplicitVRLittleEndian, "1.2.840.10008.1.2", b"1.2.840.10008.1.2.4.50",
+             "1.2.840.10008.1.2", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.2", "1.02.3", None]
+
+
+def _contexts_built(count: int) -> list[list[str]]:
+    built = []
+    for _ in range(count):
+        context = PresentationContext()
+        for syntax in _SYNTAXES:
+            context.add_transfer_syntax(syntax)
+        built.append(list(context.transfer_syntax))
+    return built
+
+
+def test_remembered_transfer_syntaxes_build_the_same_contexts_and_warnings(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+        upstream = _contexts_built(2)
+    upstream_warnings = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    import pynetdicom.pdu_items
+
+    original_set_uid = pynetdicom.pdu_items.set_uid
+    original_add = PresentationContext.add_transfer_syntax
+    upstream_workarounds.remember_set_uids()
+    try:
+        with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+            remembered = _contexts_built(2)
+    finally:
+        for name in upstream_workarounds.SET_UID_MODULES:
+            module = importlib.import_module(f"pynetdicom.{name}")
+            module.set_uid = original_set_uid  # type: ignore[attr-defined]
+        PresentationContext.add_transfer_syntax = original_add  # type: ignore[method-assign]
+        upstream_workarounds._set_uids.clear()
+        upstream_workarounds._transfer_syntaxes.clear()
+    assert remembered == upstream
+    assert [r.getMessage() for r in caplog.records] == upstream_warnings
+    assert any("non-conformant" in message for message in upstream_warnings)
+    assert any("not a transfer syntax" in message for message in upstream_warnings)
