@@ -40,15 +40,13 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node.config import DicomSettings
 from node.dicom.access import AccessPolicy, Permission
+from node.dicom.upstream_workarounds import IDLE_WAIT_SECONDS, DulWakeUp, wake_instead_of_polling
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_BYTES = 64 * 1024
 """A PDU being received must advance by this many bytes per progress timeout."""
 MAX_REQUEST_BYTES = 1 << 20
-READY_WAIT_SECONDS = 0.001
-"""How long the reading thread of an association waits for data before it looks at its
-other work; data arriving ends the wait at once."""
 """Largest A-ASSOCIATE-RQ read (a real one is a few kilobytes)."""
 CLOSED_BEFORE_REQUEST = "connection closed before an association request"
 _AE_TITLES = slice(10, 42)  # Called and Calling AE Title in an A-ASSOCIATE-RQ
@@ -168,13 +166,17 @@ def _cut(sock: socket.socket) -> None:
 def read_first_pdu(sock: socket.socket, timeout: float) -> bytes | str:
     """Read one whole PDU within ``timeout`` seconds in all; if it does not come, why not.
 
-    A timer shuts the socket down at the deadline too, so that a TLS handshake
-    trickled one record at a time cannot outlast it.
+    On a TLS connection a timer shuts the socket down at the deadline too, so that a
+    handshake trickled one record at a time cannot outlast it. A plain connection needs
+    no timer (each read waits at most until the deadline), which spares every
+    association a thread.
     """
     deadline = time.monotonic() + timeout
-    watchdog = threading.Timer(timeout + 0.25, _cut, (sock,))
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog: threading.Timer | None = None
+    if isinstance(sock, ssl.SSLSocket):
+        watchdog = threading.Timer(timeout + 0.25, _cut, (sock,))
+        watchdog.daemon = True
+        watchdog.start()
     data = bytearray()
     needed = 6
     try:
@@ -198,7 +200,8 @@ def read_first_pdu(sock: socket.socket, timeout: float) -> bytes | str:
         return ("association request not completed in time"
                 if time.monotonic() >= deadline else "connection failed")
     finally:
-        watchdog.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
     return bytes(data)
 
 
@@ -229,10 +232,13 @@ class GuardedAssociationSocket(AssociationSocket):
     _slot: Slot
     _progress_timeout: float
     _idle_timeout: float | None
+    _wake_up: DulWakeUp
 
     def guard(self, prefix: bytes, slot: Slot, progress_timeout: float,
-              idle_timeout: float | None) -> None:
-        """Set what this socket replays and enforces (it was built by pynetdicom)."""
+              idle_timeout: float | None, wake_up: DulWakeUp) -> None:
+        """Set what this socket replays and enforces (it was built by pynetdicom), and
+        the wake-up its reading thread waits on beside the connection."""
+        self._wake_up = wake_up
         self._prefix = bytearray(prefix)
         self._slot = slot
         self._progress_timeout = progress_timeout
@@ -243,16 +249,30 @@ class GuardedAssociationSocket(AssociationSocket):
         """Data is waiting: replayed request bytes, or data on the connection.
 
         pynetdicom's reading thread polls this and sleeps a millisecond between polls
-        (:data:`READY_WAIT_SECONDS` here, with its own sleep set to zero): waiting in
-        ``select`` instead wakes it as soon as data arrives, for the same number of
-        wake-ups when the connection is idle.
+        (its own sleep is set to zero here): this waits in ``select`` on the connection
+        and on the association's wake-up (:func:`~node.dicom.upstream_workarounds.
+        wake_instead_of_polling`) for up to
+        :data:`~node.dicom.upstream_workarounds.IDLE_WAIT_SECONDS`, so that the thread
+        wakes as soon as data arrives or the association hands it work, and rarely
+        otherwise; it does not wait while events or primitives are queued for it. Once
+        the connection is closed it still waits (on the wake-up alone).
         """
         if self._prefix:
             return True
         sock = self.socket
-        if sock is not None and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+        waiting: list[Any] = []
+        if self._wake_up.open:
+            waiting.append(self._wake_up)
+        if sock is not None:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return True
+            waiting.append(sock)
+        dul = self.assoc.dul
+        queued = not (dul.event_queue.empty() and dul.to_provider_queue.empty())
+        if waiting:
             with contextlib.suppress(OSError, ValueError):
-                select.select([sock], [], [], READY_WAIT_SECONDS)
+                select.select(waiting, [], [], 0 if queued else IDLE_WAIT_SECONDS)
+            self._wake_up.drain()
         return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 
     def recv(self, nr_bytes: int) -> bytearray:
@@ -316,9 +336,9 @@ class _AdmittedRequestHandler(RequestHandler):
         assert sock is not None
         sock.__class__ = GuardedAssociationSocket  # same object, with the guards added
         guarded: Any = sock
+        wake_up = wake_instead_of_polling(assoc)
         guarded.guard(admitted.request, admitted.slot, self.server.settings.pdu_progress_timeout,
-                      self.server.settings.network_timeout)
-        assoc.dul._run_loop_delay = 0.0  # the socket's ``ready`` waits instead
+                      self.server.settings.network_timeout, wake_up)
         forbidden = self.server.forbidden_sop_classes(admitted.slot.calling_ae)
         assoc.acceptor.supported_contexts = [
             cx for cx in assoc.acceptor.supported_contexts

@@ -504,8 +504,9 @@ class InstanceIngestor:
     ) -> tuple[int, int]:
         """Insert (or, after a purge, restore) the instance row and touch its study.
 
-        With ``new_only``, any row of the SOP Instance UID, purged or not, raises
-        :class:`_Replan` (the caller plans a known instance first).
+        With ``new_only``, any row of the SOP Instance UID, purged or not, makes the
+        insert fail with :class:`~sqlalchemy.exc.IntegrityError` (the caller plans a known
+        instance first).
 
         Returns
         -------
@@ -517,6 +518,8 @@ class InstanceIngestor:
         _Replan
             If, under the study lock, the SOP Instance UID is stored with other content or
             the instance's patient identity disagrees with the study's.
+        IntegrityError
+            With ``new_only``, if the SOP Instance UID has a row.
         """
         now = utcnow()
         with self.session_factory.begin() as session:
@@ -539,12 +542,13 @@ class InstanceIngestor:
                 )
                 session.add(study)
                 session.flush()
-            instance = session.execute(
+            # A new instance needs no lookup: a row of its SOP Instance UID, purged or not,
+            # fails the insert on the unique constraint (IntegrityError), which the caller
+            # treats as it treats _Replan. One round trip fewer on PostgreSQL.
+            instance = None if new_only else session.execute(
                 select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
             ).scalar_one_or_none()
             if instance is not None:
-                if new_only:
-                    raise _Replan()
                 if instance.sha256 != digest or instance.study_id != study.id:
                     raise _Replan()
                 if instance.purged_at is None:

@@ -28,6 +28,7 @@ from node.dicom.qr import FIND_SOP_CLASSES, RETRIEVE_SOP_CLASSES, QueryRetrieveS
 from node.dicom.refusals import RefusalRecorder
 from node.dicom.statuses import StoreStatus
 from node.dicom.upstream_workarounds import (
+    remember_set_uids,
     remember_valid_uids,
     share_contexts,
     skip_unlogged_handlers,
@@ -212,6 +213,7 @@ class DicomListener:
         )
         skip_unlogged_handlers()
         remember_valid_uids()
+        remember_set_uids()
         server = cast(
             GuardedAssociationServer,
             self.ae.make_server(

@@ -7,17 +7,24 @@ then the workaround is either wrong or no longer needed.
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib
 import inspect
 import logging
+import re
+import select
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydicom import config as pydicom_config
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import VALIDATORS
-from pynetdicom import _config
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
 from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import (
     AllStoragePresentationContexts,
     PresentationContext,
@@ -29,9 +36,11 @@ from pynetdicom.transport import RequestHandler
 
 from node.dicom import upstream_workarounds
 from node.dicom.upstream_workarounds import (
+    DulWakeUp,
     SharedContexts,
     remember_valid_uids,
     skip_unlogged_handlers,
+    wake_instead_of_polling,
 )
 
 
@@ -184,3 +193,187 @@ def test_standard_logging_handlers_are_skipped_only_when_nothing_would_be_logged
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     skip_unlogged_handlers()
     assert _config.LOG_HANDLER_LEVEL == "none"
+
+
+# --------------------------------------------------------------------------- event-driven waits
+
+#: SHA-256 of pynetdicom 3.0.4's ``Association._run_reactor`` source, which
+#: ``_WakingAssociation._run_reactor`` copies with its one-millisecond sleep replaced.
+UPSTREAM_RUN_REACTOR_SHA256 = "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee"
+
+
+def test_the_copied_association_reactor_is_still_upstreams() -> None:
+    """If this fails, pynetdicom changed its reactor: copy it again (or drop the copy)."""
+    source = inspect.getsource(Association._run_reactor)
+    assert hashlib.sha256(source.encode()).hexdigest() == UPSTREAM_RUN_REACTOR_SHA256
+    assert "time.sleep(0.001)" in source
+
+
+def test_pynetdicom_still_polls_where_the_wake_ups_replace_the_polling() -> None:
+    """The DUL reactor sleeps between polls and stops on ``_kill_thread``; the queues
+    it and the association thread read are plain ``queue.Queue`` objects."""
+    source = inspect.getsource(DULServiceProvider.run_reactor)
+    assert "time.sleep(self._run_loop_delay)" in source
+    assert "if self._kill_thread:" in source
+    assert "self.socket.ready" in inspect.getsource(DULServiceProvider._is_transport_event)
+    init = inspect.getsource(DULServiceProvider.__init__)
+    for name in ("to_provider_queue", "to_user_queue", "event_queue"):
+        assert f"self.{name}" in init
+
+
+def _acceptor() -> Association:
+    ae = AE()
+    return Association(ae, "acceptor")
+
+
+def test_each_hand_over_wakes_the_thread_that_waits_for_it() -> None:
+    assoc = _acceptor()
+    wake_up = wake_instead_of_polling(assoc)
+    try:
+        assert isinstance(assoc, Association) and isinstance(assoc.dul, DULServiceProvider)
+        for put in (assoc.dul.to_provider_queue.put, assoc.dul.event_queue.put):
+            put("item")
+            assert select.select([wake_up], [], [], 0)[0] == [wake_up]
+            wake_up.drain()
+            assert select.select([wake_up], [], [], 0)[0] == []
+        for put in (assoc.dul.to_user_queue.put, assoc.dimse.msg_queue.put):
+            assoc._wake.clear()  # type: ignore[attr-defined]
+            put((None, None))
+            assert assoc._wake.is_set()  # type: ignore[attr-defined]
+        assert assoc.dul.to_provider_queue.get(False) == "item"  # still a queue
+    finally:
+        wake_up.close()
+
+
+def test_stopping_the_dul_wakes_its_thread() -> None:
+    assoc = _acceptor()
+    wake_up = wake_instead_of_polling(assoc)
+    try:
+        assert assoc.dul._kill_thread is False
+        assoc.dul.kill_dul()
+        assert assoc.dul._kill_thread is True
+        assert select.select([wake_up], [], [], 0)[0] == [wake_up]
+    finally:
+        wake_up.close()
+
+
+def test_a_signal_after_the_wake_up_closed_is_ignored() -> None:
+    wake_up = DulWakeUp()
+    wake_up.close()
+    assert not wake_up.open
+    wake_up.signal()
+    wake_up.drain()
+
+
+# --------------------------------------------------------------------------- set_uid
+
+
+def test_pynetdicom_modules_still_call_set_uid_by_their_own_name() -> None:
+    """If this fails, a module stopped importing ``set_uid`` (or a new one started):
+    update ``SET_UID_MODULES``."""
+    import pynetdicom
+
+    package = Path(pynetdicom.__file__).parent
+    importing = {path.stem for path in package.glob("*.py")
+                 if re.search(r"^from pynetdicom\.utils import .*\bset_uid\b",
+                              path.read_text(), re.MULTILINE)}
+    assert importing | {"utils"} == set(upstream_workarounds.SET_UID_MODULES)
+
+
+@pytest.fixture()
+def remembered_set_uids() -> Iterator[None]:
+    import pynetdicom.pdu_items
+
+    original = pynetdicom.pdu_items.set_uid
+    original_add = PresentationContext.add_transfer_syntax
+    upstream_workarounds.remember_set_uids()
+    try:
+        yield
+    finally:
+        for name in upstream_workarounds.SET_UID_MODULES:
+            module = importlib.import_module(f"pynetdicom.{name}")
+            module.set_uid = original  # type: ignore[attr-defined]
+        PresentationContext.add_transfer_syntax = original_add  # type: ignore[method-assign]
+        upstream_workarounds._set_uids.clear()
+        upstream_workarounds._transfer_syntaxes.clear()
+
+
+def test_a_remembered_set_uid_gives_the_same_uid(remembered_set_uids: None) -> None:
+    import pynetdicom.pdu_items
+
+    first = pynetdicom.pdu_items.set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax")
+    again = pynetdicom.pdu_items.set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax")
+    assert first == again == ExplicitVRLittleEndian and isinstance(again, UID)
+    assert pynetdicom.pdu_items.set_uid("1.2.840.10008.1.2.1", "x") == ExplicitVRLittleEndian
+
+
+def test_set_uid_still_refuses_and_warns_every_time(remembered_set_uids: None,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import pynetdicom.pdu_items
+
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            pynetdicom.pdu_items.set_uid("1." * 40, "Abstract Syntax")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+        for _ in range(2):
+            assert pynetdicom.pdu_items.set_uid("1.02.3", "Abstract Syntax") == "1.02.3"
+    assert sum("Non-conformant" in r.getMessage() for r in caplog.records) == 2
+    with pytest.raises(ValueError):
+        pynetdicom.pdu_items.set_uid("", "Abstract Syntax", allow_empty=False)
+    assert pynetdicom.pdu_items.set_uid(None, "Abstract Syntax") is None
+
+
+def test_pynetdicom_still_checks_each_transfer_syntax_it_adds() -> None:
+    """If this fails, ``add_transfer_syntax`` changed: check what its memory skips."""
+    source = inspect.getsource(upstream_workarounds._original_add_transfer_syntax)
+    for check in ("validate_uid(syntax)", "syntax.is_valid", "syntax.is_transfer_syntax",
+                  "self._transfer_syntax.append(syntax)"):
+        assert check in source
+
+
+_SYNTAXES = [ExplicitVRLittleEndian, "1.2.840.10008.1.2", b"1.2.840.10008.1.2.4.50",
+             "1.2.840.10008.1.2", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.2", "1.02.3", None]
+
+
+def _contexts_built(count: int) -> list[list[str]]:
+    built = []
+    for _ in range(count):
+        context = PresentationContext()
+        for syntax in _SYNTAXES:
+            context.add_transfer_syntax(syntax)
+        built.append(list(context.transfer_syntax))
+    return built
+
+
+def test_remembered_transfer_syntaxes_build_the_same_contexts_and_warnings(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import pynetdicom.pdu_items
+
+    original_set_uid = pynetdicom.pdu_items.set_uid
+    original_add = PresentationContext.add_transfer_syntax
+    # pynetdicom's own (a listener started earlier in this process installs the memory)
+    PresentationContext.add_transfer_syntax = (  # type: ignore[method-assign]
+        upstream_workarounds._original_add_transfer_syntax)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+            upstream = _contexts_built(2)
+    finally:
+        PresentationContext.add_transfer_syntax = original_add  # type: ignore[method-assign]
+    upstream_warnings = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    upstream_workarounds.remember_set_uids()
+    try:
+        with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+            remembered = _contexts_built(2)
+    finally:
+        for name in upstream_workarounds.SET_UID_MODULES:
+            module = importlib.import_module(f"pynetdicom.{name}")
+            module.set_uid = original_set_uid  # type: ignore[attr-defined]
+        PresentationContext.add_transfer_syntax = original_add  # type: ignore[method-assign]
+        upstream_workarounds._set_uids.clear()
+        upstream_workarounds._transfer_syntaxes.clear()
+    assert remembered == upstream
+    assert [r.getMessage() for r in caplog.records] == upstream_warnings
+    assert any("non-conformant" in message for message in upstream_warnings)
+    assert any("not a transfer syntax" in message for message in upstream_warnings)
