@@ -113,10 +113,12 @@ def queue_rejection_notes(session: Session, store: InstanceStore | None, draft: 
         path, sop_uid = existing.object_path, existing.object_sop_instance_uid
     else:
         path, sop_uid = _store_note(session, store, draft, cause)
-    rows = [{"report_id": draft.id, "destination_ae": title,
-             "kind": ExportKind.REJECTION_NOTE, "object_path": path,
-             "object_sop_instance_uid": sop_uid, "state": ExportState.PENDING,
-             "attempts": 0, "next_attempt_at": now, "created_at": now} for title in titles]
+    rows: list[dict[str, object]] = [
+        {"report_id": draft.id, "destination_ae": title, "kind": ExportKind.REJECTION_NOTE,
+         "object_path": path, "object_sop_instance_uid": sop_uid,
+         "state": ExportState.PENDING, "attempts": 0, "next_attempt_at": now,
+         "created_at": now}
+        for title in titles]
     new_ids = insert_missing_exports(session, rows)
     notes = session.scalars(
         select(Export).where(Export.report_id == draft.id,
