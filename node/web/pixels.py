@@ -18,15 +18,13 @@ disk), which the study page fills ahead for the next study of the worklist.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
-from node.db.models import Instance
-from node.reports.evidence import EvidenceChanged, audit_mismatch, verify_evidence
-from node.web.deps import RowId, UserDep, Viewer, audit_view, get_context
+from node.web.deps import RowId, UserDep, audit_view, get_context
 from node.web.imaging import ImageDecodeError, PreparedPixels
+from node.web.stored_images import StoredImage, stored_image
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -34,36 +32,7 @@ router = APIRouter()
 NO_STORE = {"Cache-Control": "private, no-store"}
 
 
-@dataclass(frozen=True)
-class _Stored:
-    path: str
-    sop_instance_uid: str
-
-
-def _stored_image(request: Request, viewer: Viewer, study_id: int, instance_id: int,
-                  during: str) -> _Stored:
-    """The instance's file, after the signed-evidence check; 404/410/409 otherwise."""
-    ctx = get_context(request)
-    with ctx.database.sessions() as session:
-        instance = session.get(Instance, instance_id)
-        if instance is None or instance.study_id != study_id:
-            raise HTTPException(404, "no such image in this study")
-        if instance.purged_at is not None:
-            raise HTTPException(410, "the image was removed by the retention policy")
-        stored = _Stored(instance.path, instance.sop_instance_uid)
-        try:
-            verify_evidence(session, ctx.store, study_id, {stored.sop_instance_uid})
-        except EvidenceChanged as exc:
-            changed = exc
-        else:
-            return stored
-    with ctx.database.sessions.begin() as session:
-        audit_mismatch(session, study_id, changed, actor=viewer.username, user_id=viewer.id,
-                       during=during)
-    raise HTTPException(409, str(changed))
-
-
-def _prepared(request: Request, stored: _Stored) -> PreparedPixels:
+def _prepared(request: Request, stored: StoredImage) -> PreparedPixels:
     try:
         return get_context(request).renderer.prepared(stored.path)
     except ImageDecodeError as exc:
@@ -76,7 +45,7 @@ def _prepared(request: Request, stored: _Stored) -> PreparedPixels:
 def pixel_description(study_id: RowId, instance_id: RowId, request: Request,
                       viewer: UserDep) -> Response:
     """How to read and display the image's samples."""
-    stored = _stored_image(request, viewer, study_id, instance_id, "pixels")
+    stored = stored_image(request, viewer, study_id, instance_id, "pixels")
     return Response(_prepared(request, stored).description_json,
                     media_type="application/json", headers=NO_STORE)
 
@@ -85,7 +54,7 @@ def pixel_description(study_id: RowId, instance_id: RowId, request: Request,
 def pixel_samples(study_id: RowId, instance_id: RowId, request: Request,
                   viewer: UserDep) -> Response:
     """The image's Modality-LUT values as little-endian unsigned 16-bit samples."""
-    stored = _stored_image(request, viewer, study_id, instance_id, "pixels")
+    stored = stored_image(request, viewer, study_id, instance_id, "pixels")
     prepared = _prepared(request, stored)
     audit_view(get_context(request).database, viewer, "image_pixels_viewed", "instance",
                instance_id, study_id=study_id)

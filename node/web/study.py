@@ -78,6 +78,7 @@ from node.web.reading import (
     stale_working_copy,
     working_copy_of,
 )
+from node.web.stored_images import stored_image
 from node.web.worklist import WorklistFilters, adjacent_study_id
 
 logger = logging.getLogger(__name__)
@@ -295,15 +296,7 @@ def study_image(study_id: RowId, instance_id: RowId, request: Request,
                 viewer: UserDep) -> Response:
     """An image of the study as PNG; ``wc`` and ``ww`` choose the window."""
     ctx = get_context(request)
-    with ctx.database.sessions() as session:
-        instance = session.get(Instance, instance_id)
-        if instance is None or instance.study_id != study_id:
-            raise HTTPException(404, "no such image in this study")
-        if instance.purged_at is not None:
-            raise HTTPException(410, "the image was removed by the retention policy")
-        path = instance.path
-        sop_instance_uid = instance.sop_instance_uid
-    _check_signed_evidence(request, viewer, study_id, "image", {sop_instance_uid})
+    path = stored_image(request, viewer, study_id, instance_id, "image").path
     try:
         center = _number(request.query_params.get("wc"))
         width = _number(request.query_params.get("ww"))
