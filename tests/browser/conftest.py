@@ -197,3 +197,18 @@ def screenshot(page: Page, name: str, *, full_page: bool = False) -> Path:
         DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(target, DOCS_SCREENSHOTS / name)
     return target
+
+
+def desktop_context(browser: Browser) -> BrowserContext:
+    """A browser context with a desktop window and a 15 s default timeout."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context.set_default_timeout(15_000)
+    return context
+
+
+def page_recording_errors(context: BrowserContext) -> tuple[Page, list[str]]:
+    """A new page and the list its uncaught script errors are appended to."""
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return page, errors

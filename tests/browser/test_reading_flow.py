@@ -11,31 +11,26 @@ import datetime as dt
 import re
 import time
 
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
 from node.db.models import AuditEvent, Report
 from node.db.types import utcnow
 from node.states import ReportState
-from tests.browser.conftest import LiveNode, log_in, phantom, screenshot
+from tests.browser.conftest import (
+    LiveNode,
+    desktop_context,
+    log_in,
+    page_recording_errors,
+    phantom,
+    screenshot,
+)
 from tests.integration.web_seed import SeededStudy, seed_drafted_study
 
 #: A new study must appear in an open worklist within this many seconds (live stream).
 LIVE_BOUND_SECONDS = 3.0
 
 
-def _context(browser: Browser) -> BrowserContext:
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    context.set_default_timeout(15_000)
-    return context
-
-
-def _page(context: BrowserContext) -> tuple[Page, list[str]]:
-    """A page that records script errors (a refused stream logs a console error)."""
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return page, errors
 
 
 def _seed(node: LiveNode, name: str, minutes_ago: float, seed: int,
@@ -80,8 +75,8 @@ def test_worklist_selection_is_visible_and_keyboard_driven(browser: Browser,
     hover (accent ring of at least 3:1 against the page); Enter opens it; Esc on the study
     page comes back with the same row selected."""
     studies = [_seed(live_node, f"KEYS^{n}", 50 - n, 20 + n) for n in range(3)]
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     page.goto(f"{live_node.url}/?q=keys")
     expect(page.locator("tr[data-study-id]")).to_have_count(3)
@@ -126,8 +121,8 @@ def test_sign_and_next_back_and_previous_next(browser: Browser, live_node: LiveN
     worklist; Alt+→/Alt+← move without signing; Esc leaves a text field first, then goes
     back; after the last study the worklist says so."""
     first, second, third = (_seed(live_node, f"FLOW^{n}", 40 - n, 30 + n) for n in range(3))
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     page.goto(f"{live_node.url}/?q=flow")
     page.keyboard.press("ArrowDown")
@@ -176,8 +171,8 @@ def test_sign_and_next_of_an_unedited_urgent_draft_still_asks(browser: Browser,
     urgent = _seed(live_node, "ASKS^URGENT", 30, 40, urgent=True,
                    urgent_findings=["pneumothorax"])
     routine = _seed(live_node, "ASKS^ROUTINE", 20, 41)
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     page.goto(f"{live_node.url}/studies/{urgent.study_id}?wl=q%3Dasks")
     _on_study(page, live_node, urgent)
@@ -205,8 +200,8 @@ def test_sign_and_next_of_an_unedited_urgent_draft_still_asks(browser: Browser,
 def test_shortcuts_overlay_lists_the_keys(browser: Browser, live_node: LiveNode) -> None:
     """"?" opens the page's shortcuts (not while typing); Esc closes them."""
     study = _seed(live_node, "HELP^ME", 15, 50)
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     page.goto(f"{live_node.url}/?q=help")
     overlay = page.locator("#shortcuts")
@@ -239,8 +234,8 @@ def test_live_worklist_shows_new_studies_and_keeps_the_selection(
     """A study drafted while the worklist is open appears within the bound, above the
     selected row, which stays selected and focused; the counts follow."""
     kept = _seed(live_node, "LIVE^KEPT", 20, 60)
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     page.goto(f"{live_node.url}/?q=live")
     expect(page.locator("#worklist-card")).to_have_attribute("data-live", "stream")
@@ -274,8 +269,8 @@ def test_live_worklist_shows_new_studies_and_keeps_the_selection(
 def test_live_worklist_polls_when_the_stream_is_refused(browser: Browser,
                                                         live_node: LiveNode) -> None:
     """A refused stream (429) falls back to polling: new studies still appear, later."""
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     page.route("**/api/worklist/events**", lambda route: route.fulfill(
         status=429, content_type="application/json", body='{"detail": "too many"}'))
@@ -292,8 +287,8 @@ def test_live_worklist_polls_when_the_stream_keeps_breaking(browser: Browser,
                                                            live_node: LiveNode) -> None:
     """A stream cut before its first event, again and again (a proxy in the way), is given
     up for polling after three tries."""
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     cut: list[str] = []
 
@@ -313,8 +308,8 @@ def test_live_worklist_polls_when_the_stream_keeps_breaking(browser: Browser,
 
 def test_live_stream_needs_a_login(browser: Browser, live_node: LiveNode) -> None:
     """Without a login the stream, the digest and the rows answer 401 and show nothing."""
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     _seed(live_node, "HIDDEN^PATIENT", 5, 80)
     for path in ("/api/worklist/events", "/api/worklist/state", "/worklist/rows?q=hidden"):
         response = page.request.get(f"{live_node.url}{path}")
@@ -331,8 +326,8 @@ def test_amendment_needs_a_reason_and_history_shows_the_changes(browser: Browser
     study = _seed(live_node, "HISTORY^ONE", 25, 90,
                   findings="Heart size is normal. Small left pleural effusion.",
                   impression="Small left pleural effusion.")
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     page.goto(f"{live_node.url}/studies/{study.study_id}")
     page.locator("#impression").fill("Small left pleural effusion. No pneumothorax.")

@@ -13,31 +13,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
 from node.db.models import AuditEvent, Report, WebSession, WorkingCopy
 from node.db.types import utcnow
 from node.reports.signoff import final_series_uid
 from node.states import ReportState
-from tests.browser.conftest import LiveNode, log_in, phantom, screenshot
+from tests.browser.conftest import (
+    LiveNode,
+    desktop_context,
+    log_in,
+    page_recording_errors,
+    phantom,
+    screenshot,
+)
 from tests.integration.web_seed import PASSWORD, SeededStudy, seed_drafted_study
 
 SAVED = re.compile(r"saved \d\d:\d\d:\d\d")
 
 
-def _context(browser: Browser) -> BrowserContext:
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    context.set_default_timeout(15_000)
-    return context
-
-
-def _page(context: BrowserContext) -> tuple[Page, list[str]]:
-    """A page that records script errors (HTTP error statuses are expected here)."""
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return page, errors
 
 
 def _open(page: Page, node: LiveNode, study: SeededStudy) -> None:
@@ -67,8 +62,8 @@ def test_text_is_saved_continuously_and_restored(browser: Browser, live_node: Li
     """Typing saves to the node (status line), reopening restores; the browser keeps a copy
     when the node cannot be reached."""
     study = live_node.studies["smith"]
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     _open(page, live_node, study)
     page.locator("#findings").fill("Autosaved findings: small right apical pneumothorax.")
@@ -123,8 +118,8 @@ def test_sign_after_login_expiry_keeps_the_text(browser: Browser, live_node: Liv
     """Sign with an expired login shows a message and keeps the text; logging in again
     returns to the study with the text, which can then be signed."""
     study = live_node.studies["nguyen"]
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     _open(page, live_node, study)
     page.locator("#findings").fill("Bibasal atelectasis. No effusion.")
@@ -157,8 +152,8 @@ def test_sign_after_login_expiry_keeps_the_text(browser: Browser, live_node: Liv
 
 def test_login_next_never_leaves_the_site(browser: Browser, live_node: LiveNode) -> None:
     """``next`` pointing at another origin lands on the worklist of this node."""
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
         context.clear_cookies()
         page.goto(f"{live_node.url}/login?next={target}")
@@ -176,9 +171,9 @@ def test_sign_conflict_shows_both_texts_and_amends(browser: Browser,
                                                    live_node: LiveNode) -> None:
     """A colleague signs first: both texts side by side, amend with mine or discard mine."""
     study = live_node.studies["doe"]
-    first, second = _context(browser), _context(browser)
-    house, house_errors = _page(first)
-    wilson, wilson_errors = _page(second)
+    first, second = desktop_context(browser), desktop_context(browser)
+    house, house_errors = page_recording_errors(first)
+    wilson, wilson_errors = page_recording_errors(second)
     log_in(house, live_node, "hgreg")
     log_in(wilson, live_node, "jwilson")
     _open(house, live_node, study)
@@ -232,9 +227,9 @@ def test_sign_conflict_shows_both_texts_and_amends(browser: Browser,
 def test_presence_shows_colleagues_not_yourself(browser: Browser, live_node: LiveNode) -> None:
     """"Open by Dr X" on the worklist and the study page while X reads; gone after X left."""
     study = live_node.studies["smith"]
-    first, second = _context(browser), _context(browser)
-    house, house_errors = _page(first)
-    wilson, wilson_errors = _page(second)
+    first, second = desktop_context(browser), desktop_context(browser)
+    house, house_errors = page_recording_errors(first)
+    wilson, wilson_errors = page_recording_errors(second)
     log_in(house, live_node, "hgreg")
     log_in(wilson, live_node, "jwilson")
     _open(house, live_node, study)
@@ -289,8 +284,8 @@ def _unwritable(folder: Path) -> Iterator[str]:
 def test_storage_failure_on_sign_keeps_the_text(browser: Browser, live_node: LiveNode) -> None:
     """The signed SR cannot be written: a clear error, the text stays, signing later works."""
     study = _seed(live_node, "OKAFOR^CHIDI", "ACC4002", 12)
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     _open(page, live_node, study)
     page.locator("#findings").fill("Text typed before the disk filled up.")
@@ -323,8 +318,8 @@ def test_unedited_urgent_draft_needs_confirmation(browser: Browser,
     """Ctrl+Enter on an unedited urgent draft opens a confirmation; Escape goes back, the
     confirmation signs and is audited."""
     study = live_node.studies["garcia"]
-    context = _context(browser)
-    page, errors = _page(context)
+    context = desktop_context(browser)
+    page, errors = page_recording_errors(context)
     log_in(page, live_node, "hgreg")
     _open(page, live_node, study)
     page.locator("#impression").focus()
