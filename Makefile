@@ -14,7 +14,12 @@ DEMO_MODEL := var/models/demo/manifest.json
 OHIF_VERSION   := 3.13.2
 OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
 OHIF_DIST      ?= var/ohif/dist
-APT_PACKAGES := dcmtk dicom3tools orthanc chromium chromium-driver docker-compose systemd npm
+# Each tool the tests run, and the Debian package that provides it. Only the packages of
+# missing tools are installed: a machine may already have a tool from elsewhere (Node.js
+# from another repository brings its own npm, which conflicts with Debian's).
+APT_TOOLS := storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc chromium:chromium \
+             chromedriver:chromium-driver docker-compose:docker-compose \
+             systemd-analyze:systemd npm:npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test install system-deps demo-model ohif lint typecheck bench clean
@@ -32,13 +37,13 @@ $(VENV)/.installed: pyproject.toml
 # the OHIF Viewer).
 system-deps:
 	@missing=""; \
-	for tool in storescu dciodvfy Orthanc chromium docker-compose systemd-analyze npm; do \
-	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
+	for pair in $(APT_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages (missing:$$missing)"; \
+	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
 demo-model: $(DEMO_MODEL)
