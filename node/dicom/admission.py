@@ -40,6 +40,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node.config import DicomSettings
 from node.dicom.access import AccessPolicy, Permission
+from node.dicom.negotiation_memo import NegotiationMemo
 from node.dicom.upstream_workarounds import IDLE_WAIT_SECONDS, DulWakeUp, wake_instead_of_polling
 
 logger = logging.getLogger(__name__)
@@ -339,6 +340,8 @@ class _AdmittedRequestHandler(RequestHandler):
         wake_up = wake_instead_of_polling(assoc)
         guarded.guard(admitted.request, admitted.slot, self.server.settings.pdu_progress_timeout,
                       self.server.settings.network_timeout, wake_up)
+        if self.server.negotiation_memo is not None:
+            self.server.negotiation_memo.bind(assoc)
         forbidden = self.server.forbidden_sop_classes(admitted.slot.calling_ae)
         assoc.acceptor.supported_contexts = [
             cx for cx in assoc.acceptor.supported_contexts
@@ -365,6 +368,8 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     on_refused: RefusalSink
     restricted: dict[Permission, frozenset[str]]
     """SOP classes reserved to a permission (query and retrieve classes)."""
+    negotiation_memo: NegotiationMemo | None = None
+    """Where association requests are negotiated once (none: every time, as pynetdicom)."""
 
     def configure(self, settings: DicomSettings, policy: AccessPolicy,
                   on_refused: RefusalSink,

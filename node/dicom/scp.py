@@ -24,6 +24,7 @@ from node.dicom.access import AccessPolicy, Permission
 from node.dicom.admission import GuardedAssociationServer
 from node.dicom.commitment import CommitmentReportListener
 from node.dicom.ingest import InstanceIngestor, ReceivedInstance
+from node.dicom.negotiation_memo import NegotiationMemo
 from node.dicom.qr import FIND_SOP_CLASSES, RETRIEVE_SOP_CLASSES, QueryRetrieveService
 from node.dicom.refusals import RefusalRecorder
 from node.dicom.statuses import StoreStatus
@@ -228,6 +229,7 @@ class DicomListener:
             Permission.RETRIEVE: frozenset(RETRIEVE_SOP_CLASSES),
         })
         share_contexts(server)
+        server.negotiation_memo = NegotiationMemo()
         spool_received_datasets(server, self.ingestor.store.spool_folder())
         # As AE.start_server does: serve from a daemon thread, and register the
         # server with the AE, whose list server.shutdown() removes it from.
