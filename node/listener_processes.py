@@ -287,9 +287,11 @@ class ListenerProcesses:
             for sentinel in ended:
                 if self._stopping.is_set():
                     return
+                row = sentinels[sentinel]  # type: ignore[index]
                 try:
-                    self._replace(sentinels[sentinel], failures)  # type: ignore[index]
-                except Exception:  # keep watching the others
+                    self._replace(row, failures)
+                except Exception:  # keep watching the others; the next try waits longer
+                    failures[row] = failures.get(row, 0) + 1
                     logger.exception("listener_process_restart_failed")
 
     def _replace(self, row: int, failures: dict[int, int]) -> None:

@@ -298,7 +298,7 @@ class DicomListener:
 
     def _peer(self, event: Any) -> dict[str, Any]:
         requestor = event.assoc.requestor
-        fields = {
+        fields: dict[str, Any] = {
             "calling_ae": str(requestor.ae_title).strip(),
             "peer": f"{requestor.address}:{requestor.port}",
         }

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from node.db.models import Instance
 from node.dicom.shared_admission import SharedAdmissionCounts
-from node.listener_processes import ListenerProcesses, ListenerProcessError
+from node.listener_processes import ListenerProcessError, ListenerProcesses
 from node.runtime import NodeServices
 from tests.conftest import REPO_ROOT
 from tests.dicom_factory import make_cxr_dataset, write_dataset
