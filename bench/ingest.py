@@ -531,6 +531,11 @@ def build_receivers(names: Sequence[str], baseline: Path | None) -> list[Receive
         "storescp": StoreScpReceiver,
         "node-sqlite": lambda: NodeReceiver("sqlite"),
         "node-pg": lambda: NodeReceiver("postgres"),
+        # Two listener processes sharing the DICOM port ([dicom] listener_processes).
+        "node-sqlite-2p": lambda: NodeReceiver(
+            "sqlite", label="-2p", extra_env={"RADNODE_DICOM__LISTENER_PROCESSES": "2"}),
+        "node-pg-2p": lambda: NodeReceiver(
+            "postgres", label="-2p", extra_env={"RADNODE_DICOM__LISTENER_PROCESSES": "2"}),
         "orthanc": OrthancReceiver,
         "pynetdicom-fsync": MinimalScpReceiver,
     }

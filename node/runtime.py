@@ -12,20 +12,18 @@ from typing import TYPE_CHECKING
 from node.assembly.service import AssemblyService
 from node.config import Settings
 from node.db.engine import Database
-from node.dicom.commitment import CommitmentReportListener
-from node.dicom.ingest import InstanceIngestor
-from node.dicom.qr import QueryRetrieveService
 from node.dicom.scp import DicomListener
+from node.dicom.shared_admission import SharedAdmissionCounts
 from node.exports.service import ExportService
 from node.jobs.bundle_identity import read_bundle_identity
 from node.jobs.queue import CeleryWorkQueue, EmbeddedWorkQueue, WorkQueue
 from node.jobs.scheduler import DraftScheduler, Reconciler
+from node.listener_processes import ListenerProcesses, build_listener
 from node.logs import log_event
 from node.operations import OperationsMonitor
 from node.reports.sr_index import backfill_report_sr_index
 from node.retention import RetentionService
 from node.storage import InstanceStore
-from workers.inference.dicom_limits import DatasetLimits
 
 if TYPE_CHECKING:
     from node.web.server import WebServer
@@ -112,6 +110,8 @@ class NodeServices:
     retention: RetentionService
     operations: OperationsMonitor
     web: WebServer | None = None
+    listener_processes: ListenerProcesses | None = None
+    """The listener processes beside this one (``[dicom] listener_processes`` above 1)."""
     _started: list[str] = field(default_factory=list)
 
     @classmethod
@@ -126,13 +126,14 @@ class NodeServices:
             min_free_mb=settings.storage.min_free_mb,
             max_used_percent=settings.storage.max_used_percent,
         )
-        ingestor = InstanceIngestor(store, database.sessions,
-                                    DatasetLimits(**settings.dicom.limits.model_dump()))
-        query_retrieve = QueryRetrieveService.from_settings(settings, database.sessions, store)
         exporter = ExportService.from_settings(settings, database.sessions, store)
-        commitment = (CommitmentReportListener(exporter.ledger.record_report)
-                      if any(d.storage_commitment for d in settings.destinations) else None)
-        listener = DicomListener(settings.dicom, ingestor, query_retrieve, commitment)
+        processes = settings.dicom.listener_processes
+        shared_admission = SharedAdmissionCounts.create(processes) if processes > 1 else None
+        listener = build_listener(settings, database.sessions, store,
+                                  record_report=exporter.ledger.record_report,
+                                  shared_admission=shared_admission)
+        listener_processes = (ListenerProcesses(settings, shared_admission)
+                              if shared_admission is not None else None)
         work_queue = build_work_queue(settings, database)
         scheduler = DraftScheduler(
             database.sessions, work_queue, read_bundle_identity(settings.model.bundle)
@@ -152,7 +153,7 @@ class NodeServices:
                                        operations),
                             settings.web.host, settings.web.port)
         return cls(settings, database, store, listener, assembly, work_queue, reconciler,
-                   exporter, retention, operations, web)
+                   exporter, retention, operations, web, listener_processes)
 
     def start(self) -> None:
         """Start the DICOM listener, assembly, the reconciler, the export loop, the alert
@@ -169,6 +170,10 @@ class NodeServices:
         self._started.append("reconciler")
         self.listener.start()
         self._started.append("listener")
+        if self.listener_processes is not None:
+            # Raises, once the processes started are stopped, when one does not listen.
+            self._started.append("listener_processes")
+            self.listener_processes.start(self.listener.port)
         self.assembly.start()
         self._started.append("assembly")
         self.exporter.start()
@@ -185,6 +190,8 @@ class NodeServices:
         """Stop in reverse order: no new requests or instances, then the loops, the queue."""
         if "web" in self._started and self.web is not None:
             self.web.stop()
+        if "listener_processes" in self._started and self.listener_processes is not None:
+            self.listener_processes.stop()
         if "listener" in self._started:
             self.listener.stop()
         if "assembly" in self._started:

@@ -25,6 +25,7 @@ from node.db.engine import Database
 from node.db.migrate import current_revision, upgrade
 from node.db.models import Instance, Study
 from node.db.types import utcnow
+from node.listener_processes import ListenerProcessError
 from node.logs import configure_logging, log_event
 from node.runtime import NodeServices
 
@@ -53,11 +54,15 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:  # a port taken between the check and the start
         services.stop()
         raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
+    except ListenerProcessError as exc:
+        services.stop()
+        raise ConfigError(f"a DICOM listener process did not start: {exc}") from exc
     web_port = services.web.port if services.web else None
     print("\n".join(summary_lines("serve", settings, bundle, dicom_port=services.listener.port,
                                    web_port=web_port)), flush=True)
     log_event(logger, logging.INFO, "node_ready", dicom_port=services.listener.port,
               web_port=web_port, ae_title=settings.dicom.ae_title,
+              listener_processes=settings.dicom.listener_processes,
               model=bundle.describe() if bundle else None)
     try:
         stop.wait()

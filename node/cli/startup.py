@@ -221,7 +221,9 @@ def summary_lines(command: str, settings: Settings, bundle: BundleSummary | None
     if dicom_port is not None:
         lines.append(f"  dicom:    AE title {settings.dicom.ae_title}, port {dicom_port} "
                      f"on {settings.dicom.bind_address}"
-                     + (" (TLS)" if settings.dicom.tls.enabled else ""))
+                     + (" (TLS)" if settings.dicom.tls.enabled else "")
+                     + (f", {settings.dicom.listener_processes} listener processes"
+                        if settings.dicom.listener_processes > 1 else ""))
         lines.extend(destination_lines(settings))
     if web_port is not None:
         lines.append(f"  web:      port {web_port} on {settings.web.host}")

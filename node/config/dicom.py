@@ -4,6 +4,8 @@ reports are exported to."""
 from __future__ import annotations
 
 import enum
+import os
+import socket
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -95,6 +97,11 @@ class DicomSettings(Section):
     """Associations served at once for one source address."""
     max_associations_per_ae: int = Field(8, ge=1)
     """Associations served at once for one calling AE title."""
+    listener_processes: int = Field(1, ge=1, le=64)
+    """Processes accepting associations on the port (Linux, ``SO_REUSEPORT``): above 1,
+    ``radnode serve`` runs that many minus one listener processes beside its own, so
+    that concurrent senders are not served by one Python interpreter. The association
+    limits above hold for all of them together."""
     limits: DatasetLimitSettings = Field(default_factory=DatasetLimitSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
@@ -114,6 +121,13 @@ class DicomSettings(Section):
         if len(set(titles)) != len(titles):
             raise ValueError("dicom.peers names an AE title twice")
         return self
+
+    @field_validator("listener_processes")
+    @classmethod
+    def _check_listener_processes(cls, value: int) -> int:
+        if value > 1 and not (hasattr(socket, "SO_REUSEPORT") and hasattr(os, "memfd_create")):
+            raise ValueError("dicom.listener_processes above 1 needs Linux (SO_REUSEPORT)")
+        return value
 
 
 class DestinationExports(enum.Enum):

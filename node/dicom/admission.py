@@ -41,6 +41,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from node.config import DicomSettings
 from node.dicom.access import AccessPolicy, Permission
 from node.dicom.negotiation_memo import NegotiationMemo
+from node.dicom.shared_admission import SharedAdmissionCounts
 from node.dicom.upstream_workarounds import IDLE_WAIT_SECONDS, DulWakeUp, wake_instead_of_polling
 
 logger = logging.getLogger(__name__)
@@ -99,27 +100,37 @@ class Slot:
 
 @dataclass
 class AdmissionControl:
-    """Counts pending connections and admitted associations."""
+    """Counts pending connections and admitted associations.
+
+    With ``shared`` (several listener processes on one port) the counts of every
+    listener process are checked together; this process still tracks its own slots, to
+    free those whose association thread ended without closing its connection.
+    """
 
     max_associations: int
     max_per_address: int
     max_per_ae: int
     max_pending: int
     max_pending_per_address: int
+    shared: SharedAdmissionCounts | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pending: Counter[str] = field(default_factory=Counter)
     _slots: set[Slot] = field(default_factory=set)
 
     @classmethod
-    def from_settings(cls, settings: DicomSettings) -> AdmissionControl:
-        """Limits from the ``[dicom]`` section."""
+    def from_settings(cls, settings: DicomSettings,
+                      shared: SharedAdmissionCounts | None = None) -> AdmissionControl:
+        """Limits from the ``[dicom]`` section, counted with ``shared`` when given."""
         return cls(settings.max_associations, settings.max_associations_per_address,
                    settings.max_associations_per_ae, settings.max_pending,
-                   settings.max_pending_per_address)
+                   settings.max_pending_per_address, shared)
 
     def open_pending(self, address: str) -> bool:
         """Count a new connection from ``address``; ``False`` when over a limit."""
         with self._lock:
+            if self.shared is not None:
+                return self.shared.open_pending(address, self.max_pending,
+                                                self.max_pending_per_address)
             if (sum(self._pending.values()) >= self.max_pending
                     or self._pending[address] >= self.max_pending_per_address):
                 return False
@@ -129,6 +140,9 @@ class AdmissionControl:
     def close_pending(self, address: str) -> None:
         """A pending connection has sent its request or gone."""
         with self._lock:
+            if self.shared is not None:
+                self.shared.close_pending(address)
+                return
             self._pending[address] -= 1
             if self._pending[address] <= 0:
                 del self._pending[address]
@@ -136,8 +150,12 @@ class AdmissionControl:
     def admit(self, address: str, calling_ae: str) -> Slot | None:
         """Take a slot for an association, or ``None`` when a limit is reached."""
         with self._lock:
-            self._slots = {s for s in self._slots if not s.is_dead()}
-            if (len(self._slots) >= self.max_associations
+            self._forget_dead()
+            if self.shared is not None:
+                if not self.shared.admit(address, calling_ae, self.max_associations,
+                                         self.max_per_address, self.max_per_ae):
+                    return None
+            elif (len(self._slots) >= self.max_associations
                     or sum(s.address == address for s in self._slots) >= self.max_per_address
                     or sum(s.calling_ae == calling_ae for s in self._slots) >= self.max_per_ae):
                 return None
@@ -148,14 +166,25 @@ class AdmissionControl:
     def release(self, slot: Slot) -> None:
         """Free ``slot``."""
         with self._lock:
-            slot.released = True
-            self._slots.discard(slot)
+            self._free(slot)
+
+    def _free(self, slot: Slot) -> None:
+        if slot.released:
+            return
+        slot.released = True
+        self._slots.discard(slot)
+        if self.shared is not None:
+            self.shared.release(slot.address, slot.calling_ae)
+
+    def _forget_dead(self) -> None:
+        for slot in [s for s in self._slots if s.is_dead()]:
+            self._free(slot)
 
     @property
     def in_use(self) -> int:
-        """Associations holding a slot now."""
+        """Associations holding a slot in this process now."""
         with self._lock:
-            self._slots = {s for s in self._slots if not s.is_dead()}
+            self._forget_dead()
             return len(self._slots)
 
 
@@ -373,11 +402,13 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def configure(self, settings: DicomSettings, policy: AccessPolicy,
                   on_refused: RefusalSink,
-                  restricted: dict[Permission, frozenset[str]]) -> None:
-        """Set the rules; called once, before ``serve_forever``."""
+                  restricted: dict[Permission, frozenset[str]],
+                  shared: SharedAdmissionCounts | None = None) -> None:
+        """Set the rules; called once, before ``serve_forever``. With ``shared``, the
+        limits count the associations of every listener process on the port."""
         self.settings = settings
         self.policy = policy
-        self.admission = AdmissionControl.from_settings(settings)
+        self.admission = AdmissionControl.from_settings(settings, shared)
         self.on_refused = on_refused
         self.restricted = restricted
         self.RequestHandlerClass = _AdmittedRequestHandler
@@ -462,3 +493,15 @@ class GuardedAssociationServer(ThreadedAssociationServer):
                 self._admitted.pop(id(request), None)
             self.handle_error(request, client_address)
             self.shutdown_request(request)
+
+
+class SharedPortAssociationServer(GuardedAssociationServer):
+    """A guarded server whose listening socket shares its port with the node's other
+    listener processes (``SO_REUSEPORT``: Linux hands each new connection to one of
+    the sockets bound to the port by processes of the same user)."""
+
+    def server_bind(self) -> None:
+        """Set ``SO_REUSEPORT``, then bind as pynetdicom does."""
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()

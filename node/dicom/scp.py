@@ -21,12 +21,13 @@ from pynetdicom.utils import make_target
 
 from node.config import DicomSettings, TlsSettings
 from node.dicom.access import AccessPolicy, Permission
-from node.dicom.admission import GuardedAssociationServer
+from node.dicom.admission import GuardedAssociationServer, SharedPortAssociationServer
 from node.dicom.commitment import CommitmentReportListener
 from node.dicom.ingest import InstanceIngestor, ReceivedInstance
 from node.dicom.negotiation_memo import NegotiationMemo
 from node.dicom.qr import FIND_SOP_CLASSES, RETRIEVE_SOP_CLASSES, QueryRetrieveService
 from node.dicom.refusals import RefusalRecorder
+from node.dicom.shared_admission import SharedAdmissionCounts
 from node.dicom.statuses import StoreStatus
 from node.dicom.upstream_workarounds import (
     remember_set_uids,
@@ -140,6 +141,10 @@ class DicomListener:
     commitment
         Receives storage commitment reports that destinations send on associations of
         their own (the node in the SCU role of Storage Commitment), when given.
+    shared_admission
+        The admission counts of every listener process of the node, when there are
+        several (``[dicom] listener_processes``); the listening socket then shares its
+        port with theirs (``SO_REUSEPORT``).
     """
 
     def __init__(
@@ -148,8 +153,11 @@ class DicomListener:
         ingestor: InstanceIngestor,
         query_retrieve: QueryRetrieveService | None = None,
         commitment: CommitmentReportListener | None = None,
+        *,
+        shared_admission: SharedAdmissionCounts | None = None,
     ) -> None:
         self.settings = settings
+        self.shared_admission = shared_admission
         self.commitment = commitment
         self.ingestor = ingestor
         self.query_retrieve = query_retrieve
@@ -221,13 +229,14 @@ class DicomListener:
                 (self.settings.bind_address, self.settings.port),
                 evt_handlers=handlers,
                 ssl_context=context,
-                server_class=GuardedAssociationServer,
+                server_class=(GuardedAssociationServer if self.shared_admission is None
+                              else SharedPortAssociationServer),
             ),
         )
         server.configure(self.settings, self.policy, self.refusals.association, {
             Permission.QUERY: frozenset(FIND_SOP_CLASSES),
             Permission.RETRIEVE: frozenset(RETRIEVE_SOP_CLASSES),
-        })
+        }, self.shared_admission)
         share_contexts(server)
         server.negotiation_memo = NegotiationMemo()
         spool_received_datasets(server, self.ingestor.store.spool_folder())
@@ -238,6 +247,8 @@ class DicomListener:
         ).start()
         self.ae._servers.append(server)
         self._server = server
+        process = {} if self.shared_admission is None else {
+            "listener_process": self.shared_admission.row}
         log_event(
             logger,
             logging.INFO,
@@ -246,8 +257,9 @@ class DicomListener:
             port=self.port,
             tls=context is not None,
             open_to_any_ae=self.policy.open,
+            **process,
         )
-        if self.policy.open:
+        if self.policy.open and process.get("listener_process", 0) == 0:
             log_event(logger, logging.WARNING, "dicom_open_to_any_ae",
                       hint="name the accepted AEs in [[dicom.peers]]")
 
@@ -286,13 +298,15 @@ class DicomListener:
     def _on_echo(event: Any) -> int:
         return 0x0000
 
-    @staticmethod
-    def _peer(event: Any) -> dict[str, Any]:
+    def _peer(self, event: Any) -> dict[str, Any]:
         requestor = event.assoc.requestor
-        return {
+        fields: dict[str, Any] = {
             "calling_ae": str(requestor.ae_title).strip(),
             "peer": f"{requestor.address}:{requestor.port}",
         }
+        if self.shared_admission is not None:
+            fields["listener_process"] = self.shared_admission.row
+        return fields
 
     def _on_accepted(self, event: Any) -> None:
         log_event(logger, logging.INFO, "association_accepted", **self._peer(event))

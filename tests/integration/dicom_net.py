@@ -186,12 +186,16 @@ def running_node(settings: Settings, *, assembly: bool = True) -> Iterator[NodeS
     else:
         services.store.sweep_temporaries()
         services.listener.start()
+        if services.listener_processes is not None:
+            services.listener_processes.start(services.listener.port)
     try:
         yield services
     finally:
         if assembly:
             services.stop()
         else:
+            if services.listener_processes is not None:
+                services.listener_processes.stop()
             services.listener.stop()
             services.work_queue.close()
             services.database.engine.dispose()

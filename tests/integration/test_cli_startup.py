@@ -221,6 +221,61 @@ def test_serve_prints_one_summary_with_embedded_defaults(tmp_path: Path) -> None
     assert summary[4].endswith(f") at {DEMO_BUNDLE_DIR.resolve()}")
 
 
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        for task in Path(f"/proc/{pending.pop()}/task").glob("*"):
+            try:
+                children = {int(v) for v in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            pending.extend(children - found)
+            found |= children
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs: not gone, and not a zombie left for the init process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_serve_with_two_listener_processes_answers_and_stops_them(tmp_path: Path) -> None:
+    """``radnode serve`` itself (its console script is the module the listener process is
+    spawned from): ready once both listen, and SIGTERM ends it and them."""
+    dicom_port = free_port()
+    env = radnode_env(tmp_path, RADNODE_DICOM__PORT=str(dicom_port),
+                      RADNODE_DICOM__LISTENER_PROCESSES="2")
+    process = subprocess.Popen([RADNODE, "serve"], cwd=tmp_path, env=env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    try:
+        lines = _read_until(process, lambda line: line.startswith("  web:"), timeout=120)
+        children = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()
+                    for pid in _descendants(process.pid)}
+        echo = subprocess.run(["echoscu", "127.0.0.1", str(dicom_port)], timeout=30,
+                              capture_output=True, check=False)
+        assert echo.returncode == 0, echo.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rc = process.wait(timeout=60)
+    assert rc == 0
+    assert (f"  dicom:    AE title RADNODE, port {dicom_port} on 0.0.0.0, "
+            "2 listener processes") in lines
+    listeners = [pid for pid, command in children.items() if b"spawn_main" in command]
+    assert len(listeners) == 1, children
+    # Stopped and collected by serve before it exits.
+    assert not [pid for pid in listeners if _running(pid)]
+    # multiprocessing's resource tracker ends once serve's end closes its pipe.
+    deadline = time.monotonic() + 10
+    while [pid for pid in children if _running(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _running(pid)]
+
+
 def test_user_add_names_the_database(tmp_path: Path, postgres_url: str) -> None:
     args = [RADNODE, "user", "add", "alice", "--role", "radiologist", "--name", "Doe^Alice",
             "--password-stdin"]

@@ -1,6 +1,7 @@
 """The import-layer contract in pyproject.toml, checked by the real ``lint-imports``.
 
-Layers, top to bottom: composition roots (node.cli, node.runtime, node.demo), the worker
+Layers, top to bottom: composition roots (node.cli, node.runtime, node.listener_processes,
+node.demo), the worker
 process (workers.tasks, celery_app, jobs, context, heartbeat, instance_source, errors), the
 node core, the inference and evaluation packages, and the vocabulary (node.states,
 node.observations). A layer may import the ones below it, never one above.
