@@ -13,13 +13,17 @@ import logging
 import mmap
 import os
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
-from typing import TypeAlias
+from typing import BinaryIO, TypeAlias, cast
 
 logger = logging.getLogger(__name__)
 
 #: An encoded instance: bytes, or a read-only view of a mapped file.
 EncodedBuffer: TypeAlias = bytes | memoryview
+
+#: Values and buffers up to this size are cheaper to copy than to read around.
+COPY_MAX_BYTES = 1 << 20
 
 
 @contextlib.contextmanager
@@ -109,3 +113,11 @@ class BufferReader:
     def close(self) -> None:
         """Release the view (the buffer itself belongs to the caller)."""
         self._view.release()
+
+
+def binary_stream(buffer: EncodedBuffer) -> BinaryIO:
+    """A seekable binary stream over ``buffer``: a :class:`io.BytesIO` (faster to read)
+    where that copies nothing or little, a :class:`BufferReader` over a larger view."""
+    if isinstance(buffer, bytes) or len(buffer) <= COPY_MAX_BYTES:
+        return BytesIO(buffer)
+    return cast(BinaryIO, BufferReader(buffer))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -13,7 +13,7 @@ from pydicom.filereader import read_dataset, read_partial
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from node.dicom.buffers import BufferReader, EncodedBuffer
+from node.dicom.buffers import COPY_MAX_BYTES, EncodedBuffer, binary_stream
 from node.dicom.structure import PixelDataSpan, StructureError, check_part10
 from node.storage import is_valid_uid
 
@@ -151,9 +151,10 @@ def _read_dataset(encoded: EncodedBuffer,
                   span: PixelDataSpan | None) -> tuple[Dataset, PixelDataSpan | None]:
     """Read the data set, all but a skippable top-level Pixel Data value.
 
-    The Pixel Data value (the bulk of an image) is neither copied nor decoded when the
-    structure walk has measured it: a native value of defined length, or encapsulated
-    fragments. Every other element, those after the pixel data included, is read.
+    A large Pixel Data value (the bulk of an image) is neither copied nor decoded when
+    the structure walk has measured it: a native value of defined length, or
+    encapsulated fragments. Every other element, those after the pixel data included,
+    is read.
 
     Returns
     -------
@@ -161,8 +162,9 @@ def _read_dataset(encoded: EncodedBuffer,
         The data set, and the span of the Pixel Data left out (``None``: the data set
         holds its Pixel Data, if any).
     """
-    reader = cast(BinaryIO, BufferReader(encoded))
-    if span is None or span.vr not in _RAW_PIXEL_VRS:
+    reader = binary_stream(encoded)
+    if span is None or span.vr not in _RAW_PIXEL_VRS \
+            or span.end_offset - span.value_offset <= COPY_MAX_BYTES:
         return dcmread(reader, force=False), None
     ds = read_partial(reader, stop_when=_at_pixel_data, force=False)
     encapsulated = UID(ds.file_meta.TransferSyntaxUID).is_encapsulated

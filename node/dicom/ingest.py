@@ -14,7 +14,6 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -22,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from node.db.models import AuditEvent, Instance, QuarantinedInstance, Study
 from node.db.types import utcnow
-from node.dicom.buffers import BufferReader, EncodedBuffer
+from node.dicom.buffers import EncodedBuffer, binary_stream
 from node.dicom.header import ControlCharacterError, HeaderError, InstanceHeader, parse_header
 from node.dicom.identity import IDENTITY_KEYWORDS, identity_conflicts
 from node.dicom.refusals import RefusalRecorder
@@ -460,8 +459,8 @@ class InstanceIngestor:
         """Refuse (0xA700, audited) an instance that inflates or decodes past a limit."""
         try:
             encoded = received.encoded
-            check_encoded(encoded if isinstance(encoded, bytes)
-                          else cast(BinaryIO, BufferReader(encoded)), self.limits)
+            check_encoded(encoded if isinstance(encoded, bytes) else binary_stream(encoded),
+                          self.limits)
         except LimitExceeded as exc:
             status = StoreStatus.OUT_OF_RESOURCES
             self.refusals.instance(calling_ae=received.calling_ae,

@@ -63,18 +63,21 @@ def _name(tag: int) -> str:
 
 
 class _Walker:
-    """Walk the elements of one encoded dataset."""
+    """Walk the elements of one encoded dataset, which starts at ``origin`` in ``data``
+    (messages count bytes from there)."""
 
-    def __init__(self, data: bytes | memoryview, *, little_endian: bool) -> None:
+    def __init__(self, data: bytes | memoryview, *, little_endian: bool,
+                 origin: int = 0) -> None:
         self.data = data
         self.order = "<" if little_endian else ">"
+        self.origin = origin
         self.pixel_data: PixelDataSpan | None = None
         """The top-level Pixel Data element, once walked (offsets within ``data``)."""
         self._fragments: int | None = None
 
     def _unpack(self, fmt: str, pos: int, end: int) -> tuple[int, ...]:
         if pos + struct.calcsize(fmt) > end:
-            raise StructureError(f"element header cut short at byte {pos}")
+            raise StructureError(f"element header cut short at byte {pos - self.origin}")
         return struct.unpack_from(self.order + fmt, self.data, pos)
 
     def tag_at(self, pos: int, end: int) -> int:
@@ -86,9 +89,9 @@ class _Walker:
     ) -> tuple[int, str | None, int]:
         """Return the value offset, the VR (``None`` when unknown) and the length."""
         if not implicit:
-            raw_vr = bytes(self.data[pos + 4 : pos + 6])
+            raw_vr = self.data[pos + 4 : pos + 6]
             if len(raw_vr) == 2 and all(0x41 <= b <= 0x5A for b in raw_vr):
-                vr = raw_vr.decode("ascii")
+                vr = str(raw_vr, "ascii")
                 if vr in _LONG_VRS:
                     (length,) = self._unpack("I", pos + 8, end)
                     return pos + 12, vr, length
@@ -121,7 +124,8 @@ class _Walker:
             if tag == _ITEM_END and delimited:
                 return pos + 8
             if tag >> 16 == 0xFFFE:
-                raise StructureError(f"unexpected delimiter {_name(tag)} at byte {pos}")
+                raise StructureError(
+                    f"unexpected delimiter {_name(tag)} at byte {pos - self.origin}")
             element_at = pos
             pos, vr, length = self.header_at(pos, end, tag, implicit)
             value_at = pos
@@ -231,21 +235,21 @@ def check_part10(encoded: bytes | memoryview) -> PixelDataSpan | None:
     if syntax is None:
         raise StructureError("file meta has no transfer syntax")
     transfer_syntax = UID(syntax)
-    dataset: bytes | memoryview = memoryview(encoded)[pos:]
     if transfer_syntax.is_deflated:
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
-            dataset = inflater.decompress(dataset) + inflater.flush()
+            inflated = inflater.decompress(memoryview(encoded)[pos:]) + inflater.flush()
         except zlib.error as exc:
             raise StructureError(f"deflated dataset does not inflate: {exc}") from exc
         if not inflater.eof:
             raise StructureError("deflated dataset is cut short")
-    walker = _Walker(dataset, little_endian=transfer_syntax.is_little_endian)
-    walker.dataset(
-        0, len(dataset), implicit=transfer_syntax.is_implicit_VR, depth=0, delimited=False
-    )
-    span = walker.pixel_data
-    if span is None or transfer_syntax.is_deflated:
+        _Walker(inflated, little_endian=transfer_syntax.is_little_endian).dataset(
+            0, len(inflated), implicit=transfer_syntax.is_implicit_VR, depth=0,
+            delimited=False)
         return None
-    return PixelDataSpan(span.element_offset + pos, span.value_offset + pos,
-                         span.end_offset + pos, span.length, span.vr, span.fragments)
+    # The data set is walked where it lies (slicing bytes would copy them).
+    walker = _Walker(encoded, little_endian=transfer_syntax.is_little_endian, origin=pos)
+    walker.dataset(
+        pos, len(encoded), implicit=transfer_syntax.is_implicit_VR, depth=0, delimited=False
+    )
+    return walker.pixel_data

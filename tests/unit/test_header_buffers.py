@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
 
-from node.dicom.buffers import BufferReader, mapped_file
+from node.dicom.buffers import COPY_MAX_BYTES, BufferReader, mapped_file
 from node.dicom.header import HeaderError, InstanceHeader, _read_dataset, parse_header
 from node.dicom.structure import check_part10
 from tests.dicom_factory import make_cxr_dataset
@@ -62,8 +62,34 @@ def test_every_element_but_the_pixel_data_is_read(name: str) -> None:
     if skipped is None:
         expected[0x7FE00010] = whole.PixelData
     assert {element.tag: element.value for element in partial} == expected
-    if "deflated" not in str(whole.file_meta.TransferSyntaxUID.name).lower():
-        assert skipped is not None and 0x7FE00010 not in partial
+
+
+def _large_cxr(**changes: object) -> Dataset:
+    """An image whose pixel data (2 MiB) is worth leaving out of the parse."""
+    ds = make_cxr_dataset(rows=1024, cols=1024, bits=16)
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize("syntax", ["native", "encapsulated"])
+def test_a_large_pixel_data_value_is_left_out_and_every_other_element_read(
+        syntax: str) -> None:
+    ds = _large_cxr()
+    if syntax == "encapsulated":
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([b"\xff\xd8" + bytes(COPY_MAX_BYTES) + b"\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+    ds.add(DataElement(0x7FE10010, "LO", "ACME"))
+    ds.add(DataElement(0x7FE11001, "FL", 1.5))
+    data = _part10(ds)
+    whole, _ = _read_dataset(data, None)
+    partial, skipped = _read_dataset(data, check_part10(data))
+    assert skipped is not None and "PixelData" not in partial
+    assert {element.tag: element.value for element in partial} == {
+        element.tag: element.value for element in whole if element.tag != 0x7FE00010}
+    assert partial[0x7FE11001].value == 1.5
+    assert isinstance(parse_header(data), InstanceHeader)
 
 
 def test_the_pixel_data_span_is_where_the_element_is() -> None:
@@ -74,8 +100,9 @@ def test_the_pixel_data_span_is_where_the_element_is() -> None:
     assert span.end_offset == len(data) and span.value_offset == span.end_offset - span.length
 
 
-def test_a_value_after_the_pixel_data_is_still_decoded() -> None:
-    ds = make_cxr_dataset(rows=64, cols=64, bits=12)
+@pytest.mark.parametrize("rows", [64, 1024])
+def test_a_value_after_the_pixel_data_is_still_decoded(rows: int) -> None:
+    ds = make_cxr_dataset(rows=rows, cols=1024, bits=16)
     ds.add(DataElement(0x7FE10010, "LO", "ACME"))
     ds.add(DataElement(0x7FE11001, "FL", 1.5))
     good = _part10(ds)
@@ -87,10 +114,11 @@ def test_a_value_after_the_pixel_data_is_still_decoded() -> None:
         parse_header(bad)
 
 
-def test_native_pixel_data_is_measured_against_its_header() -> None:
-    ds = make_cxr_dataset(rows=64, cols=64, bits=16)
-    ds.Rows = 65
-    with pytest.raises(HeaderError, match="pixel data holds 8192 bytes but the header"):
+@pytest.mark.parametrize("rows", [64, 1024])
+def test_native_pixel_data_is_measured_against_its_header(rows: int) -> None:
+    ds = make_cxr_dataset(rows=rows, cols=1024, bits=16)
+    ds.Rows = rows + 1
+    with pytest.raises(HeaderError, match=f"pixel data holds {rows * 2048} bytes but the"):
         parse_header(_part10(ds))
 
 
