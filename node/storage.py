@@ -184,8 +184,9 @@ class InstanceStore:
         folder, _, _ = relative_path.rpartition("/")
         return self.publish(self.stage(folder, data), relative_path)
 
-    def stage(self, relative_folder: str, data: bytes) -> Path:
-        """Write ``data`` durably to a new temporary file in ``relative_folder``.
+    def stage(self, relative_folder: str, data: bytes | memoryview) -> Path:
+        """Write ``data`` (bytes or a buffer) durably to a new temporary file in
+        ``relative_folder``.
 
         The folder is created durably when missing. The file is complete and
         fsynced when this returns, but it only counts as stored once

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
+from pydicom.filereader import read_dataset, read_partial
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from node.dicom.structure import StructureError, check_part10
+from node.dicom.buffers import COPY_MAX_BYTES, EncodedBuffer, binary_stream
+from node.dicom.structure import PixelDataSpan, StructureError, check_part10
 from node.storage import is_valid_uid
 
 
@@ -136,18 +138,68 @@ def _reason_for_exam(ds: Dataset) -> str | None:
     return None
 
 
-def _check_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
-    if "PixelData" not in ds:
+_PIXEL_DATA_TAG = 0x7FE00010
+#: VRs of a Pixel Data value that is kept as bytes (nothing to decode, nothing to check).
+_RAW_PIXEL_VRS = frozenset({"OB", "OW", "OB or OW"})
+
+
+def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return bool(tag == _PIXEL_DATA_TAG)
+
+
+def _read_dataset(encoded: EncodedBuffer,
+                  span: PixelDataSpan | None) -> tuple[Dataset, PixelDataSpan | None]:
+    """Read the data set, all but a skippable top-level Pixel Data value.
+
+    A large Pixel Data value (the bulk of an image) is neither copied nor decoded when
+    the structure walk has measured it: a native value of defined length, or
+    encapsulated fragments. Every other element, those after the pixel data included,
+    is read.
+
+    Returns
+    -------
+    tuple
+        The data set, and the span of the Pixel Data left out (``None``: the data set
+        holds its Pixel Data, if any).
+    """
+    reader = binary_stream(encoded)
+    if span is None or span.vr not in _RAW_PIXEL_VRS \
+            or span.end_offset - span.value_offset <= COPY_MAX_BYTES:
+        return dcmread(reader, force=False), None
+    ds = read_partial(reader, stop_when=_at_pixel_data, force=False)
+    encapsulated = UID(ds.file_meta.TransferSyntaxUID).is_encapsulated
+    measured = span.fragments is not None if encapsulated else span.length is not None
+    if not measured or reader.tell() != span.element_offset:
+        # pydicom stopped elsewhere than the structure walk found the element, or the
+        # value's form does not fit the transfer syntax: read it all, as pydicom does.
+        reader.seek(0)
+        return dcmread(reader, force=False), None
+    reader.seek(span.end_offset)
+    implicit, little_endian = ds.original_encoding
+    trailing = read_dataset(reader, bool(implicit), bool(little_endian),
+                            parent_encoding=ds.original_character_set)
+    ds.update(trailing)
+    return ds, span
+
+
+def _check_pixel_data(ds: Dataset, transfer_syntax: UID, span: PixelDataSpan | None) -> None:
+    """Check the pixel data against its header: from ``span`` when the data set was read
+    without its Pixel Data value, else from the value."""
+    if span is None and "PixelData" not in ds:
         return
-    data = ds.PixelData
     if transfer_syntax.is_encapsulated:
-        try:
-            fragments = list(generate_fragments(data))
-        except Exception as exc:
-            raise HeaderError(f"encapsulated pixel data is malformed: {_describe(exc)}") from exc
+        if span is not None:
+            fragments = span.fragments or 0  # the structure walk checked every item
+        else:
+            try:
+                fragments = sum(1 for _ in generate_fragments(ds.PixelData))
+            except Exception as exc:
+                raise HeaderError(
+                    f"encapsulated pixel data is malformed: {_describe(exc)}") from exc
         if not fragments:
             raise HeaderError("encapsulated pixel data has no fragments")
         return
+    length = span.length if span is not None else len(ds.PixelData)
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         bits = int(ds.BitsAllocated)
@@ -160,19 +212,23 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
     expected_bits = rows * columns * samples * frames * bits
     expected = (expected_bits + 7) // 8
     # A value of odd length is padded with one byte to an even length (PS3.5 8.1.1).
-    if len(data) not in (expected, expected + expected % 2):
+    if length not in (expected, expected + expected % 2):
         raise HeaderError(
-            f"pixel data holds {len(data)} bytes but the header declares {expected}"
+            f"pixel data holds {length} bytes but the header declares {expected}"
         )
 
 
-def parse_header(encoded: bytes) -> InstanceHeader:
+def parse_header(encoded: EncodedBuffer) -> InstanceHeader:
     """Parse a received dataset (with its file meta) and validate it.
+
+    Every value is decoded but a Pixel Data value of measured length, which is only
+    checked against its header (and, encapsulated, its fragment structure).
 
     Parameters
     ----------
     encoded
-        The instance as it will be stored: preamble, file meta and dataset.
+        The instance as it will be stored: preamble, file meta and dataset (bytes, or
+        a buffer such as a mapped file, which is never copied whole).
 
     Returns
     -------
@@ -188,11 +244,11 @@ def parse_header(encoded: bytes) -> InstanceHeader:
         If an indexed text value (patient, study or series facts) holds a NUL.
     """
     try:
-        check_part10(encoded)
+        pixel_data = check_part10(encoded)
     except StructureError as exc:
         raise HeaderError(f"dataset is truncated or malformed: {exc}") from exc
     try:
-        ds = dcmread(BytesIO(encoded), force=False)
+        ds, skipped_pixel_data = _read_dataset(encoded, pixel_data)
         transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
         for element in ds.iterall():  # forces every value to decode
             _ = element.value
@@ -236,7 +292,7 @@ def parse_header(encoded: bytes) -> InstanceHeader:
             },
         )
         _refuse_nul(header)
-        _check_pixel_data(ds, transfer_syntax)
+        _check_pixel_data(ds, transfer_syntax, skipped_pixel_data)
     except HeaderError:
         raise
     except Exception as exc:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from node.db.models import AuditEvent, Instance, QuarantinedInstance, Study
 from node.db.types import utcnow
+from node.dicom.buffers import EncodedBuffer, binary_stream
 from node.dicom.header import ControlCharacterError, HeaderError, InstanceHeader, parse_header
 from node.dicom.identity import IDENTITY_KEYWORDS, identity_conflicts
 from node.dicom.refusals import RefusalRecorder
@@ -45,7 +46,7 @@ BACKGROUND_HASH_MIN_BYTES = 1 << 20
 REOPENING_STATES = frozenset({StudyState.STABLE, StudyState.IGNORED})
 
 
-def _sha256_hex(data: bytes) -> str:
+def _sha256_hex(data: EncodedBuffer) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -53,8 +54,10 @@ def _sha256_hex(data: bytes) -> str:
 class ReceivedInstance:
     """One C-STORE request as the SCP saw it."""
 
-    encoded: bytes
-    """Preamble, file meta and dataset, exactly as they will be stored."""
+    encoded: EncodedBuffer
+    """Preamble, file meta and dataset, exactly as they will be stored: bytes, or a
+    read-only view of ``spooled`` mapped, which the caller releases after
+    :meth:`InstanceIngestor.ingest` returns (nothing here keeps a reference to it)."""
     requested_sop_class_uid: str
     requested_sop_instance_uid: str
     calling_ae: str
@@ -244,8 +247,10 @@ class InstanceIngestor:
         folder = self.store.relative_folder(header.study_instance_uid,
                                             header.series_instance_uid)
         pending_digest = self._digest(received.encoded)
-        staged = self._stage(folder, received)
-        digest = pending_digest.result()
+        try:
+            staged = self._stage(folder, received)
+        finally:
+            digest = pending_digest.result()  # the hash reads the buffer: wait, whatever happened
         if isinstance(staged, IngestOutcome):
             return staged, digest
         relative = self.store.relative_path(
@@ -273,7 +278,7 @@ class InstanceIngestor:
                              instance_id=instance_id), digest
 
     def _plan(
-        self, header: InstanceHeader, digest: str | None, data: bytes
+        self, header: InstanceHeader, digest: str | None, data: EncodedBuffer
     ) -> _Plan | IngestOutcome:
         """Decide where the instance goes: its study, quarantine, or nowhere (a re-send)."""
         existing = self._existing(header.sop_instance_uid)
@@ -315,8 +320,10 @@ class InstanceIngestor:
             # Hash while the bytes are written and fsynced (both release the GIL), then
             # name the file after the digest.
             pending_digest = self._digest(received.encoded)
-            staged = self._stage(folder, received)
-            digest = pending_digest.result()
+            try:
+                staged = self._stage(folder, received)
+            finally:
+                digest = pending_digest.result()
         else:
             digest = plan.digest
             staged = self._stage(folder, received)
@@ -451,7 +458,9 @@ class InstanceIngestor:
     def _over_limit(self, received: ReceivedInstance) -> IngestOutcome | None:
         """Refuse (0xA700, audited) an instance that inflates or decodes past a limit."""
         try:
-            check_encoded(received.encoded, self.limits)
+            encoded = received.encoded
+            check_encoded(encoded if isinstance(encoded, bytes) else binary_stream(encoded),
+                          self.limits)
         except LimitExceeded as exc:
             status = StoreStatus.OUT_OF_RESOURCES
             self.refusals.instance(calling_ae=received.calling_ae,
@@ -461,7 +470,7 @@ class InstanceIngestor:
             return IngestOutcome(status, f"over {exc.limit}: {exc}")
         return None
 
-    def _digest(self, data: bytes) -> Future[str]:
+    def _digest(self, data: EncodedBuffer) -> Future[str]:
         """Start the SHA-256 of ``data``: on a helper thread when large, else inline."""
         if len(data) < BACKGROUND_HASH_MIN_BYTES:
             done: Future[str] = Future()

@@ -7,6 +7,7 @@ addresses only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -22,6 +23,7 @@ from pynetdicom.utils import make_target
 from node.config import DicomSettings, TlsSettings
 from node.dicom.access import AccessPolicy, Permission
 from node.dicom.admission import GuardedAssociationServer, SharedPortAssociationServer
+from node.dicom.buffers import mapped_file
 from node.dicom.commitment import CommitmentReportListener
 from node.dicom.ingest import InstanceIngestor, ReceivedInstance
 from node.dicom.negotiation_memo import NegotiationMemo
@@ -279,20 +281,24 @@ class DicomListener:
         if not self.policy.allows(calling_ae, Permission.STORE):
             log_event(logger, logging.WARNING, "store_not_authorized", calling_ae=calling_ae)
             return int(StoreStatus.NOT_AUTHORIZED)
-        try:
-            request = event.request
-            spooled = spooled_path(event)
-            received = ReceivedInstance(
-                encoded=event.encoded_dataset() if spooled is None else spooled.read_bytes(),
-                requested_sop_class_uid=str(request.AffectedSOPClassUID),
-                requested_sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                calling_ae=calling_ae,
-                spooled=spooled,
-            )
-        except Exception:
-            logger.exception("store_request_unreadable")
-            return int(StoreStatus.CANNOT_UNDERSTAND)
-        return int(self.ingestor.ingest(received).status)
+        with contextlib.ExitStack() as mapped:
+            try:
+                request = event.request
+                spooled = spooled_path(event)
+                # A spooled data set is read from its file's pages, never copied whole;
+                # the map is released when this block ends, whatever the outcome.
+                received = ReceivedInstance(
+                    encoded=event.encoded_dataset() if spooled is None
+                    else mapped.enter_context(mapped_file(spooled)),
+                    requested_sop_class_uid=str(request.AffectedSOPClassUID),
+                    requested_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                    calling_ae=calling_ae,
+                    spooled=spooled,
+                )
+            except Exception:
+                logger.exception("store_request_unreadable")
+                return int(StoreStatus.CANNOT_UNDERSTAND)
+            return int(self.ingestor.ingest(received).status)
 
     @staticmethod
     def _on_echo(event: Any) -> int:

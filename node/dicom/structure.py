@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
@@ -21,6 +22,7 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _TRANSFER_SYNTAX_TAG = 0x00020010
+_PIXEL_DATA_TAG = 0x7FE00010
 _PREAMBLE = 128
 _MAX_DEPTH = 32
 
@@ -34,20 +36,48 @@ class StructureError(ValueError):
     """The encoded instance is truncated or its declared lengths do not fit."""
 
 
+@dataclass(frozen=True)
+class PixelDataSpan:
+    """Where the top-level Pixel Data element of an encoded instance lies.
+
+    Offsets count from the first byte of the encoded instance (the preamble).
+    """
+
+    element_offset: int
+    """The first byte of the element's tag."""
+    value_offset: int
+    """The first byte of its value."""
+    end_offset: int
+    """The first byte after the element (after its sequence delimiter, if any)."""
+    length: int | None
+    """The value's length; ``None`` for encapsulated (undefined length) pixel data."""
+    vr: str | None
+    """Its VR as encoded (explicit VR) or as the dictionary has it (implicit VR)."""
+    fragments: int | None
+    """How many items an encapsulated value holds, the basic offset table included;
+    ``None`` unless the value is encapsulated (undefined length, walked as fragments)."""
+
+
 def _name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 class _Walker:
-    """Walk the elements of one encoded dataset."""
+    """Walk the elements of one encoded dataset, which starts at ``origin`` in ``data``
+    (messages count bytes from there)."""
 
-    def __init__(self, data: bytes, *, little_endian: bool) -> None:
+    def __init__(self, data: bytes | memoryview, *, little_endian: bool,
+                 origin: int = 0) -> None:
         self.data = data
         self.order = "<" if little_endian else ">"
+        self.origin = origin
+        self.pixel_data: PixelDataSpan | None = None
+        """The top-level Pixel Data element, once walked (offsets within ``data``)."""
+        self._fragments: int | None = None
 
     def _unpack(self, fmt: str, pos: int, end: int) -> tuple[int, ...]:
         if pos + struct.calcsize(fmt) > end:
-            raise StructureError(f"element header cut short at byte {pos}")
+            raise StructureError(f"element header cut short at byte {pos - self.origin}")
         return struct.unpack_from(self.order + fmt, self.data, pos)
 
     def tag_at(self, pos: int, end: int) -> int:
@@ -61,7 +91,7 @@ class _Walker:
         if not implicit:
             raw_vr = self.data[pos + 4 : pos + 6]
             if len(raw_vr) == 2 and all(0x41 <= b <= 0x5A for b in raw_vr):
-                vr = raw_vr.decode("ascii")
+                vr = str(raw_vr, "ascii")
                 if vr in _LONG_VRS:
                     (length,) = self._unpack("I", pos + 8, end)
                     return pos + 12, vr, length
@@ -94,18 +124,27 @@ class _Walker:
             if tag == _ITEM_END and delimited:
                 return pos + 8
             if tag >> 16 == 0xFFFE:
-                raise StructureError(f"unexpected delimiter {_name(tag)} at byte {pos}")
-            pos, vr, length = self.header_at(pos, end, tag, implicit)
-            if length == _UNDEFINED:
-                pos = self._undefined_length_value(pos, end, tag, vr, implicit, depth)
-                continue
-            if pos + length > end:
                 raise StructureError(
-                    f"element {_name(tag)} declares {length} bytes but {end - pos} remain"
-                )
-            if vr == "SQ":
-                self.items(pos, pos + length, implicit=implicit, depth=depth + 1, delimited=False)
-            pos += length
+                    f"unexpected delimiter {_name(tag)} at byte {pos - self.origin}")
+            element_at = pos
+            pos, vr, length = self.header_at(pos, end, tag, implicit)
+            value_at = pos
+            if length == _UNDEFINED:
+                self._fragments = None
+                pos = self._undefined_length_value(pos, end, tag, vr, implicit, depth)
+            else:
+                if pos + length > end:
+                    raise StructureError(
+                        f"element {_name(tag)} declares {length} bytes but {end - pos} remain"
+                    )
+                if vr == "SQ":
+                    self.items(pos, pos + length, implicit=implicit, depth=depth + 1,
+                               delimited=False)
+                pos += length
+            if tag == _PIXEL_DATA_TAG and depth == 0:
+                self.pixel_data = PixelDataSpan(
+                    element_at, value_at, pos, None if length == _UNDEFINED else length, vr,
+                    self._fragments if length == _UNDEFINED else None)
 
     def _undefined_length_value(
         self, pos: int, end: int, tag: int, vr: str | None, implicit: bool, depth: int
@@ -142,6 +181,7 @@ class _Walker:
 
     def fragments(self, pos: int, end: int) -> int:
         """Walk encapsulated pixel data items; return the offset after the delimiter."""
+        self._fragments = 0
         while True:
             tag = self.tag_at(pos, end)
             (length,) = self._unpack("I", pos + 4, end)
@@ -153,15 +193,24 @@ class _Walker:
             if pos + length > end:
                 raise StructureError(f"fragment declares {length} bytes but {end - pos} remain")
             pos += length
+            self._fragments = (self._fragments or 0) + 1
 
 
-def check_part10(encoded: bytes) -> None:
+def check_part10(encoded: bytes | memoryview) -> PixelDataSpan | None:
     """Check that a Part 10 stream (preamble, file meta, dataset) is structurally whole.
 
     Parameters
     ----------
     encoded
-        The instance as it will be stored.
+        The instance as it will be stored (bytes or a buffer: nothing is copied but a
+        deflated data set, which is inflated).
+
+    Returns
+    -------
+    PixelDataSpan or None
+        Where the data set's top-level Pixel Data element lies in ``encoded``; ``None``
+        when it has none, or when the data set is deflated (its offsets would be those
+        of the inflated copy).
 
     Raises
     ------
@@ -180,21 +229,27 @@ def check_part10(encoded: bytes) -> None:
         if length == _UNDEFINED or value_at + length > end:
             raise StructureError(f"file meta element {_name(tag)} runs past the data")
         if tag == _TRANSFER_SYNTAX_TAG:
-            syntax = encoded[value_at : value_at + length].rstrip(b"\x00 ").decode("ascii")
+            syntax = bytes(encoded[value_at : value_at + length]).rstrip(b"\x00 ").decode(
+                "ascii")
         pos = value_at + length
     if syntax is None:
         raise StructureError("file meta has no transfer syntax")
     transfer_syntax = UID(syntax)
-    dataset = encoded[pos:]
     if transfer_syntax.is_deflated:
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
-            dataset = inflater.decompress(dataset) + inflater.flush()
+            inflated = inflater.decompress(memoryview(encoded)[pos:]) + inflater.flush()
         except zlib.error as exc:
             raise StructureError(f"deflated dataset does not inflate: {exc}") from exc
         if not inflater.eof:
             raise StructureError("deflated dataset is cut short")
-    walker = _Walker(dataset, little_endian=transfer_syntax.is_little_endian)
+        _Walker(inflated, little_endian=transfer_syntax.is_little_endian).dataset(
+            0, len(inflated), implicit=transfer_syntax.is_implicit_VR, depth=0,
+            delimited=False)
+        return None
+    # The data set is walked where it lies (slicing bytes would copy them).
+    walker = _Walker(encoded, little_endian=transfer_syntax.is_little_endian, origin=pos)
     walker.dataset(
-        0, len(dataset), implicit=transfer_syntax.is_implicit_VR, depth=0, delimited=False
+        pos, len(encoded), implicit=transfer_syntax.is_implicit_VR, depth=0, delimited=False
     )
+    return walker.pixel_data

@@ -65,11 +65,13 @@ def test_a_spooled_instance_is_linked_into_place_and_plain_receivers_stay_in_mem
     sent = write_dataset(make_cxr_dataset(rows=512, cols=512, bits=12), tmp_path / "a.dcm")
     ingested: list[ReceivedInstance] = []
     spool_seen: list[bool] = []
+    encoded_seen: list[bytes] = []
     original_ingest = node.listener.ingestor.ingest
 
     def observe(received: ReceivedInstance) -> IngestOutcome:
         ingested.append(received)
         spool_seen.append(received.spooled is not None and received.spooled.is_file())
+        encoded_seen.append(bytes(received.encoded))
         return original_ingest(received)
 
     node.listener.ingestor.ingest = observe  # type: ignore[method-assign]
@@ -90,6 +92,10 @@ def test_a_spooled_instance_is_linked_into_place_and_plain_receivers_stay_in_mem
         path = session.scalar(select(Instance.path))
     assert path is not None
     stored = node.store.absolute(path)
-    assert stored.read_bytes() == seen[0]["encoded"] == ingested[0].encoded
+    assert stored.read_bytes() == seen[0]["encoded"] == encoded_seen[0]
+    # The handler read the spooled file through a map, released once it returned.
+    assert isinstance(ingested[0].encoded, memoryview)
+    with pytest.raises(ValueError, match="released"):
+        len(ingested[0].encoded)
     assert os.stat(stored).st_nlink == 1
     assert oct(os.stat(stored).st_mode & 0o777) == oct(0o640)

@@ -98,13 +98,15 @@ def _deflated_body(stream: BinaryIO) -> bool:
     return str(meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian
 
 
-def check_encoded(source: bytes | Path, limits: DatasetLimits = DEFAULT_LIMITS) -> None:
+def check_encoded(source: bytes | Path | BinaryIO,
+                  limits: DatasetLimits = DEFAULT_LIMITS) -> None:
     """Check a Part 10 object's inflated size and declared pixels before it is parsed.
 
     Parameters
     ----------
     source
-        The encoded bytes or the path of a stored file.
+        The encoded bytes, the path of a stored file, or a seekable binary stream whose
+        first byte is the preamble (read from there, not closed).
     limits
         The limits to apply.
 
@@ -113,22 +115,29 @@ def check_encoded(source: bytes | Path, limits: DatasetLimits = DEFAULT_LIMITS) 
     LimitExceeded
         When a limit is exceeded.
     """
-    with (BytesIO(source) if isinstance(source, bytes) else source.open("rb")) as stream:
+    if isinstance(source, bytes | Path):
+        with (BytesIO(source) if isinstance(source, bytes) else source.open("rb")) as stream:
+            _check_stream(stream, limits)
+    else:
+        _check_stream(source, limits)
+
+
+def _check_stream(stream: BinaryIO, limits: DatasetLimits) -> None:
+    try:
+        deflated = _deflated_body(stream)
+    except Exception:
+        return  # not Part 10: the parser that follows reports it
+    if deflated:
         try:
-            deflated = _deflated_body(stream)
-        except Exception:
-            return  # not Part 10: the parser that follows reports it
-        if deflated:
-            try:
-                check_inflated_size(stream, limits.max_inflated_bytes)
-            except zlib.error:
-                return  # a corrupt stream: the parser that follows reports it
-        stream.seek(0)
-        try:
-            header = dcmread(stream, stop_before_pixels=True, force=False,
-                             specific_tags=list(_SIZE_KEYWORDS))
-        except Exception:
-            return
+            check_inflated_size(stream, limits.max_inflated_bytes)
+        except zlib.error:
+            return  # a corrupt stream: the parser that follows reports it
+    stream.seek(0)
+    try:
+        header = dcmread(stream, stop_before_pixels=True, force=False,
+                         specific_tags=list(_SIZE_KEYWORDS))
+    except Exception:
+        return
     check_pixels(header, limits)
 
 
