@@ -557,7 +557,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repetitions", type=int, help="repetitions (default 3, quick 1)")
     parser.add_argument(
         "--receivers",
-        default="storescp,node-sqlite,node-pg,orthanc,pynetdicom-fsync",
+        default="storescp,node-sqlite,node-sqlite-2p,node-pg,node-pg-2p,orthanc,pynetdicom-fsync",
         help="comma-separated, in interleaving order",
     )
     parser.add_argument(
