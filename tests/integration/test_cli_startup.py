@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DEMO_BUNDLE_DIR, REPO_ROOT, free_port
+from tests.process_tree import descendants
 from tests.reliability.private_services import private_redis
 
 RADNODE = shutil.which("radnode", path=str(Path(sys.executable).parent)) or "radnode"
@@ -221,20 +222,6 @@ def test_serve_prints_one_summary_with_embedded_defaults(tmp_path: Path) -> None
     assert summary[4].endswith(f") at {DEMO_BUNDLE_DIR.resolve()}")
 
 
-def _descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        for task in Path(f"/proc/{pending.pop()}/task").glob("*"):
-            try:
-                children = {int(v) for v in (task / "children").read_text().split()}
-            except OSError:
-                continue
-            pending.extend(children - found)
-            found |= children
-    return found
-
-
 def _running(pid: int) -> bool:
     """Whether ``pid`` runs: not gone, and not a zombie left for the init process."""
     try:
@@ -255,7 +242,7 @@ def test_serve_with_two_listener_processes_answers_and_stops_them(tmp_path: Path
     try:
         lines = _read_until(process, lambda line: line.startswith("  web:"), timeout=120)
         children = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()
-                    for pid in _descendants(process.pid)}
+                    for pid in descendants(process.pid)}
         echo = subprocess.run(["echoscu", "127.0.0.1", str(dicom_port)], timeout=30,
                               capture_output=True, check=False)
         assert echo.returncode == 0, echo.stderr

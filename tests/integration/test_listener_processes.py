@@ -38,6 +38,7 @@ from tests.integration.dicom_net import (
     storescu,
     wait_for,
 )
+from tests.process_tree import descendants
 
 pytestmark = [pytest.mark.dcmtk, requires_dcmtk]
 
@@ -208,21 +209,6 @@ def test_a_listener_process_that_cannot_listen_fails_the_start(
                 if p.name.startswith("radnode-listener")]
 
 
-def _descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                children = {int(v) for v in (task / "children").read_text().split()}
-            except OSError:
-                continue
-            pending.extend(children - found)
-            found |= children
-    return found
-
-
 def test_listener_processes_end_with_the_main_process(tmp_path: Path) -> None:
     """The main process killed outright: its listener processes notice and end."""
     node = subprocess.Popen(
@@ -234,7 +220,7 @@ def test_listener_processes_end_with_the_main_process(tmp_path: Path) -> None:
         assert node.stdout is not None
         line = node.stdout.readline()
         assert line.startswith("PORT "), line
-        children = _descendants(node.pid)
+        children = descendants(node.pid)
         assert children, "no listener process"
         node.kill()
         node.wait(10)
