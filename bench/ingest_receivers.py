@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -147,21 +147,32 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _process_tree(pid: int) -> Iterator[int]:
+    """``pid`` and its descendants, as long as /proc shows them."""
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        yield current
+        pending.extend(_children(current))
+
+
+def _status_mib(pid: int, field: str) -> float:
+    """A ``/proc/PID/status`` size field of ``pid`` and its descendants, summed, in MiB."""
+    total_kib = 0
+    for current in _process_tree(pid):
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith(f"{field}:"):
+                    total_kib += int(line.split()[1])
+    return total_kib / 1024
+
+
 def peak_rss_mib(pid: int) -> float:
     """Memory high-water mark (``VmHWM``) of ``pid`` and its descendants, summed, in MiB.
 
     Read while the processes are alive (just before they are stopped); 0 where unknown.
     """
-    total_kib = 0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        with contextlib.suppress(OSError, ValueError):
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total_kib += int(line.split()[1])
-        pending.extend(_children(current))
-    return total_kib / 1024
+    return _status_mib(pid, "VmHWM")
 
 
 def reset_peak_rss(pid: int) -> None:
@@ -170,38 +181,23 @@ def reset_peak_rss(pid: int) -> None:
     Writing 5 to ``/proc/PID/clear_refs`` resets ``VmHWM`` (Linux 4.0 and later), so that
     the mark read after a run is the peak during that run, not during start-up.
     """
-    pending = [pid]
-    while pending:
-        current = pending.pop()
+    for current in _process_tree(pid):
         with contextlib.suppress(OSError):
             Path(f"/proc/{current}/clear_refs").write_text("5")
-        pending.extend(_children(current))
 
 
 def rss_mib(pid: int) -> float:
     """Resident memory (``VmRSS``) of ``pid`` and its descendants, summed, in MiB."""
-    total_kib = 0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        with contextlib.suppress(OSError, ValueError):
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kib += int(line.split()[1])
-        pending.extend(_children(current))
-    return total_kib / 1024
+    return _status_mib(pid, "VmRSS")
 
 
 def _cpu_ticks(pid: int) -> int:
     """User and system clock ticks of ``pid`` and its descendants."""
     ticks = 0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
+    for current in _process_tree(pid):
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])
-        pending.extend(_children(current))
     return ticks
 
 
@@ -242,15 +238,42 @@ class Receiver(Protocol):
         """Stop and release everything started by :meth:`start`."""
 
 
-class StoreScpReceiver:
+class _ProcessReceiver:
+    """A receiver running as a subprocess: its memory is that of the process tree."""
+
+    #: Seconds the process gets to end on its own when stopped.
+    stop_timeout = 20.0
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start_memory_mib(self) -> float:
+        """The process tree's resident memory now; its high-water mark starts again."""
+        if self._process is None:
+            return 0.0
+        reset_peak_rss(self._process.pid)
+        return rss_mib(self._process.pid)
+
+    def peak_memory_mib(self) -> float:
+        """The process tree's memory high-water mark since :meth:`start_memory_mib`."""
+        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
+
+    def stop(self) -> None:
+        """Stop the process, if it runs."""
+        if self._process is not None:
+            stop_process(self._process, timeout=self.stop_timeout)
+            self._process = None
+
+
+class StoreScpReceiver(_ProcessReceiver):
     """DCMTK ``storescp`` in bit-preserving mode (no fsync), one association at a time."""
 
     name = "storescp"
     ae_title = "STORESCP"
 
     def __init__(self) -> None:
-        self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__()
         self._out: Path | None = None
 
     def start(self, folder: Path) -> None:
@@ -280,22 +303,8 @@ class StoreScpReceiver:
         assert self._out is not None
         return sum(1 for p in self._out.iterdir() if p.is_file())
 
-    def start_memory_mib(self) -> float:
-        if self._process is None:
-            return 0.0
-        reset_peak_rss(self._process.pid)
-        return rss_mib(self._process.pid)
 
-    def peak_memory_mib(self) -> float:
-        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
-
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-            self._process = None
-
-
-class NodeReceiver:
+class NodeReceiver(_ProcessReceiver):
     """``radnode serve`` as a subprocess, with SQLite or a fresh PostgreSQL schema."""
 
     ae_title = "RADNODE"
@@ -327,8 +336,7 @@ class NodeReceiver:
         self.database = database
         self.source = source
         self.name = ("node-sqlite" if database == "sqlite" else "node-pg") + label
-        self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__()
         self._sqlite_path: Path | None = None
         self._schema: str | None = None
 
@@ -399,19 +407,8 @@ class NodeReceiver:
             assert row is not None
             return int(row[0])
 
-    def start_memory_mib(self) -> float:
-        if self._process is None:
-            return 0.0
-        reset_peak_rss(self._process.pid)
-        return rss_mib(self._process.pid)
-
-    def peak_memory_mib(self) -> float:
-        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
-
     def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-            self._process = None
+        super().stop()
         if self._schema is not None:
             import psycopg
 
@@ -456,15 +453,14 @@ def serve_minimal_scp(port: int, folder: Path) -> None:
     ae.start_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_STORE, on_store)])
 
 
-class MinimalScpReceiver:
+class MinimalScpReceiver(_ProcessReceiver):
     """Calibration: the smallest durable pynetdicom SCP (fsync, no parsing, no index)."""
 
     name = "pynetdicom-fsync"
     ae_title = "MINISCP"
 
     def __init__(self) -> None:
-        self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__()
         self._out: Path | None = None
 
     def start(self, folder: Path) -> None:
@@ -488,32 +484,18 @@ class MinimalScpReceiver:
         assert self._out is not None
         return sum(1 for p in self._out.iterdir() if p.is_file())
 
-    def start_memory_mib(self) -> float:
-        if self._process is None:
-            return 0.0
-        reset_peak_rss(self._process.pid)
-        return rss_mib(self._process.pid)
 
-    def peak_memory_mib(self) -> float:
-        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
-
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-            self._process = None
-
-
-class OrthancReceiver:
+class OrthancReceiver(_ProcessReceiver):
     """Orthanc 1.x with its defaults (SQLite index, ``SyncStorageArea``), no plugins."""
 
     name = "orthanc"
     ae_title = "ORTHANC"
+    stop_timeout = 60.0
 
     def __init__(self, executable: str = "Orthanc") -> None:
+        super().__init__()
         self.executable = shutil.which(executable) or "/usr/sbin/Orthanc"
-        self.port = 0
         self.http_port = 0
-        self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, folder: Path) -> None:
         self.port = free_port()
@@ -558,19 +540,6 @@ class OrthancReceiver:
         with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (loopback)
             return int(json.load(response)["CountInstances"])
 
-    def start_memory_mib(self) -> float:
-        if self._process is None:
-            return 0.0
-        reset_peak_rss(self._process.pid)
-        return rss_mib(self._process.pid)
-
-    def peak_memory_mib(self) -> float:
-        return peak_rss_mib(self._process.pid) if self._process is not None else 0.0
-
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process, timeout=60)
-            self._process = None
 
 
 # --------------------------------------------------------------------------- senders
