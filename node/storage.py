@@ -14,6 +14,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 #: Digits and dots only: path-safe. Components with leading zeros (which PS3.5 forbids, but
 #: older devices send) are accepted, so that studies stored under such UIDs stay reachable.
@@ -45,6 +46,13 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _raise_storage_error(exc: OSError) -> NoReturn:
+    """Raise ``exc``, as :class:`StorageFullError` when the volume is out of space."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise StorageFullError(exc.errno, "storage volume is full") from exc
+    raise exc
 
 
 def _make_dirs_durably(path: Path) -> None:
@@ -207,9 +215,7 @@ class InstanceStore:
         OSError
             On other I/O failures (nothing is left behind).
         """
-        folder = self.absolute(relative_folder)
-        _make_dirs_durably(folder)
-        temporary = folder / f".staged.{uuid.uuid4().hex}.tmp"
+        temporary = self._staging_path(relative_folder)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             view = memoryview(data)
@@ -220,11 +226,15 @@ class InstanceStore:
         except OSError as exc:
             os.close(fd)
             temporary.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFullError(exc.errno, "storage volume is full") from exc
-            raise
+            _raise_storage_error(exc)
         os.close(fd)
         return temporary
+
+    def _staging_path(self, relative_folder: str) -> Path:
+        """A new temporary name in ``relative_folder``, which is created durably."""
+        folder = self.absolute(relative_folder)
+        _make_dirs_durably(folder)
+        return folder / f".staged.{uuid.uuid4().hex}.tmp"
 
     def spool_folder(self) -> Path:
         """The folder received data sets are written to as they arrive (created durably).
@@ -254,9 +264,7 @@ class InstanceStore:
         OSError
             On other I/O failures (nothing is left behind).
         """
-        folder = self.absolute(relative_folder)
-        _make_dirs_durably(folder)
-        temporary = folder / f".staged.{uuid.uuid4().hex}.tmp"
+        temporary = self._staging_path(relative_folder)
         try:
             fd = os.open(source, os.O_RDONLY)
             try:
@@ -269,9 +277,7 @@ class InstanceStore:
             if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 return self.stage(relative_folder, source.read_bytes())
             temporary.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFullError(exc.errno, "storage volume is full") from exc
-            raise
+            _raise_storage_error(exc)
         return temporary
 
     def publish(self, temporary: Path, relative_path: str) -> Path:
