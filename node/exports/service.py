@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydicom.uid import generate_uid
 from sqlalchemy import or_, select
@@ -177,6 +177,17 @@ class _Claim:
     report_sop_instance_uid: str | None
     created_at: dt.datetime
     image_paths: tuple[str, ...]
+
+
+def _export_event(action: str, export: Export, claim: _Claim, now: dt.datetime,
+                  **details: Any) -> AuditEvent:
+    """An audit event on ``export``, with the destination, report and attempt it concerns."""
+    return AuditEvent(
+        at=now, actor="system", action=action, object_type="export",
+        object_id=str(export.id), study_id=claim.study_id,
+        details={"destination_ae": claim.destination_ae, "report_id": claim.report_id,
+                 "attempts": export.attempts, **details},
+    )
 
 
 class ExportService:
@@ -446,12 +457,8 @@ class ExportService:
                 # withdrawn while it was being sent: it arrived, and a note rejects it
                 self._withdrawn_but_delivered(session, export, claim, now)
                 export.state, export.sent_at = ExportState.SENT, now
-                session.add(AuditEvent(
-                    at=now, actor="system", action="export_sent", object_type="export",
-                    object_id=str(export.id), study_id=claim.study_id,
-                    details={"destination_ae": claim.destination_ae,
-                             "report_id": claim.report_id, "attempts": export.attempts,
-                             "instances": len(results), "withdrawn": True}))
+                session.add(_export_event("export_sent", export, claim, now,
+                                          instances=len(results), withdrawn=True))
                 return False
             if (export is None or export.state not in WAITING_STATES
                     or export.attempts != claim.attempts):
@@ -464,14 +471,10 @@ class ExportService:
             export.commitment_requested_at = now
             export.next_attempt_at = now + dt.timedelta(
                 seconds=self.settings.commitment_timeout_seconds)
-            session.add(AuditEvent(
-                at=now, actor="system", action="export_sent", object_type="export",
-                object_id=str(export.id), study_id=claim.study_id,
-                details={"destination_ae": claim.destination_ae, "report_id": claim.report_id,
-                         "attempts": export.attempts, "instances": len(results),
-                         "sop_instance_uid": claim.report_sop_instance_uid,
-                         "commitment_transaction_uid": transaction_uid},
-            ))
+            session.add(_export_event(
+                "export_sent", export, claim, now, instances=len(results),
+                sop_instance_uid=claim.report_sop_instance_uid,
+                commitment_transaction_uid=transaction_uid))
         log_event(logger, logging.INFO, "export_stored_commitment_requested",
                   export_id=claim.export_id, destination_ae=claim.destination_ae,
                   attempts=claim.attempts, instances=len(results),
@@ -490,13 +493,8 @@ class ExportService:
             state = schedule_retry(export, now, self.settings, message)
             note_destination_outcome(session, claim.destination_ae, now, message)
             if state == ExportState.FAILED:
-                session.add(AuditEvent(
-                    at=now, actor="system", action="export_failed", object_type="export",
-                    object_id=str(export.id), study_id=claim.study_id,
-                    details={"destination_ae": claim.destination_ae,
-                             "report_id": claim.report_id, "attempts": export.attempts,
-                             "last_error": message},
-                ))
+                session.add(_export_event("export_failed", export, claim, now,
+                                          last_error=message))
         log_event(logger, logging.WARNING, "commitment_request_failed",
                   export_id=claim.export_id, destination_ae=claim.destination_ae,
                   attempts=claim.attempts, error=type(error).__name__, state=state.name)
@@ -518,14 +516,9 @@ class ExportService:
             export.next_attempt_at = None
             export.last_error = None
             note_destination_outcome(session, claim.destination_ae, now)
-            session.add(AuditEvent(
-                at=now, actor="system", action="export_sent", object_type="export",
-                object_id=str(export.id), study_id=claim.study_id,
-                details={"destination_ae": claim.destination_ae, "report_id": claim.report_id,
-                         "attempts": export.attempts, "instances": len(results),
-                         "sop_instance_uid": claim.report_sop_instance_uid,
-                         "warnings": warnings},
-            ))
+            session.add(_export_event(
+                "export_sent", export, claim, now, instances=len(results),
+                sop_instance_uid=claim.report_sop_instance_uid, warnings=warnings))
             attempts = export.attempts
         log_event(logger, logging.INFO, "export_sent", export_id=claim.export_id,
                   report_id=claim.report_id, destination_ae=claim.destination_ae,
@@ -553,13 +546,8 @@ class ExportService:
                 return  # the lease ran out and a newer claim owns the row
             note_destination_outcome(session, claim.destination_ae, now, message)
             if schedule_retry(export, now, self.settings, message) == ExportState.FAILED:
-                session.add(AuditEvent(
-                    at=now, actor="system", action="export_failed", object_type="export",
-                    object_id=str(export.id), study_id=claim.study_id,
-                    details={"destination_ae": claim.destination_ae,
-                             "report_id": claim.report_id, "attempts": export.attempts,
-                             "last_error": message},
-                ))
+                session.add(_export_event("export_failed", export, claim, now,
+                                          last_error=message))
             state, next_attempt_at = export.state, export.next_attempt_at
         status = getattr(error, "status", None)
         log_event(
