@@ -26,10 +26,11 @@ every time. Everything pynetdicom checks per association (the Called and Calling
 titles, the association limit, the protocol version) still runs for every association;
 the events it triggers (``EVT_DATA_RECV``, ``EVT_PDU_RECV``, ``EVT_PDU_SENT``) still fire.
 
-The hooks are installed process-wide (:func:`install`) but act only for associations bound
-with :meth:`NegotiationMemo.bind`; every other pynetdicom association in the process goes
-through pynetdicom's own code. ``tests/unit/test_negotiation_memo.py`` fails when the
-upstream functions replaced here change.
+The hooks are installed process-wide when the first memo is made (:func:`install`) but act
+only for associations bound with :meth:`NegotiationMemo.bind`; every other pynetdicom
+association in the process goes through pynetdicom's own code.
+``tests/unit/test_negotiation_memo.py`` fails when the upstream functions replaced here
+change.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class NegotiationMemo:
     """
 
     def __init__(self, capacity: int = MEMO_CAPACITY) -> None:
+        install()
         self.capacity = capacity
         self._requests: OrderedDict[bytes, _Request] = OrderedDict()
         self._lock = threading.Lock()
@@ -160,7 +162,6 @@ class NegotiationMemo:
 
         Call before the association's threads start.
         """
-        install()
         provider = assoc.dul
         decode: Callable[[bytearray], tuple[Any, str]] = provider._decode_pdu
         event_name = dul._PDU_TYPES[_ASSOCIATE_RQ_TYPE][1]
