@@ -44,7 +44,7 @@ def _memo(node: NodeServices) -> NegotiationMemo:
     return server.negotiation_memo
 
 
-def _scu(calling_ae: str, *, identity: bool = False) -> AE:
+def _scu(calling_ae: str) -> AE:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     for sop_class in (Verification, DigitalXRayImageStorageForPresentation, CTImageStorage,
