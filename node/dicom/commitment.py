@@ -36,6 +36,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 
 from node.config import Destination
 from node.dicom.export import DestinationRefused, DestinationUnreachable
+from node.dicom.requesting import AnswerWatch
 from node.logs import log_event
 
 logger = logging.getLogger(__name__)
@@ -309,12 +310,13 @@ def request_commitment(
     if destination.tls:
         tls_args = (ssl_context or ssl.create_default_context(ssl.Purpose.SERVER_AUTH),
                     destination.host)
+    watch = AnswerWatch()
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
                          tls_args=tls_args,
                          evt_handlers=[(evt.EVT_N_EVENT_REPORT, _on_event_report),
-                                       (evt.EVT_DIMSE_SENT, _on_sent)])
+                                       (evt.EVT_DIMSE_SENT, _on_sent), *watch.handlers])
     if not assoc.is_established:
-        if assoc.is_rejected:
+        if watch.rejection(assoc) is not None:
             raise DestinationRefused(f"association for storage commitment rejected by {peer}")
         raise DestinationUnreachable(f"no association with {peer} for storage commitment")
     try:

@@ -28,18 +28,19 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from node.config import Destination, TlsSettings
+from node.dicom.requesting import AnswerWatch
 
 #: The association carries at most this many presentation contexts (PS3.8 9.3.2.2).
 MAX_PRESENTATION_CONTEXTS = 128
@@ -222,10 +223,10 @@ def send_instances(
         return []
     outgoing = [_describe(item) for item in items]
     contexts = _proposed_contexts(outgoing)
-    assoc, connected = _associate(destination, contexts, calling_ae, timeout, ssl_context)
+    assoc, watch = _associate(destination, contexts, calling_ae, timeout, ssl_context)
     peer = _peer_name(destination)
     if not assoc.is_established:
-        raise _association_failure(assoc, peer, connected)
+        raise _association_failure(assoc, peer, watch)
     results: list[SendResult] = []
     try:
         for message_id, item in enumerate(outgoing, start=1):
@@ -284,8 +285,8 @@ def _associate(
     calling_ae: str,
     timeout: float,
     ssl_context: ssl.SSLContext | None,
-) -> tuple[Association, bool]:
-    """Request the association; also report whether the TCP connection opened."""
+) -> tuple[Association, AnswerWatch]:
+    """Request the association; the watch says whether it connected and any rejection."""
     ae = AE(ae_title=calling_ae)
     ae.requested_contexts = contexts
     ae.acse_timeout = timeout
@@ -297,19 +298,15 @@ def _associate(
     if destination.tls:
         context = ssl_context or ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         tls_args = (context, destination.host)
-    opened: list[bool] = []
-
-    def _on_open(_event: Any) -> None:
-        opened.append(True)
-
+    watch = AnswerWatch()
     assoc = ae.associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
         tls_args=tls_args,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)],
+        evt_handlers=watch.handlers,
     )
-    return assoc, bool(opened)
+    return assoc, watch
 
 
 def _peer_name(destination: Destination) -> str:
@@ -317,18 +314,19 @@ def _peer_name(destination: Destination) -> str:
     return f"{destination.ae_title} at {destination.host}:{destination.port}{scheme}"
 
 
-def _association_failure(assoc: Association, peer: str, connected: bool) -> ExportError:
-    answer = assoc.acceptor.primitive
-    if assoc.is_rejected and answer is not None:
+def _association_failure(assoc: Association, peer: str, watch: AnswerWatch) -> ExportError:
+    rejection = watch.rejection(assoc)
+    if rejection is not None:
         return DestinationRefused(
-            f"association rejected by {peer}: {answer.result_str}, "
-            f"{answer.source_str}: {answer.reason_str}"
+            f"association rejected by {peer}: {rejection.result_str}, "
+            f"{rejection.source_str}: {rejection.reason_str}"
         )
+    answer = assoc.acceptor.primitive
     if answer is not None and answer.result == 0x00:
         refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
         names = ", ".join(UID(uid).name for uid in refused) or "the proposed SOP classes"
         return DestinationRefused(f"{peer} accepted no presentation context for {names}")
-    if not connected:
+    if not watch.opened:
         return DestinationUnreachable(f"cannot connect to {peer}")
     return DestinationUnreachable(f"no association with {peer}: aborted or timed out")
 

@@ -6,6 +6,7 @@ nothing here sleeps for a retry delay. Each database test runs on SQLite and Pos
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import hashlib
 import io
@@ -31,6 +32,7 @@ from node.db.models import AuditEvent, Export, Instance, Report, Study
 from node.dicom.export import (
     DestinationRefused,
     DestinationUnreachable,
+    ExportError,
     Sendable,
     SendResult,
     send_instance,
@@ -645,6 +647,25 @@ def test_send_errors_name_the_failure(tmp_path: Path) -> None:
         with pytest.raises(DestinationRefused, match="Calling AE title not recognised") as err:
             send_instance(destination_of(orthanc), image, calling_ae=CALLING_AE, timeout=5)
         assert err.value.status is None
+
+
+def test_a_prompt_rejection_is_always_reported_as_a_rejection(tmp_path: Path) -> None:
+    """Orthanc on loopback rejects an unknown calling AE at once, often before pynetdicom's
+    requesting thread has looked at the connection; each attempt must still say
+    "rejected", with the reason, and never "aborted or timed out"."""
+    image = make_cxr_dataset(rows=8, cols=8)
+    rejecting = {"DicomAlwaysAllowEcho": False, "DicomAlwaysAllowStore": False}
+    outcomes: collections.Counter[str] = collections.Counter()
+    with running_orthanc(tmp_path / "rejecting", rejecting) as orthanc:
+        for _ in range(150):
+            try:
+                send_instance(destination_of(orthanc), image, calling_ae=CALLING_AE, timeout=5)
+            except ExportError as exc:
+                outcomes[f"{type(exc).__name__}: {exc}"] += 1
+    expected = (f"DestinationRefused: association rejected by {destination_of(orthanc).ae_title}"
+                f" at 127.0.0.1:{orthanc.dicom_port}: Rejected Permanent, Service User: "
+                "Calling AE title not recognised")
+    assert outcomes == {expected: 150}
 
 
 @requires_openssl

@@ -31,10 +31,12 @@ from node.db.types import utcnow
 from node.dicom.commitment import (
     STORAGE_COMMITMENT_SOP_CLASS,
     STORAGE_COMMITMENT_SOP_INSTANCE,
+    CommitmentReference,
     CommitmentReportListener,
     ReportStatus,
+    request_commitment,
 )
-from node.dicom.export import Sendable, SendResult, send_instances
+from node.dicom.export import DestinationRefused, Sendable, SendResult, send_instances
 from node.dicom.ingest import InstanceIngestor
 from node.dicom.scp import DicomListener
 from node.exports import ExportService, queue_exports
@@ -381,6 +383,24 @@ def test_restart_between_the_request_and_the_report_loses_nothing(
     row, seconds = node.wait_for(export_id, ExportState.COMMITTED)
     record_property("seconds_to_committed_after_resubmit", round(seconds, 3))
     assert row.attempts == 1 and seconds < REPORT_BOUND
+
+
+def test_a_prompt_rejection_of_the_commitment_request_is_a_refusal(tmp_path: Path) -> None:
+    """An archive that rejects the calling AE at once is a refusal every time, never an
+    unreachable archive (pynetdicom can see the socket closed before it reads the answer)."""
+    rejecting = {"DicomAlwaysAllowEcho": False, "DicomAlwaysAllowStore": False}
+    reference = CommitmentReference(str(ComprehensiveSRStorage), str(generate_uid()))
+    outcomes: list[str] = []
+    with running_orthanc(tmp_path / "rejecting", rejecting) as orthanc:
+        destination = commitment_destination(orthanc.aet, orthanc.dicom_port)
+        for _ in range(100):
+            with pytest.raises(DestinationRefused) as refused:
+                request_commitment(destination, str(generate_uid()), [reference],
+                                   calling_ae=NODE_AE, timeout=5, wait_seconds=1,
+                                   on_report=lambda *_: None)
+            outcomes.append(str(refused.value))
+    assert set(outcomes) == {"association for storage commitment rejected by "
+                             f"{orthanc.aet} at 127.0.0.1:{orthanc.dicom_port}"}
 
 
 def test_unreported_commitment_is_retried_then_failed_and_shown_in_triage(
