@@ -70,6 +70,9 @@ class ReceivedInstance:
     the data set arrived, not yet fsynced), or ``None``. When given, the store links
     this file into place instead of writing the bytes again; the caller removes it
     after :meth:`InstanceIngestor.ingest` returns."""
+    digest: Future[str] | None = None
+    """The SHA-256 (hex) of ``encoded``, computed while it arrived, or ``None`` (then
+    the bytes are hashed here)."""
 
     @property
     def audit_actor(self) -> str:
@@ -246,7 +249,7 @@ class InstanceIngestor:
         """
         folder = self.store.relative_folder(header.study_instance_uid,
                                             header.series_instance_uid)
-        pending_digest = self._digest(received.encoded)
+        pending_digest = self._digest(received)
         try:
             staged = self._stage(folder, received)
         finally:
@@ -319,7 +322,7 @@ class InstanceIngestor:
         if plan.digest is None:
             # Hash while the bytes are written and fsynced (both release the GIL), then
             # name the file after the digest.
-            pending_digest = self._digest(received.encoded)
+            pending_digest = self._digest(received)
             try:
                 staged = self._stage(folder, received)
             finally:
@@ -470,8 +473,12 @@ class InstanceIngestor:
             return IngestOutcome(status, f"over {exc.limit}: {exc}")
         return None
 
-    def _digest(self, data: EncodedBuffer) -> Future[str]:
-        """Start the SHA-256 of ``data``: on a helper thread when large, else inline."""
+    def _digest(self, received: ReceivedInstance) -> Future[str]:
+        """The SHA-256 of the received bytes: the one computed as they arrived, else
+        started here, on a helper thread when large, else inline."""
+        if received.digest is not None:
+            return received.digest
+        data = received.encoded
         if len(data) < BACKGROUND_HASH_MIN_BYTES:
             done: Future[str] = Future()
             done.set_result(_sha256_hex(data))

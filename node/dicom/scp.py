@@ -37,6 +37,7 @@ from node.dicom.upstream_workarounds import (
     share_contexts,
     skip_unlogged_handlers,
     spool_received_datasets,
+    spooled_digest,
     spooled_path,
 )
 from node.logs import log_event
@@ -294,6 +295,7 @@ class DicomListener:
                     requested_sop_instance_uid=str(request.AffectedSOPInstanceUID),
                     calling_ae=calling_ae,
                     spooled=spooled,
+                    digest=None if spooled is None else spooled_digest(event),
                 )
             except Exception:
                 logger.exception("store_request_unreadable")

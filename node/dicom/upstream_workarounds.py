@@ -62,6 +62,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any, cast
@@ -75,6 +76,8 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
+
+from node.dicom.arriving import ArrivingFile
 
 _ASSOCIATION_LOGGER = logging.getLogger("pynetdicom.association")  # upstream's own logger
 
@@ -127,10 +130,11 @@ def _spool_file(*args: Any, **kwargs: Any) -> IO[bytes]:
     spooled = dict(kwargs, dir=folder, prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX)
     try:
         try:
-            return tempfile.NamedTemporaryFile(*args, **spooled)  # noqa: SIM115
+            opened = tempfile.NamedTemporaryFile(*args, **spooled)  # noqa: SIM115
         except FileNotFoundError:
             os.makedirs(folder, mode=0o750, exist_ok=True)
-            return tempfile.NamedTemporaryFile(*args, **spooled)  # noqa: SIM115
+            opened = tempfile.NamedTemporaryFile(*args, **spooled)  # noqa: SIM115
+        return cast(IO[bytes], ArrivingFile(opened))
     except OSError:
         return tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115
 
@@ -176,6 +180,12 @@ def spooled_path(event: Any) -> Path | None:
     """The file holding this C-STORE's data set, or ``None`` when it was kept in memory."""
     path = getattr(event.request, "_dataset_path", None)
     return path if isinstance(path, Path) else None
+
+
+def spooled_digest(event: Any) -> Future[str] | None:
+    """The SHA-256 of this C-STORE's spooled file, computed as it arrived, or ``None``."""
+    spooled = getattr(event.request, "_dataset_file", None)
+    return spooled.digest() if isinstance(spooled, ArrivingFile) else None
 
 
 #: How many distinct valid UIDs are remembered before the set starts again.

@@ -3,6 +3,7 @@ node's listener only: another pynetdicom receiver in the same process keeps them
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type:
 from sqlalchemy import select
 
 from node.db.models import Instance
+from node.dicom import arriving
+from node.dicom import ingest as ingest_module
 from node.dicom.ingest import IngestOutcome, ReceivedInstance
 from node.runtime import NodeServices
 from tests.dicom_factory import make_cxr_dataset, write_dataset
@@ -99,3 +102,41 @@ def test_a_spooled_instance_is_linked_into_place_and_plain_receivers_stay_in_mem
         len(ingested[0].encoded)
     assert os.stat(stored).st_nlink == 1
     assert oct(os.stat(stored).st_mode & 0o777) == oct(0o640)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(64, 64), (2048, 1536)], ids=["small", "large"])
+def test_the_digest_is_computed_while_the_data_set_arrives(
+        node: NodeServices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        rows: int, cols: int) -> None:
+    """The SHA-256 of a spooled instance comes with it from the receiving side (for a
+    6 MB image, from the helper thread that hashed its PDUs as they came): the ingest
+    path hashes nothing itself, and the digest is that of the bytes stored."""
+    sent = write_dataset(make_cxr_dataset(rows=rows, cols=cols, bits=16), tmp_path / "a.dcm")
+    hashed_by_ingest: list[int] = []
+    original_hash = ingest_module._sha256_hex
+
+    def counting_hash(data: Any) -> str:
+        hashed_by_ingest.append(len(data))
+        return original_hash(data)
+
+    monkeypatch.setattr(ingest_module, "_sha256_hex", counting_hash)
+    digests: list[Any] = []
+    original_ingest = node.listener.ingestor.ingest
+
+    def observe(received: ReceivedInstance) -> IngestOutcome:
+        digests.append(received.digest)
+        return original_ingest(received)
+
+    node.listener.ingestor.ingest = observe  # type: ignore[method-assign]
+    assert store_successes(storescu(node.listener.port, [sent])) == 1
+
+    assert hashed_by_ingest == []
+    [digest] = digests
+    assert digest is not None and digest.done()
+    with node.database.sessions() as session:
+        row = session.execute(select(Instance.path, Instance.sha256)).one()
+    stored = node.store.absolute(row.path).read_bytes()
+    assert digest.result() == row.sha256 == hashlib.sha256(stored).hexdigest()
+    assert row.path.endswith(f"_{row.sha256[:16]}.dcm")  # the name carries the digest
+    if rows > 64:  # hashed in batches on the helper thread, not at the end
+        assert len(stored) > 4 * arriving.HASH_BATCH
