@@ -342,6 +342,23 @@ class GuardedAssociationSocket(AssociationSocket):
                 deadline = time.monotonic() + self._progress_timeout
         return data
 
+    def waiting_now(self) -> bool:
+        """Whether a read would find data at once (given-back bytes, or on the connection)."""
+        if self._prefix:
+            return True
+        sock = self.socket
+        if sock is None:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        with contextlib.suppress(OSError, ValueError):
+            return bool(select.select([sock], [], [], 0)[0])
+        return False
+
+    def replay(self, data: bytes | bytearray) -> None:
+        """Have the next reads return ``data`` first (bytes read ahead and given back)."""
+        self._prefix[:0] = data
+
     def _end(self) -> None:
         self._slot.release()
         if self.socket is not None:

@@ -156,6 +156,14 @@ class ArrivingFile:
         self._arrived()
         self._wrapped.close()
 
+    def discard(self) -> None:
+        """Close and remove the file of a data set that will never be complete (its
+        association ended half-way): pynetdicom removes only the files it handed to a
+        C-STORE handler."""
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.name)
+
     def digest(self) -> Future[str] | None:
         """The SHA-256 (hex) of the file as written, once every write has been hashed.
 

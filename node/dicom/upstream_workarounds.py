@@ -46,6 +46,16 @@
    about 700 times for a DCMTK A-ASSOCIATE-RQ; :func:`remember_set_uids` answers a string
    it has already accepted as valid and conformant from a bounded table.
 
+7. **Every P-DATA-TF PDU goes through the whole state machine.** While a C-STORE data
+   set arrives, the reading thread writes PDUs made only of its data fragments straight
+   to the spool file (:mod:`node.dicom.pdata_fast_path`, called from the reading
+   thread's ``_read_pdu_data``); everything else is read by pynetdicom as before.
+
+8. **A data set cut off half-way leaves its spool file behind.** pynetdicom removes a
+   spooled file only after handing it to a C-STORE handler; when an association ends in
+   the middle of a data set (an abort, a stall, a broken PDU), the reading thread
+   removes that file as it ends.
+
 All rely on pynetdicom and pydicom internals; ``tests/unit/test_upstream_workarounds.py``
 fails when those change (or when upstream no longer deep-copies, and the first
 workaround can go).
@@ -78,6 +88,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
 
 from node.dicom.arriving import ArrivingFile
+from node.dicom.pdata_fast_path import read_data_fragments
 
 _ASSOCIATION_LOGGER = logging.getLogger("pynetdicom.association")  # upstream's own logger
 
@@ -394,8 +405,22 @@ class _WakingDul(DULServiceProvider):
         try:
             super().run()
         finally:
+            self._discard_unfinished_data_set()
             self._on_exit()
             self._wake_up.close()
+
+    def _discard_unfinished_data_set(self) -> None:
+        """Remove the spool file of a data set cut off half-way (the reading thread, which
+        alone writes it, has ended; a complete data set has left ``dimse.message``)."""
+        message = getattr(getattr(self.assoc, "dimse", None), "message", None)
+        spooled = getattr(message, "_data_set_file", None)
+        if isinstance(spooled, ArrivingFile):
+            with contextlib.suppress(OSError):
+                spooled.discard()
+
+    def _read_pdu_data(self) -> None:
+        if not read_data_fragments(self):
+            super()._read_pdu_data()
 
 
 class _WakingAssociation(Association):

@@ -23,8 +23,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import VALIDATORS
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import DT_2, TRANSITION_TABLE, StateMachine
 from pynetdicom.presentation import (
     AllStoragePresentationContexts,
     PresentationContext,
@@ -34,7 +36,7 @@ from pynetdicom.presentation import (
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import RequestHandler
 
-from node.dicom import upstream_workarounds
+from node.dicom import pdata_fast_path, upstream_workarounds
 from node.dicom.upstream_workarounds import (
     DulWakeUp,
     SharedContexts,
@@ -104,6 +106,27 @@ def test_pynetdicom_still_spools_through_the_hooks_the_listener_replaces() -> No
     scp = inspect.getsource(StorageServiceClass.SCP)
     assert "os.unlink(req._dataset_file.name)" in scp
     assert "except OSError" in scp
+
+
+def test_pynetdicom_still_handles_data_fragments_as_the_shortcut_does() -> None:
+    """``pdata_fast_path`` writes data fragments as ``decode_msg`` would (the bytes after
+    the control header, to the message's spool file), relies on a completed message
+    leaving ``dimse.message`` (an unfinished one is discarded when the reading thread
+    ends), on ``_read_pdu_data`` reading through ``socket.recv`` (bytes given back are
+    read again), and on ``_decode_pdu`` and the state machine triggering the events the
+    shortcut checks for."""
+    decode = inspect.getsource(upstream_workarounds._original_decode_msg)
+    assert "self._data_set_file.write(data[1:])" in decode
+    assert "if control_header_byte & 2 != 0:" in decode
+    assert "self.message = None" in inspect.getsource(DIMSEServiceProvider.receive_primitive)
+    read = inspect.getsource(DULServiceProvider._read_pdu_data)
+    assert "self.socket.recv(6)" in read and "self.socket.recv(pdu_length)" in read
+    assert "self._recv_pdu.put(pdu)" in read
+    triggers = (inspect.getsource(DULServiceProvider._decode_pdu)
+                + inspect.getsource(StateMachine.do_action))
+    for event in pdata_fast_path.UNTRIGGERED_EVENTS:
+        assert f"evt.{event.name}" in triggers
+    assert DT_2.__name__ == TRANSITION_TABLE[("Evt10", "Sta6")].replace("-", "_")
 
 
 def test_spooling_leaves_other_receivers_in_memory() -> None:
