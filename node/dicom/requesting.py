@@ -11,7 +11,9 @@ one rejection in thirty.
 :class:`AnswerWatch` listens to the association's own events: whether the TCP
 connection opened, and any A-ASSOCIATE-RJ as the reading thread decodes it. The
 sending side then tells a refusal (which needs an administrator) from an unreachable
-peer (which may come back by itself), and says why the peer refused.
+peer (which may come back by itself), and says why the peer refused. The proposed
+upstream fix (the requesting thread looks for a queued answer before it aborts) is
+``docs/upstream/pynetdicom-3.0.4-rejection-race.patch``.
 """
 
 from __future__ import annotations
