@@ -23,6 +23,17 @@ def open_arriving(folder: Path) -> ArrivingFile:
     return ArrivingFile(tempfile.NamedTemporaryFile(dir=folder, delete=False, mode="wb"))  # noqa: SIM115
 
 
+def finish(spooled: ArrivingFile) -> str | None:
+    """Ask for the digest after the last write, close the file; the digest or ``None``."""
+    digest = spooled.digest()
+    spooled.close()
+    return None if digest is None else digest.result(timeout=10)
+
+
+def sha256_of(spooled: ArrivingFile) -> str:
+    return hashlib.sha256(Path(spooled.name).read_bytes()).hexdigest()
+
+
 def chunks(total: int, size: int, seed: int = 0) -> list[bytes]:
     data = hashlib.shake_256(seed.to_bytes(4, "big")).digest(total)
     return [data[i:i + size] for i in range(0, total, size)]
@@ -37,10 +48,7 @@ def test_the_digest_is_that_of_the_file(tmp_path: Path, total: int, size: int) -
     for chunk in chunks(total, size):
         assert spooled.write(chunk) == len(chunk)
         spooled.file.flush()  # what pynetdicom does after each PDV
-    digest = spooled.digest()
-    spooled.close()
-    assert digest is not None
-    assert digest.result(timeout=10) == hashlib.sha256(Path(spooled.name).read_bytes()).hexdigest()
+    assert finish(spooled) == sha256_of(spooled)
 
 
 def test_views_are_copied_before_they_are_queued(tmp_path: Path) -> None:
@@ -52,9 +60,7 @@ def test_views_are_copied_before_they_are_queued(tmp_path: Path) -> None:
         buffer[:] = bytes([value]) * len(buffer)
         expected.update(buffer)
         spooled.write(memoryview(buffer))
-    digest = spooled.digest()
-    spooled.close()
-    assert digest is not None and digest.result(timeout=10) == expected.hexdigest()
+    assert finish(spooled) == expected.hexdigest()
 
 
 def test_large_files_are_hashed_on_the_helper_threads_as_they_arrive(tmp_path: Path) -> None:
@@ -77,10 +83,7 @@ def test_large_files_are_hashed_on_the_helper_threads_as_they_arrive(tmp_path: P
     assert spooled._tail is not None
     spooled._tail.result(timeout=10)
     assert hashing_threads and all(n.startswith("arriving-hash") for n in hashing_threads)
-    digest = spooled.digest()
-    spooled.close()
-    assert digest is not None
-    assert digest.result(timeout=10) == hashlib.sha256(Path(spooled.name).read_bytes()).hexdigest()
+    assert finish(spooled) == sha256_of(spooled)
 
 
 def test_unhashed_bytes_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,10 +112,7 @@ def test_unhashed_bytes_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyP
     gate.set()
     writer.join(10)
     assert writer_done.is_set()
-    digest = spooled.digest()
-    spooled.close()
-    assert digest is not None
-    assert digest.result(timeout=10) == hashlib.sha256(Path(spooled.name).read_bytes()).hexdigest()
+    assert finish(spooled) == sha256_of(spooled)
 
 
 def test_writeback_is_started_for_what_has_reached_the_file(
@@ -191,10 +191,7 @@ def test_files_arriving_together_leave_the_work_to_after_their_last_byte(
     alone = open_arriving(tmp_path)
     for chunk in chunks(3 * arriving.WRITEBACK_STEP, 131_066):
         alone.write(chunk)
-    digest = alone.digest()
-    alone.close()
-    assert digest is not None and len(started) == 2
-    assert digest.result(timeout=10) == hashlib.sha256(Path(alone.name).read_bytes()).hexdigest()
+    assert finish(alone) == sha256_of(alone) and len(started) == 2
     assert Path(first.name).read_bytes() == Path(alone.name).read_bytes()
 
 
@@ -208,6 +205,4 @@ def test_an_abandoned_file_stops_counting_as_arriving(tmp_path: Path) -> None:
     alone = open_arriving(tmp_path)
     for chunk in chunks(2 * arriving.HASH_BATCH, 131_066):
         alone.write(chunk)
-    digest = alone.digest()
-    alone.close()
-    assert digest is not None
+    assert finish(alone) == sha256_of(alone)
