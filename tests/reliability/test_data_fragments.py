@@ -6,9 +6,10 @@ Each case is an association whose C-STORE data set arrives in some layout of P-D
 PDUs and PDVs: one or several fragments per PDU, the last fragment in the middle of a
 PDU, fragments of another context or command fragments in the middle of the data set,
 PDV lengths that do not fit, an abort or a stall half-way. Each is sent twice to the
-same kind of node, once with the shortcut and once with it switched off, and both must
-end the same way: the same PDUs back (byte for byte), the same stored file, no spool
-file left behind; a stall is cut within the PDU progress timeout either way.
+same node (each time a new instance of the same size), once with the shortcut and once
+with it switched off, and both must end the same way: the same PDUs back (byte for byte,
+the instance's UID aside), the instance stored exactly as sent in both or in neither, no
+spool file left behind; a stall is cut within the PDU progress timeout either way.
 """
 
 from __future__ import annotations
