@@ -343,17 +343,9 @@ class GuardedAssociationSocket(AssociationSocket):
         return data
 
     def waiting_now(self) -> bool:
-        """Whether a read would find data at once (given-back bytes, or on the connection)."""
-        if self._prefix:
-            return True
-        sock = self.socket
-        if sock is None:
-            return False
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        with contextlib.suppress(OSError, ValueError):
-            return bool(select.select([sock], [], [], 0)[0])
-        return False
+        """Whether a read would find data at once: given-back bytes, or pynetdicom's own
+        check of the connection (which does not wait)."""
+        return bool(self._prefix) or bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 
     def replay(self, data: bytes | bytearray) -> None:
         """Have the next reads return ``data`` first (bytes read ahead and given back)."""

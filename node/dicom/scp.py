@@ -295,7 +295,7 @@ class DicomListener:
                     requested_sop_instance_uid=str(request.AffectedSOPInstanceUID),
                     calling_ae=calling_ae,
                     spooled=spooled,
-                    digest=None if spooled is None else spooled_digest(event),
+                    digest=spooled_digest(event),
                 )
             except Exception:
                 logger.exception("store_request_unreadable")
